@@ -1,0 +1,17 @@
+"""The run-time half of t5ort: numpy, onnxruntime and tokenizers only."""
+
+from .decoding import GenerationOptions
+from .errors import ArtifactError, ExportError, ParityError, ProviderError, T5ortError
+from .model import GenerationResult, T5Runtime, load
+
+__all__ = [
+    "ArtifactError",
+    "ExportError",
+    "GenerationOptions",
+    "GenerationResult",
+    "ParityError",
+    "ProviderError",
+    "T5Runtime",
+    "T5ortError",
+    "load",
+]

@@ -1,0 +1,187 @@
+"""The inference seam: the one object that runs the ONNX graphs.
+
+``encode(ids, mask)`` and ``step(tokens, state) -> (logits, state)``. It owns the
+sessions, the tensor names (from the manifest) and the cache layout; the decoding
+loop only ever sees numpy logits.
+
+Every run goes through ONNX Runtime IO binding, on the CPU and on CUDA alike, so
+there is a single run path: cache tensors and cross-attention keys/values stay
+as ``OrtValue``s on the device between steps, and only each step's [N, vocab]
+logits come back to the host.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from .errors import ArtifactError, ProviderError
+from .manifest import GraphSpec, Manifest
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+_NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16}
+
+
+@dataclass(frozen=True)
+class EncoderOutput:
+    """The encoder's result for one batch: hidden states (on the device) and the source mask."""
+
+    hidden_states: ort.OrtValue  # [batch, src_len, d_model]
+    attention_mask: np.ndarray  # [batch, src_len] int64
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.attention_mask.shape[0])
+
+
+@dataclass(frozen=True)
+class DecoderState:
+    """What one decoding run carries from step to step.
+
+    ``binding`` holds the inputs that never change (encoder mask and states, the
+    cross-attention keys/values once computed); ``self_kv`` is the growing
+    self-attention cache, [key_0, value_0, key_1, ...], each
+    ``[batch, heads, past_len, d_kv]``.
+    """
+
+    binding: ort.IOBinding
+    self_kv: tuple[ort.OrtValue, ...]
+    past_length: int
+
+
+def _session_options(threads: int | None) -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    if threads is not None:
+        so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return so
+
+
+def _providers(provider: str, device_id: int) -> list:
+    if provider not in PROVIDERS:
+        raise ValueError(f"provider={provider!r} is not supported; use one of {sorted(PROVIDERS)}.")
+    if provider == "cpu":
+        return ["CPUExecutionProvider"]
+    available = ort.get_available_providers()
+    if "CUDAExecutionProvider" not in available:
+        raise ProviderError(
+            "provider='cuda' but this onnxruntime has no CUDAExecutionProvider "
+            f"(available: {available}). Install onnxruntime-gpu in place of onnxruntime "
+            "(pip uninstall -y onnxruntime && pip install onnxruntime-gpu), or use provider='cpu'."
+        )
+    return [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
+
+
+class T5Graphs:
+    """Runs the encoder and merged-decoder graphs described by a manifest."""
+
+    def __init__(
+        self,
+        directory: Path,
+        manifest: Manifest,
+        *,
+        provider: str = "cpu",
+        threads: int | None = None,
+        device_id: int = 0,
+    ):
+        self.manifest = manifest
+        self.provider = provider
+        self._device = "cuda" if provider == "cuda" else "cpu"
+        self._device_id = device_id
+        self._dtype = _NUMPY_DTYPES[manifest.dtype]
+        options = _session_options(threads)
+        providers = _providers(provider, device_id)
+        self.encoder_session = self._open(directory, manifest.encoder, options, providers)
+        self.decoder_session = self._open(directory, manifest.decoder, options, providers)
+        io = manifest.decoder_io
+        self._past_self = [n for pair in zip(io.past_self_key, io.past_self_value) for n in pair]
+        self._past_cross = [n for pair in zip(io.past_cross_key, io.past_cross_value) for n in pair]
+        self._present_self = [n for pair in zip(io.present_self_key, io.present_self_value) for n in pair]
+        self._present_cross = [n for pair in zip(io.present_cross_key, io.present_cross_value) for n in pair]
+        self._false = ort.OrtValue.ortvalue_from_numpy(np.array([False]))
+        self._true = ort.OrtValue.ortvalue_from_numpy(np.array([True]))
+
+    def _open(self, directory: Path, spec: GraphSpec, options, providers) -> ort.InferenceSession:
+        path = directory / spec.file
+        if not path.is_file():
+            raise ArtifactError(f"{path}: graph file missing; re-export the model with `t5ort export`.")
+        try:
+            session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types for bad files
+            raise ArtifactError(
+                f"{path}: onnxruntime cannot load this graph ({type(exc).__name__}: {exc}); "
+                "the file is broken or truncated, re-export the model with `t5ort export`."
+            ) from exc
+        if self.provider == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
+            raise ProviderError(
+                f"{path}: onnxruntime could not start the CUDA provider (check the CUDA and cuDNN "
+                "libraries that onnxruntime-gpu needs), or use provider='cpu'."
+            )
+        actual = {t.name for t in session.get_inputs()} | {t.name for t in session.get_outputs()}
+        declared = {t.name for t in spec.inputs} | {t.name for t in spec.outputs}
+        if actual != declared:
+            raise ArtifactError(
+                f"{path}: the graph's tensors do not match the manifest (differing: "
+                f"{sorted(actual ^ declared)[:6]}); re-export the model with `t5ort export`."
+            )
+        return session
+
+    # ---- encoder -------------------------------------------------------------
+
+    def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> EncoderOutput:
+        """Run the encoder once. ``input_ids``/``attention_mask``: int64 [batch, src_len]."""
+        io = self.manifest.encoder_io
+        binding = self.encoder_session.io_binding()
+        binding.bind_cpu_input(io.input_ids, input_ids)
+        binding.bind_cpu_input(io.attention_mask, attention_mask)
+        binding.bind_output(io.hidden_states, self._device, self._device_id)
+        self.encoder_session.run_with_iobinding(binding)
+        (hidden,) = binding.get_outputs()
+        return EncoderOutput(hidden_states=hidden, attention_mask=attention_mask)
+
+    # ---- decoder -------------------------------------------------------------
+
+    def start(self, encoder_output: EncoderOutput) -> DecoderState:
+        """A fresh decoding state: empty self-attention cache, cross keys/values not yet computed."""
+        io = self.manifest.decoder_io
+        g = self.manifest.geometry
+        binding = self.decoder_session.io_binding()
+        binding.bind_cpu_input(io.encoder_attention_mask, encoder_output.attention_mask)
+        binding.bind_ortvalue_input(io.encoder_hidden_states, encoder_output.hidden_states)
+        # The first step runs the no-cache branch; its past inputs are placeholders.
+        empty = np.zeros((encoder_output.batch_size, g.num_heads, 0, g.d_kv), dtype=self._dtype)
+        for name in self._past_self + self._past_cross:
+            binding.bind_cpu_input(name, empty)
+        return DecoderState(binding=binding, self_kv=(), past_length=0)
+
+    def step(self, tokens: np.ndarray, state: DecoderState) -> tuple[np.ndarray, DecoderState]:
+        """Feed one token per row (int64 [batch]); return that step's raw logits [batch, vocab]."""
+        io = self.manifest.decoder_io
+        binding = state.binding
+        first = state.past_length == 0
+        binding.bind_cpu_input(io.input_ids, np.ascontiguousarray(tokens, dtype=np.int64).reshape(-1, 1))
+        binding.bind_ortvalue_input(io.use_cache_branch, self._false if first else self._true)
+        for name, value in zip(self._past_self, state.self_kv):  # nothing to bind at the first step
+            binding.bind_ortvalue_input(name, value)
+        binding.bind_output(io.logits, "cpu")
+        for name in self._present_self:
+            binding.bind_output(name, self._device, self._device_id)
+        if first:
+            for name in self._present_cross:
+                binding.bind_output(name, self._device, self._device_id)
+        self.decoder_session.run_with_iobinding(binding)
+        outputs = binding.get_outputs()
+        binding.clear_binding_outputs()
+        n_self = len(self._present_self)
+        if first:
+            # Cross-attention keys/values: computed once here, bound for every later step.
+            for name, value in zip(self._past_cross, outputs[1 + n_self:]):
+                binding.bind_ortvalue_input(name, value)
+        logits = outputs[0].numpy()  # [batch, 1, vocab]
+        new_state = DecoderState(binding, tuple(outputs[1:1 + n_self]), state.past_length + 1)
+        return logits[:, -1, :], new_state

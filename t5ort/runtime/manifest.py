@@ -1,0 +1,241 @@
+"""The contract between exporter and runtime: ``t5ort.json``.
+
+The exporter writes it; the runtime reads every tensor name from it and never
+guesses names from the graphs. Shapes keep the exporter's named dynamic axes
+(``batch_size``, ``encoder_sequence_length``, ``past_decoder_sequence_length``...)
+so the batch, the encoder length, the new decoder positions and the cached
+length stay apart.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ArtifactError
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "t5ort.json"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output: its name, element type and shape (ints or axis names)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TensorSpec:
+        return cls(name=d["name"], dtype=d["dtype"], shape=tuple(d["shape"]))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """One ONNX file and its full input/output signature."""
+
+    file: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GraphSpec:
+        return cls(
+            file=d["file"],
+            inputs=tuple(TensorSpec.from_dict(t) for t in d["inputs"]),
+            outputs=tuple(TensorSpec.from_dict(t) for t in d["outputs"]),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "inputs": [t.to_dict() for t in self.inputs],
+            "outputs": [t.to_dict() for t in self.outputs],
+        }
+
+
+@dataclass(frozen=True)
+class EncoderIO:
+    """Tensor names of the encoder graph, by role."""
+
+    input_ids: str
+    attention_mask: str
+    hidden_states: str
+
+
+@dataclass(frozen=True)
+class DecoderIO:
+    """Tensor names of the merged decoder graph, by role.
+
+    Cache names are per decoder layer, in layer order. ``past_*`` are inputs,
+    ``present_*`` outputs; ``self`` is the growing self-attention cache and
+    ``cross`` the cross-attention keys/values, computed once at the first step.
+    """
+
+    input_ids: str
+    encoder_attention_mask: str
+    encoder_hidden_states: str
+    use_cache_branch: str
+    logits: str
+    past_self_key: tuple[str, ...]
+    past_self_value: tuple[str, ...]
+    past_cross_key: tuple[str, ...]
+    past_cross_value: tuple[str, ...]
+    present_self_key: tuple[str, ...]
+    present_self_value: tuple[str, ...]
+    present_cross_key: tuple[str, ...]
+    present_cross_value: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Model shape, read from the checkpoint config at export time."""
+
+    vocab_size: int
+    d_model: int
+    d_kv: int
+    num_heads: int
+    num_layers: int
+    num_decoder_layers: int
+    d_ff: int
+    feed_forward_proj: str
+    tie_word_embeddings: bool
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    pad_token_id: int
+    eos_token_id: tuple[int, ...]
+    decoder_start_token_id: int
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    """``kind`` is ``"tokenizers"`` (a tokenizer.json file) or ``"byt5"`` (bytes, built in)."""
+
+    kind: str
+    file: str | None
+    clean_up_tokenization_spaces: bool = False
+
+
+@dataclass(frozen=True)
+class Manifest:
+    format_version: int
+    model_type: str
+    dtype: str
+    geometry: Geometry
+    special_tokens: SpecialTokens
+    tokenizer: TokenizerSpec
+    encoder: GraphSpec
+    decoder: GraphSpec
+    encoder_io: EncoderIO
+    decoder_io: DecoderIO
+    generation_config: dict[str, Any] = field(default_factory=dict)
+    parity: dict[str, Any] = field(default_factory=dict)
+    source: dict[str, Any] = field(default_factory=dict)
+
+    # ---- (de)serialisation -------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        def io(obj: Any) -> dict[str, Any]:
+            return {k: list(v) if isinstance(v, tuple) else v for k, v in obj.__dict__.items()}
+
+        return {
+            "format_version": self.format_version,
+            "model_type": self.model_type,
+            "dtype": self.dtype,
+            "geometry": dict(self.geometry.__dict__),
+            "special_tokens": io(self.special_tokens),
+            "tokenizer": dict(self.tokenizer.__dict__),
+            "graphs": {
+                "encoder": {**self.encoder.to_dict(), "io": io(self.encoder_io)},
+                "decoder": {**self.decoder.to_dict(), "io": io(self.decoder_io)},
+            },
+            "generation_config": self.generation_config,
+            "parity": self.parity,
+            "source": self.source,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Manifest:
+        def tup(obj: dict[str, Any]) -> dict[str, Any]:
+            return {k: tuple(v) if isinstance(v, list) else v for k, v in obj.items()}
+
+        graphs = d["graphs"]
+        return cls(
+            format_version=d["format_version"],
+            model_type=d["model_type"],
+            dtype=d["dtype"],
+            geometry=Geometry(**d["geometry"]),
+            special_tokens=SpecialTokens(**tup(d["special_tokens"])),
+            tokenizer=TokenizerSpec(**d["tokenizer"]),
+            encoder=GraphSpec.from_dict(graphs["encoder"]),
+            decoder=GraphSpec.from_dict(graphs["decoder"]),
+            encoder_io=EncoderIO(**graphs["encoder"]["io"]),
+            decoder_io=DecoderIO(**tup(graphs["decoder"]["io"])),
+            generation_config=d.get("generation_config", {}),
+            parity=d.get("parity", {}),
+            source=d.get("source", {}),
+        )
+
+    def write(self, directory: str | Path) -> Path:
+        path = Path(directory) / MANIFEST_NAME
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        return path
+
+
+def read_manifest(directory: str | Path) -> Manifest:
+    """Read and check ``t5ort.json`` in ``directory``; errors name the file and the fix."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ArtifactError(f"{directory}: no such directory; pass the OUT_DIR written by `t5ort export`.")
+    path = directory / MANIFEST_NAME
+    if not path.is_file():
+        raise ArtifactError(
+            f"{path}: not found; {directory} is not a t5ort export. Create one with `t5ort export MODEL {directory}`."
+        )
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{path}: unreadable manifest ({exc}); re-export the model with `t5ort export`.") from exc
+    version = raw.get("format_version") if isinstance(raw, dict) else None
+    if version != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{path}: format_version {version!r}, but this t5ort reads format_version {FORMAT_VERSION}; "
+            "re-export the model with this version of `t5ort export`."
+        )
+    try:
+        manifest = Manifest.from_dict(raw)
+    except (KeyError, TypeError) as exc:
+        raise ArtifactError(f"{path}: malformed manifest ({exc!r}); re-export the model with `t5ort export`.") from exc
+    check_manifest(manifest, path)
+    return manifest
+
+
+def check_manifest(m: Manifest, path: Path) -> None:
+    """Every tensor name the runtime will use exists in its graph's signature, one per decoder layer."""
+    layers = m.geometry.num_decoder_layers
+    io = m.decoder_io
+    for role in (
+        "past_self_key", "past_self_value", "past_cross_key", "past_cross_value",
+        "present_self_key", "present_self_value", "present_cross_key", "present_cross_value",
+    ):
+        if len(getattr(io, role)) != layers:
+            raise ArtifactError(
+                f"{path}: decoder io {role!r} names {len(getattr(io, role))} layers but the geometry says "
+                f"{layers}; re-export the model."
+            )
+    for graph, names_obj in ((m.encoder, m.encoder_io), (m.decoder, m.decoder_io)):
+        known = {t.name for t in graph.inputs} | {t.name for t in graph.outputs}
+        for value in names_obj.__dict__.values():
+            for name in value if isinstance(value, tuple) else (value,):
+                if name not in known:
+                    raise ArtifactError(
+                        f"{path}: tensor {name!r} is not in the signature of {graph.file}; re-export the model."
+                    )

@@ -1,0 +1,81 @@
+"""Text <-> ids without transformers: a tokenizer.json through `tokenizers`, or ByT5's bytes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from .errors import ArtifactError
+from .manifest import Manifest
+
+
+class TextTokenizer(Protocol):
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]: ...
+
+    def decode_batch(self, ids: np.ndarray) -> list[str]: ...
+
+
+def clean_up_tokenization(text: str) -> str:
+    """transformers' ``clean_up_tokenization``: drop spaces before punctuation and English contractions."""
+    return (
+        text.replace(" .", ".").replace(" ?", "?").replace(" !", "!").replace(" ,", ",")
+        .replace(" ' ", "'").replace(" n't", "n't").replace(" 'm", "'m").replace(" 's", "'s")
+        .replace(" 've", "'ve").replace(" 're", "'re")
+    )
+
+
+class JsonTokenizer:
+    """A ``tokenizer.json`` (sentencepiece T5/mT5 vocabularies converted by transformers)."""
+
+    def __init__(self, path: Path, clean_up: bool):
+        from tokenizers import Tokenizer
+
+        try:
+            self._tok = Tokenizer.from_file(str(path))
+        except Exception as exc:  # tokenizers raises bare Exception on bad files
+            raise ArtifactError(f"{path}: cannot load tokenizer ({exc}); re-export the model.") from exc
+        self._tok.no_padding()
+        self._tok.no_truncation()
+        self._clean_up = clean_up
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [e.ids for e in self._tok.encode_batch(list(texts))]
+
+    def decode_batch(self, ids: np.ndarray) -> list[str]:
+        texts = self._tok.decode_batch([row.tolist() for row in ids], skip_special_tokens=True)
+        return [clean_up_tokenization(t) for t in texts] if self._clean_up else texts
+
+
+class ByteTokenizer:
+    """ByT5: UTF-8 bytes shifted by the three specials (pad 0, eos 1, unk 2), then EOS."""
+
+    OFFSET = 3
+
+    def __init__(self, eos_token_id: int):
+        self.eos_token_id = eos_token_id
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [[b + self.OFFSET for b in t.encode("utf-8")] + [self.eos_token_id] for t in texts]
+
+    def decode_batch(self, ids: np.ndarray) -> list[str]:
+        out = []
+        for row in ids:
+            data = bytes(int(i) - self.OFFSET for i in row if self.OFFSET <= i < self.OFFSET + 256)
+            out.append(data.decode("utf-8", errors="ignore"))
+        return out
+
+
+def load_tokenizer(directory: Path, manifest: Manifest) -> TextTokenizer | None:
+    spec = manifest.tokenizer
+    if spec.kind == "byt5":
+        return ByteTokenizer(manifest.special_tokens.eos_token_id[0])
+    if spec.kind == "tokenizers" and spec.file:
+        path = directory / spec.file
+        if not path.is_file():
+            raise ArtifactError(f"{path}: tokenizer file missing; re-export the model.")
+        return JsonTokenizer(path, spec.clean_up_tokenization_spaces)
+    if spec.kind == "none":
+        return None
+    raise ArtifactError(f"{directory / 'manifest'}: unknown tokenizer kind {spec.kind!r}; re-export the model.")
