@@ -106,11 +106,16 @@ class DecodeOutput:
     token_logprobs: np.ndarray  # float32 [N, steps]
 
 
+def logsumexp(logits: np.ndarray) -> np.ndarray:
+    """log(sum(exp(logits))) over the last axis, stable; keeps that axis (size 1)."""
+    peak = logits.max(axis=-1, keepdims=True)
+    return peak + np.log(np.exp(logits - peak).sum(axis=-1, keepdims=True))
+
+
 def chosen_logprobs(logits: np.ndarray, tokens: np.ndarray) -> np.ndarray:
     """log_softmax(logits)[row, tokens[row]] for logits [N, vocab], without materialising the softmax."""
-    peak = logits.max(axis=-1)
-    lse = peak + np.log(np.exp(logits - peak[:, None]).sum(axis=-1))
-    return (logits[np.arange(len(tokens)), tokens] - lse).astype(np.float32)
+    chosen = np.take_along_axis(logits, tokens[:, None], axis=-1)
+    return (chosen - logsumexp(logits))[:, 0].astype(np.float32)
 
 
 def decode(

@@ -8,7 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .decoding import GenerationOptions, GreedySearch, build_processors, decode
+from .decoding import GenerationOptions, GreedySearch, build_processors, decode, logsumexp
 from .graphs import T5Graphs
 from .manifest import Manifest, read_manifest
 from .tokenizer import TextTokenizer, load_tokenizer
@@ -38,6 +38,21 @@ class GenerationResult:
     @property
     def num_steps(self) -> int:
         return int(self.sequences.shape[1] - 1)
+
+    def top_alternatives(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` most likely tokens of every step under the raw logits, best first.
+
+        Returns ``(token_ids, probs)``, int64 and float32 [N, steps, k].
+        """
+        if self.logits is None:
+            raise ValueError("top_alternatives needs the raw logits; generate with output_logits=True.")
+        if not 1 <= k <= self.logits.shape[-1]:
+            raise ValueError(f"k must be in [1, {self.logits.shape[-1]}], got {k}.")
+        ids = np.argpartition(-self.logits, k - 1, axis=-1)[..., :k]
+        top = np.take_along_axis(self.logits, ids, axis=-1)
+        order = np.argsort(-top, axis=-1, kind="stable")
+        ids, top = np.take_along_axis(ids, order, axis=-1), np.take_along_axis(top, order, axis=-1)
+        return ids.astype(np.int64), np.exp(top - logsumexp(self.logits)).astype(np.float32)
 
 
 class T5Runtime:

@@ -16,6 +16,10 @@ class TextTokenizer(Protocol):
 
     def decode_batch(self, ids: np.ndarray) -> list[str]: ...
 
+    def token_string(self, token_id: int) -> str:
+        """One vocabulary entry as text, for tables of tokens."""
+        ...
+
 
 def clean_up_tokenization(text: str) -> str:
     """transformers' ``clean_up_tokenization``: drop spaces before punctuation and English contractions."""
@@ -47,14 +51,19 @@ class JsonTokenizer:
         texts = self._tok.decode_batch([row.tolist() for row in ids], skip_special_tokens=True)
         return [clean_up_tokenization(t) for t in texts] if self._clean_up else texts
 
+    def token_string(self, token_id: int) -> str:
+        token = self._tok.id_to_token(int(token_id))
+        return f"<{token_id}>" if token is None else token
+
 
 class ByteTokenizer:
     """ByT5: UTF-8 bytes shifted by the three specials (pad 0, eos 1, unk 2), then EOS."""
 
     OFFSET = 3
 
-    def __init__(self, eos_token_id: int):
+    def __init__(self, eos_token_id: int, vocab_size: int):
         self.eos_token_id = eos_token_id
+        self.vocab_size = vocab_size  # bytes, then <extra_id_N> counting down from the top
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         return [[b + self.OFFSET for b in t.encode("utf-8")] + [self.eos_token_id] for t in texts]
@@ -66,11 +75,20 @@ class ByteTokenizer:
             out.append(data.decode("utf-8", errors="ignore"))
         return out
 
+    def token_string(self, token_id: int) -> str:
+        specials = {0: "<pad>", self.eos_token_id: "</s>", 2: "<unk>"}
+        if token_id in specials:
+            return specials[token_id]
+        byte = token_id - self.OFFSET
+        if 0 <= byte < 256:
+            return chr(byte) if 32 <= byte < 127 else f"<0x{byte:02X}>"
+        return f"<extra_id_{self.vocab_size - 1 - token_id}>"
+
 
 def load_tokenizer(directory: Path, manifest: Manifest) -> TextTokenizer | None:
     spec = manifest.tokenizer
     if spec.kind == "byt5":
-        return ByteTokenizer(manifest.special_tokens.eos_token_id[0])
+        return ByteTokenizer(manifest.special_tokens.eos_token_id[0], manifest.geometry.vocab_size)
     if spec.kind == "tokenizers" and spec.file:
         path = directory / spec.file
         if not path.is_file():

@@ -1,0 +1,169 @@
+"""``t5ort`` on the command line: parse arguments, call the library, show the results."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+
+class Progress:
+    """Stage messages with elapsed time on stderr (the library itself never prints)."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self.start = time.perf_counter()
+
+    def __call__(self, message: str) -> None:
+        if not self.quiet:
+            print(f"[{time.perf_counter() - self.start:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+# ---- output --------------------------------------------------------------------
+
+
+def step_table(runtime, result, row: int, k: int) -> str:
+    """Per-step table of one row: chosen token, its probability, and the k most likely tokens."""
+    ids, probs = result.top_alternatives(k)
+    chosen_p = np.exp(result.token_logprobs[row])
+    name = runtime.tokenizer.token_string if runtime.tokenizer else str
+    lines = [f"{'step':>4}  {'token':<14} {'p':>6}   top-{k}"]
+    for step in range(result.num_steps):
+        token = int(result.sequences[row, step + 1])
+        if step > 0 and int(result.sequences[row, step]) in runtime.manifest.special_tokens.eos_token_id:
+            break  # padding after EOS
+        alts = "  ".join(f"{name(int(t))!r} {p:.3f}" for t, p in zip(ids[row, step], probs[row, step]))
+        lines.append(f"{step:>4}  {repr(name(token)):<14} {chosen_p[step]:6.3f}   {alts}")
+    return "\n".join(lines)
+
+
+def save_logits(path: Path, result) -> None:
+    """Write sequences, raw logits and token log-probs to ``path`` (.npz) atomically."""
+    if path.suffix != ".npz":
+        raise SystemExit(f"--save-logits {path}: the file name must end in .npz")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, sequences=result.sequences, logits=result.logits, token_logprobs=result.token_logprobs)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def result_json(runtime, result, top: int) -> dict:
+    out = {
+        "texts": list(result.texts) if result.texts is not None else None,
+        "sequences": result.sequences.tolist(),
+        "token_logprobs": result.token_logprobs.tolist(),
+    }
+    if top:
+        ids, probs = result.top_alternatives(top)
+        out["top_ids"] = ids.tolist()
+        out["top_probs"] = probs.tolist()
+    return out
+
+
+# ---- commands ------------------------------------------------------------------
+
+
+def cmd_export(args) -> int:
+    import t5ort
+
+    t5ort.export(
+        args.model, args.out_dir, force=args.force, atol=args.atol, rel_tol=args.rel_tol,
+        check_steps=args.check_steps, progress=Progress(args.quiet),
+    )
+    return 0
+
+
+def cmd_generate(args) -> int:
+    import t5ort
+
+    runtime = t5ort.load(args.out_dir, provider=args.provider, threads=args.threads)
+    need_logits = bool(args.top or args.save_logits)
+    result = runtime.generate(
+        args.texts, max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens, output_logits=need_logits
+    )
+    if args.save_logits:
+        save_logits(Path(args.save_logits), result)
+    if args.json:
+        print(json.dumps(result_json(runtime, result, args.top), ensure_ascii=False))
+        return 0
+    for row, text in enumerate(result.texts):
+        print(text)
+        if args.top:
+            print(step_table(runtime, result, row, args.top))
+            print()
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .export.demo import run_demo
+
+    return run_demo(workdir=args.workdir, progress=Progress(args.quiet))
+
+
+# ---- parser --------------------------------------------------------------------
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="t5ort", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("export", help="export a T5 checkpoint to ONNX and check it against PyTorch")
+    p.add_argument("model", help="checkpoint directory (or hub id, where the hub is reachable)")
+    p.add_argument("out_dir", help="directory to create")
+    p.add_argument("--force", action="store_true", help="replace OUT_DIR if it exists")
+    p.add_argument("--atol", type=float, default=1e-4, help="parity tolerance, absolute part (default 1e-4)")
+    p.add_argument("--rel-tol", type=float, default=2e-6, help="parity tolerance per unit of max|logit| (2e-6)")
+    p.add_argument("--check-steps", type=positive_int, default=8, help="decoding steps compared (default 8)")
+    p.add_argument("--quiet", action="store_true", help="no progress messages")
+    p.set_defaults(run=cmd_export)
+
+    p = sub.add_parser("generate", help="greedy decoding with per-step logits")
+    p.add_argument("out_dir", help="an export written by `t5ort export`")
+    p.add_argument("texts", nargs="+", help="input texts, one row each")
+    p.add_argument("--max-new-tokens", type=positive_int, default=20)
+    p.add_argument("--min-new-tokens", type=int, default=0)
+    p.add_argument("--top", type=positive_int, default=0, metavar="K", help="print a per-step table with the top-K tokens")
+    p.add_argument("--save-logits", metavar="FILE.npz", help="write sequences, raw logits and token log-probs")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--provider", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--threads", type=positive_int, default=None, help="onnxruntime intra-op threads")
+    p.set_defaults(run=cmd_generate)
+
+    p = sub.add_parser("demo", help="build a small random T5, export it, decode with per-step logits, check parity")
+    p.add_argument("--workdir", default=None, help="keep the demo's checkpoint and export here (default: temp dir)")
+    p.add_argument("--quiet", action="store_true", help="no progress messages")
+    p.set_defaults(run=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .runtime.errors import T5ortError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (T5ortError, ValueError, FileNotFoundError) as exc:
+        print(f"t5ort {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
