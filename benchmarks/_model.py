@@ -1,0 +1,88 @@
+"""Shared by the benchmarks: the seeded t5-small-shaped checkpoint, the benchmark input and the machine.
+
+The checkpoint is built from a config with ``torch.manual_seed(0)`` (no hub, no
+tokenizer) and cached under the work directory; delete that directory to rebuild it.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_WORKDIR = Path(__file__).resolve().parent / ".work"
+T5_SMALL = dict(
+    vocab_size=32128,
+    d_model=512,
+    d_kv=64,
+    num_heads=8,
+    d_ff=2048,
+    num_layers=6,
+    num_decoder_layers=6,
+    feed_forward_proj="relu",
+    tie_word_embeddings=True,
+    decoder_start_token_id=0,
+    pad_token_id=0,
+    eos_token_id=1,
+)
+SOURCE_LENGTH = 32
+NEW_TOKENS = 32
+
+
+def say(message: str) -> None:
+    """Progress goes to stderr; stdout holds only the results."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def checkpoint(workdir: Path) -> Path:
+    """The seeded random checkpoint in ``workdir/checkpoint``, built and saved on first use."""
+    path = workdir / "checkpoint"
+    if (path / "config.json").is_file():
+        return path
+    import torch
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    say(f"building the seeded t5-small-shaped checkpoint in {path}")
+    torch.manual_seed(0)
+    T5ForConditionalGeneration(T5Config(**T5_SMALL)).eval().save_pretrained(path)
+    return path
+
+
+def input_ids() -> np.ndarray:
+    """The benchmark input: one row of SOURCE_LENGTH seeded random token ids in [3, 32000), int64 [1, L]."""
+    return np.random.default_rng(0).integers(3, 32000, size=(1, SOURCE_LENGTH), dtype=np.int64)
+
+
+def median_ms(seconds: list[float]) -> float:
+    return 1000 * statistics.median(seconds)
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def machine(threads: int, **versions: str) -> dict[str, str]:
+    """What the numbers were measured on; ``versions``: further packages and their versions."""
+    import onnxruntime
+
+    return {
+        "cpu": cpu_name(),
+        "logical cpus": str(os.cpu_count()),
+        "threads used": str(threads),
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+        **versions,
+    }
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)

@@ -1,0 +1,64 @@
+"""The command line: generate (text, --top, --json, --save-logits) and export errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from t5ort.cli import main
+
+TEXT = "translate English to German: the small house near the river"
+
+
+def test_generate_prints_the_texts(sp_runtime, sp_export, capsys):
+    assert main(["generate", str(sp_export), TEXT, "the old dog", "--max-new-tokens", "8"]) == 0
+    expected = sp_runtime.generate([TEXT, "the old dog"], max_new_tokens=8).texts
+    assert capsys.readouterr().out.splitlines() == list(expected)
+
+
+def test_generate_top_table(sp_runtime, sp_export, capsys):
+    assert main(["generate", str(sp_export), TEXT, "--max-new-tokens", "5", "--top", "3"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    res = sp_runtime.generate([TEXT], max_new_tokens=5)
+    ids, probs = res.top_alternatives(3)
+    assert out[1].split() == ["step", "token", "p", "top-3"]
+    first = out[2]
+    assert first.split()[0] == "0"
+    token = sp_runtime.tokenizer.token_string(int(res.sequences[0, 1]))
+    assert repr(token) in first and f"{np.exp(res.token_logprobs[0, 0]):.3f}" in first
+    assert f"{probs[0, 0, 2]:.3f}" in first
+
+
+def test_generate_json_and_save_logits(sp_runtime, sp_export, tmp_path, capsys):
+    npz = tmp_path / "run.npz"
+    assert main(["generate", str(sp_export), TEXT, "--max-new-tokens", "6", "--json", "--top", "2",
+                 "--save-logits", str(npz)]) == 0
+    data = json.loads(capsys.readouterr().out)
+    res = sp_runtime.generate([TEXT], max_new_tokens=6)
+    assert data["texts"] == list(res.texts)
+    assert data["sequences"] == res.sequences.tolist()
+    assert np.array(data["top_ids"]).shape == (1, res.num_steps, 2)
+    saved = np.load(npz)
+    np.testing.assert_array_equal(saved["sequences"], res.sequences)
+    np.testing.assert_array_equal(saved["logits"], res.logits)
+    np.testing.assert_array_equal(saved["token_logprobs"], res.token_logprobs)
+    assert [p.name for p in tmp_path.iterdir()] == ["run.npz"]
+
+
+def test_generate_on_a_directory_that_is_no_export(tmp_path, capsys):
+    assert main(["generate", str(tmp_path), "hello"]) == 2
+    err = capsys.readouterr().err
+    assert "t5ort.json: not found" in err and "t5ort export" in err
+
+
+def test_export_refuses_existing_out_dir(sp_checkpoint, tmp_path, capsys):
+    assert main(["export", str(sp_checkpoint), str(tmp_path), "--quiet"]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_demo_runs_end_to_end_and_passes_parity(tmp_path, capsys):
+    assert main(["demo", "--quiet", "--workdir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "Random weights" in out and "sequences equal: yes" in out
+    assert (tmp_path / "onnx" / "t5ort.json").is_file()

@@ -1,0 +1,117 @@
+"""Bad input and broken artifacts get clear errors that name the argument or file."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import t5ort
+from t5ort import ArtifactError, ProviderError
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"texts": []}, ValueError, "texts is empty"),
+        ({"texts": "one string"}, TypeError, "list of strings"),
+        ({"texts": ["ok", 3]}, TypeError, r"texts\[1\]"),
+        ({"input_ids": np.zeros((0, 4), np.int64)}, ValueError, "input_ids is empty"),
+        ({"input_ids": np.array([1, 2, 3])}, ValueError, "2-D"),
+        ({"input_ids": np.array([[5, 10**6]])}, ValueError, r"input_ids must lie in \[0, "),
+        ({"input_ids": np.array([[5, -1]])}, ValueError, r"input_ids must lie in"),
+        ({"input_ids": np.array([[5.0, 6.0]])}, TypeError, "integers"),
+        ({"input_ids": np.array([[5, 6]]), "attention_mask": np.ones((1, 3))}, ValueError, "attention_mask has shape"),
+        ({"input_ids": np.array([[5, 6]]), "attention_mask": np.array([[1, 2]])}, ValueError, "only 0 and 1"),
+        ({"input_ids": np.array([[5, 6]]), "attention_mask": np.array([[0, 0]])}, ValueError, "no 1"),
+        ({"texts": ["a"], "input_ids": np.array([[5]])}, ValueError, "exactly one of texts or input_ids"),
+        ({}, ValueError, "exactly one of texts or input_ids"),
+        ({"texts": ["a"], "max_new_tokens": 0}, ValueError, "max_new_tokens must be >= 1"),
+        ({"texts": ["a"], "max_new_tokens": 2.5}, TypeError, "max_new_tokens must be an int"),
+        ({"texts": ["a"], "min_new_tokens": 5, "max_new_tokens": 4}, ValueError, "min_new_tokens .5. must not exceed"),
+        ({"texts": ["a"], "min_new_tokens": -1}, ValueError, "min_new_tokens must be >= 0"),
+    ],
+)
+def test_bad_generate_arguments(sp_runtime, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        sp_runtime.generate(**kwargs)
+
+
+def test_options_are_validated_before_any_work(sp_runtime, monkeypatch):
+    def boom(*args, **kwargs):
+        raise AssertionError("the encoder ran before the options were checked")
+
+    monkeypatch.setattr(sp_runtime.graphs, "encode", boom)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        sp_runtime.generate(["a"], max_new_tokens=0)
+
+
+def test_not_an_export(tmp_path):
+    with pytest.raises(ArtifactError, match=r"t5ort\.json: not found"):
+        t5ort.load(tmp_path)
+    with pytest.raises(ArtifactError, match="no such directory"):
+        t5ort.load(tmp_path / "missing")
+
+
+def copy_export(src, tmp_path):
+    dst = tmp_path / "copy"
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_manifest_of_another_format_version(sp_export, tmp_path):
+    d = copy_export(sp_export, tmp_path)
+    manifest = json.loads((d / "t5ort.json").read_text())
+    manifest["format_version"] = 99
+    (d / "t5ort.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match=r"t5ort\.json: format_version 99.*re-export"):
+        t5ort.load(d)
+
+
+def test_unreadable_manifest(sp_export, tmp_path):
+    d = copy_export(sp_export, tmp_path)
+    (d / "t5ort.json").write_text("{ not json")
+    with pytest.raises(ArtifactError, match=r"t5ort\.json: unreadable manifest"):
+        t5ort.load(d)
+
+
+def test_manifest_naming_a_tensor_the_graph_lacks(sp_export, tmp_path):
+    d = copy_export(sp_export, tmp_path)
+    manifest = json.loads((d / "t5ort.json").read_text())
+    manifest["graphs"]["decoder"]["io"]["logits"] = "lm_logits"
+    (d / "t5ort.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="'lm_logits' is not in the signature of decoder_model_merged.onnx"):
+        t5ort.load(d)
+
+
+def test_truncated_graph(sp_export, tmp_path):
+    d = copy_export(sp_export, tmp_path)
+    graph = d / "decoder_model_merged.onnx"
+    graph.write_bytes(graph.read_bytes()[:1000])
+    with pytest.raises(ArtifactError, match=r"decoder_model_merged\.onnx: onnxruntime cannot load"):
+        t5ort.load(d)
+
+
+def test_missing_graph(sp_export, tmp_path):
+    d = copy_export(sp_export, tmp_path)
+    (d / "encoder_model.onnx").unlink()
+    with pytest.raises(ArtifactError, match=r"encoder_model\.onnx: graph file missing"):
+        t5ort.load(d)
+
+
+def test_unknown_provider_and_bad_threads(sp_export):
+    with pytest.raises(ValueError, match="provider='tpu'"):
+        t5ort.load(sp_export, provider="tpu")
+    with pytest.raises(ValueError, match="threads must be a positive int"):
+        t5ort.load(sp_export, threads=0)
+
+
+def test_cuda_without_cuda_provider_is_an_error_not_a_fallback(sp_export):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA; see test_cuda.py")
+    with pytest.raises(ProviderError, match="onnxruntime-gpu"):
+        t5ort.load(sp_export, provider="cuda")

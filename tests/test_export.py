@@ -1,0 +1,113 @@
+"""The exporter: manifest contract, atomic output, parity gate, and a torch-free runtime."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import t5ort
+from t5ort import ExportError, ParityError
+from t5ort.export import exporter
+
+
+def test_manifest_records_geometry_tokens_graphs_and_parity(sp_export, sp_checkpoint):
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(sp_checkpoint)
+    m = json.loads((sp_export / "t5ort.json").read_text())
+    assert m["format_version"] == 1
+    g = m["geometry"]
+    assert (g["vocab_size"], g["d_model"], g["d_kv"], g["num_heads"]) == (config.vocab_size, 32, 12, 4)
+    assert (g["num_layers"], g["num_decoder_layers"], g["tie_word_embeddings"]) == (3, 2, False)
+    assert m["special_tokens"] == {"pad_token_id": 0, "eos_token_id": [1], "decoder_start_token_id": 0}
+    dec = m["graphs"]["decoder"]
+    assert dec["file"] == "decoder_model_merged.onnx"
+    assert dec["io"]["past_self_key"] == ["past_key_values.0.decoder.key", "past_key_values.1.decoder.key"]
+    names = {t["name"]: t for t in dec["inputs"]}
+    assert names["past_key_values.0.decoder.key"]["shape"] == ["batch_size", 4, "past_decoder_sequence_length", 12]
+    assert m["parity"]["steps"] == 8 and 0 <= m["parity"]["max_abs_diff"] <= m["parity"]["tolerance"]
+    assert sorted(p.name for p in sp_export.iterdir()) == [
+        "decoder_model_merged.onnx", "encoder_model.onnx", "generation_config.json", "t5ort.json", "tokenizer.json",
+    ]
+
+
+def leftovers(parent):
+    return sorted(p.name for p in parent.iterdir() if ".partial-" in p.name or ".old-" in p.name)
+
+
+def test_existing_out_dir_is_refused_without_force(sp_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(ExportError, match="already exists.*--force"):
+        t5ort.export(sp_checkpoint, out)
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("stage", ["_load", "_export_graphs", "_build_manifest", "_replace_dir"])
+def test_failure_at_any_stage_leaves_previous_out_dir_and_no_temp(sp_checkpoint, tmp_path, monkeypatch, stage):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("previous export")
+
+    def fail(*args, **kwargs):
+        raise RuntimeError(f"injected fault in {stage}")
+
+    monkeypatch.setattr(exporter, stage, fail)
+    with pytest.raises(RuntimeError, match="injected fault"):
+        t5ort.export(sp_checkpoint, out, force=True)
+    assert (out / "keep.txt").read_text() == "previous export"
+    assert leftovers(tmp_path) == []
+
+
+def test_parity_failure_aborts_the_export(sp_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(ParityError, match="above the tolerance"):
+        t5ort.export(sp_checkpoint, out, atol=0.0, rel_tol=0.0)
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_force_replaces_and_progress_reports_stages(sp_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "stale.txt").write_text("old")
+    messages = []
+    t5ort.export(sp_checkpoint, out, force=True, progress=messages.append)
+    assert not (out / "stale.txt").exists() and (out / "t5ort.json").is_file()
+    assert [m.split()[0] for m in messages] == ["loading", "exporting", "checking", "wrote"]
+    assert leftovers(tmp_path) == []
+
+
+def test_unsupported_model_type_is_refused(tmp_path):
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    ckpt = tmp_path / "bart"
+    BartForConditionalGeneration(BartConfig(vocab_size=50, d_model=16, encoder_layers=1, decoder_layers=1,
+                                            encoder_attention_heads=2, decoder_attention_heads=2,
+                                            encoder_ffn_dim=16, decoder_ffn_dim=16)).save_pretrained(ckpt)
+    with pytest.raises(ExportError, match="model_type 'bart' is not supported"):
+        t5ort.export(ckpt, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_loading_and_generating_never_imports_torch_or_transformers(sp_export):
+    code = (
+        "import sys, t5ort\n"
+        f"rt = t5ort.load({str(sp_export)!r})\n"
+        "res = rt.generate(['the small house'], max_new_tokens=4)\n"
+        "assert res.logits.shape[1] >= 1\n"
+        "bad = [m for m in ('torch', 'transformers', 'optimum') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_export_is_reproducible_at_runtime(sp_export):
+    """Two loads of one export give bit-identical logits (no hidden state between calls)."""
+    a = t5ort.load(sp_export).generate(["the old dog"], max_new_tokens=6)
+    b = t5ort.load(sp_export).generate(["the old dog"], max_new_tokens=6)
+    np.testing.assert_array_equal(a.logits, b.logits)
