@@ -69,13 +69,17 @@ def cpu_name() -> str:
 
 
 def machine(threads: int, **versions: str) -> dict[str, str]:
-    """What the numbers were measured on; ``versions``: further packages and their versions."""
+    """What the numbers were measured on; ``versions``: further packages and their versions.
+
+    The load average shows whether other work shared the CPUs (it counts this process too).
+    """
     import onnxruntime
 
     return {
         "cpu": cpu_name(),
         "logical cpus": str(os.cpu_count()),
         "threads used": str(threads),
+        "load average (1 min) at start": f"{os.getloadavg()[0]:.2f}",
         "python": platform.python_version(),
         "onnxruntime": onnxruntime.__version__,
         **versions,

@@ -71,6 +71,7 @@ def run_torch(model, ids: torch.Tensor) -> tuple[float, np.ndarray, np.ndarray]:
 
 def measure(workdir: Path, threads: int, repeats: int) -> dict:
     """Time both sides interleaved; return the medians and the agreement of their outputs."""
+    info = machine(threads, torch=torch.__version__, transformers=transformers.__version__)
     export_dir = t5ort_export(workdir)
     torch.set_num_threads(threads)
     model = T5ForConditionalGeneration.from_pretrained(checkpoint(workdir)).eval()
@@ -90,7 +91,7 @@ def measure(workdir: Path, threads: int, repeats: int) -> dict:
     (_, ort_seq, ort_logits), (_, pt_seq, pt_logits) = last["t5ort"], last["pytorch"]
     ms_per_step = {name: median_ms(s) / NEW_TOKENS for name, s in seconds.items()}
     return {
-        "machine": machine(threads, torch=torch.__version__, transformers=transformers.__version__),
+        "machine": info,
         "repeats": repeats,
         "new_tokens": NEW_TOKENS,
         "ms_per_step": ms_per_step,

@@ -9,8 +9,6 @@
 
 from __future__ import annotations
 
-import io
-import random
 from pathlib import Path
 
 import numpy as np
@@ -19,43 +17,13 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-WORDS = (
-    "the a house garden river small old new red green blue cat dog bird runs sleeps sings "
-    "near under over and with one two three four five six seven eight nine ten hundred "
-    "thousand translate English German summarize question answer"
-).split()
+from t5ort.export.demo import generated_corpus, train_sentencepiece  # noqa: E402
 
 SOURCES = [
     "translate English to German: the small house near the river",
     "summarize: one cat sleeps",
     "the old dog runs over the green garden and the blue bird sings seven hundred songs",
 ]
-
-
-def generated_corpus(n: int = 2000, seed: int = 0) -> list[str]:
-    rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12))) for _ in range(n)]
-
-
-def train_sentencepiece(path: Path, vocab_size: int = 160) -> Path:
-    import sentencepiece as spm
-
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(generated_corpus() + SOURCES),
-        model_writer=model,
-        vocab_size=vocab_size,
-        model_type="unigram",
-        pad_id=0,
-        eos_id=1,
-        unk_id=2,
-        bos_id=-1,
-        character_coverage=1.0,
-        hard_vocab_limit=False,
-        minloglevel=2,
-    )
-    path.write_bytes(model.getvalue())
-    return path
 
 
 def tiny_t5(vocab_size: int, *, v1_1: bool, seed: int = 0):
@@ -97,8 +65,8 @@ def sp_checkpoint(tmp_path_factory) -> Path:
     from transformers import T5TokenizerFast
 
     root = tmp_path_factory.mktemp("sp_ckpt")
-    spm_path = train_sentencepiece(root / "spiece.model")
-    tokenizer = T5TokenizerFast(vocab_file=str(spm_path), extra_ids=0)
+    spm_path = train_sentencepiece(root / "spiece.model", generated_corpus() + SOURCES)
+    tokenizer = T5TokenizerFast(vocab_file=str(spm_path), extra_ids=0, legacy=False)
     model = tiny_t5(len(tokenizer), v1_1=True)
     make_eos_reachable(model, tokenizer)
     ckpt = root / "model"

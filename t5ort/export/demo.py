@@ -1,28 +1,59 @@
 """``t5ort demo``: the whole job end to end on a model that needs no download.
 
 Until a trained model is bundled, the demo builds a small seeded *random* T5
-(v1.1 style, ByT5's byte tokenizer), exports it, decodes with per-step logits,
+(v1.1 style) with a sentencepiece vocabulary trained here on generated English,
+exports it, decodes with per-step logits,
 and checks the result against PyTorch's ``generate``. The text it produces is
 noise; the logits are real and the parity figures are measured.
 """
 
 from __future__ import annotations
 
+import io
+import random
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 
 DEMO_TEXTS = ["translate English to German: The house is wonderful.", "summarize: t5ort returns raw logits."]
 
 
-def build_random_checkpoint(path: Path, seed: int = 0) -> Path:
-    """A seeded random T5 v1.1-style model (gated-GELU, untied head) with ByT5's tokenizer, saved to ``path``."""
-    import torch
-    from transformers import ByT5Tokenizer, T5Config, T5ForConditionalGeneration
+WORDS = (
+    "the a house garden river small old new red green blue cat dog bird runs sleeps sings is are was "
+    "near under over and with one two three four five six seven eight nine ten hundred thousand "
+    "translate English to German summarize question answer wonderful returns raw logits model"
+).split()
 
-    tokenizer = ByT5Tokenizer()
+
+def generated_corpus(n: int = 2000, seed: int = 0) -> list[str]:
+    """Seeded random sentences over a small English word list: training text for a demo vocabulary."""
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12))) for _ in range(n)]
+
+
+def train_sentencepiece(path: Path, texts: Iterable[str], vocab_size: int = 160) -> Path:
+    """Train a T5-style unigram sentencepiece model (pad 0, eos 1, unk 2, no bos) and write it to ``path``."""
+    import sentencepiece as spm
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size, model_type="unigram",
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0, hard_vocab_limit=False, minloglevel=2,
+    )
+    path.write_bytes(model.getvalue())
+    return path
+
+
+def build_random_checkpoint(path: Path, seed: int = 0) -> Path:
+    """A seeded random T5 v1.1-style model (gated-GELU, untied head) with a sentencepiece tokenizer."""
+    import torch
+    from transformers import T5Config, T5ForConditionalGeneration, T5TokenizerFast
+
+    path.mkdir(parents=True, exist_ok=True)
+    spm_path = train_sentencepiece(path / "spiece.model", generated_corpus() + DEMO_TEXTS)
+    tokenizer = T5TokenizerFast(vocab_file=str(spm_path), extra_ids=0, legacy=False)
     torch.manual_seed(seed)
     config = T5Config(
         vocab_size=len(tokenizer), d_model=128, d_kv=32, num_heads=4, d_ff=256, num_layers=4,
