@@ -11,6 +11,7 @@ import platform
 import statistics
 import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -31,6 +32,10 @@ T5_SMALL = dict(
 )
 SOURCE_LENGTH = 32
 NEW_TOKENS = 32
+# Idle threads keep spinning for a while after a run (ONNX Runtime's workers, OpenMP's); on a
+# small machine they slow down the next run of another session or library. Pausing before each
+# timed run keeps one run's threads out of the next run's timing.
+PAUSE_S = 0.2
 
 
 def say(message: str) -> None:
@@ -69,21 +74,34 @@ def cpu_name() -> str:
 
 
 def machine(threads: int, **versions: str) -> dict[str, str]:
-    """What the numbers were measured on; ``versions``: further packages and their versions.
-
-    The load average shows whether other work shared the CPUs (it counts this process too).
-    """
+    """What the numbers were measured on; ``versions``: further packages and their versions."""
     import onnxruntime
 
     return {
         "cpu": cpu_name(),
         "logical cpus": str(os.cpu_count()),
         "threads used": str(threads),
-        "load average (1 min) at start": f"{os.getloadavg()[0]:.2f}",
         "python": platform.python_version(),
         "onnxruntime": onnxruntime.__version__,
         **versions,
     }
+
+
+def _busy_minus_own() -> float:
+    """CPU seconds the whole machine was busy since boot (/proc/stat) minus this process's and its reaped children's."""
+    user, nice, system, _idle, _iowait, irq, softirq = map(int, Path("/proc/stat").read_text().split()[1:8])
+    t = os.times()
+    busy = (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+    return busy - (t.user + t.system + t.children_user + t.children_system)
+
+
+def other_cpu_meter() -> Callable[[], float]:
+    """Returns a function that gives the CPU seconds other processes used since this call.
+
+    Anything well above zero means the timings shared the CPUs with other work.
+    """
+    start = _busy_minus_own()
+    return lambda: _busy_minus_own() - start
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:

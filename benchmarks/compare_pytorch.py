@@ -13,9 +13,11 @@ input tokens, exactly 32 new tokens (min_new_tokens = max_new_tokens = 32):
   ``torch.no_grad()``, with ``torch.set_num_threads(threads)``.
 
 Each side is warmed up once, then the two run interleaved ``repeats`` times
-(alternating which goes first); the table shows medians, as ms per step (total /
+(alternating which goes first, with a 0.2 s pause before each run so that the
+other side's idle threads have stopped spinning); the table shows medians, as ms per step (total /
 32), and the ratio PyTorch / t5ort (> 1: t5ort is faster). The raw logits and
-sequences of the two are compared as a correctness check.
+sequences of the two are compared as a correctness check, and the CPU time other
+processes took during the run is reported: timings are only clean when it is ~0.
 
 The seeded checkpoint and its t5ort export are cached in ``--workdir``
 (default benchmarks/.work; delete it to rebuild). Progress goes to stderr,
@@ -35,7 +37,18 @@ import transformers
 from transformers import T5ForConditionalGeneration
 
 import t5ort
-from _model import DEFAULT_WORKDIR, NEW_TOKENS, checkpoint, input_ids, machine, markdown_table, median_ms, say
+from _model import (
+    DEFAULT_WORKDIR,
+    NEW_TOKENS,
+    PAUSE_S,
+    checkpoint,
+    input_ids,
+    machine,
+    markdown_table,
+    median_ms,
+    other_cpu_meter,
+    say,
+)
 
 
 def t5ort_export(workdir: Path) -> Path:
@@ -72,12 +85,14 @@ def run_torch(model, ids: torch.Tensor) -> tuple[float, np.ndarray, np.ndarray]:
 def measure(workdir: Path, threads: int, repeats: int) -> dict:
     """Time both sides interleaved; return the medians and the agreement of their outputs."""
     info = machine(threads, torch=torch.__version__, transformers=transformers.__version__)
+    other_cpu = other_cpu_meter()
     export_dir = t5ort_export(workdir)
     torch.set_num_threads(threads)
     model = T5ForConditionalGeneration.from_pretrained(checkpoint(workdir)).eval()
     rt = t5ort.load(export_dir, threads=threads)
     ids = input_ids()
-    runs = {"t5ort": lambda: run_t5ort(rt, ids), "pytorch": lambda: run_torch(model, torch.from_numpy(ids))}
+    ids_torch = torch.from_numpy(ids)
+    runs = {"t5ort": lambda: run_t5ort(rt, ids), "pytorch": lambda: run_torch(model, ids_torch)}
 
     say("warming up")
     last = {name: run() for name, run in runs.items()}
@@ -85,6 +100,7 @@ def measure(workdir: Path, threads: int, repeats: int) -> dict:
     for i in range(repeats):
         say(f"repeat {i + 1}/{repeats}")
         for name in list(runs)[:: 1 if i % 2 == 0 else -1]:
+            time.sleep(PAUSE_S)
             last[name] = runs[name]()
             seconds[name].append(last[name][0])
 
@@ -92,6 +108,7 @@ def measure(workdir: Path, threads: int, repeats: int) -> dict:
     ms_per_step = {name: median_ms(s) / NEW_TOKENS for name, s in seconds.items()}
     return {
         "machine": info,
+        "other_processes_cpu_seconds": other_cpu(),
         "repeats": repeats,
         "new_tokens": NEW_TOKENS,
         "ms_per_step": ms_per_step,
@@ -106,11 +123,12 @@ def measure(workdir: Path, threads: int, repeats: int) -> dict:
 def report(results: dict) -> str:
     ms = results["ms_per_step"]
     timing = [[name, f"{ms[name]:.2f}", f"{ms[name] * results['new_tokens']:.1f}"] for name in ("t5ort", "pytorch")]
+    timing.append(["pytorch / t5ort", f"{results['ratio_pytorch_over_t5ort']:.2f}x", ""])
     checks = [
-        ["PyTorch / t5ort (time ratio)", f"{results['ratio_pytorch_over_t5ort']:.2f}x"],
         ["max abs diff of raw logits", f"{results['max_abs_logit_diff']:.2e}"],
         ["max abs raw logit", f"{results['max_abs_logit']:.2f}"],
         ["sequences equal", str(results["sequences_equal"])],
+        ["CPU time of other processes during the run", f"{results['other_processes_cpu_seconds']:.1f} s"],
     ]
     return "\n\n".join(
         [

@@ -20,8 +20,10 @@ graph optimisation, as t5ort's runtime sets it):
 - step time: 32 greedy decoding steps with the KV cache (batch 1, 32 seeded
   random input tokens, the encoder run once beforehand, plain
   ``session.run`` on numpy arrays), both layouts interleaved ``repeats`` times
-  after one warm-up each; medians of ms per step (loop time / 32) and of the
-  first step alone. The logits of the two layouts are compared as a check.
+  after one warm-up each, with a 0.2 s pause before each run so that the other
+  layout's idle threads have stopped spinning; medians of ms per step (loop
+  time / 32), of the first step alone and of the later steps. The logits of the two layouts are compared as a check, and
+  the CPU time other processes took during the run is reported (clean when ~0).
 
 The checkpoint and optimum's export are cached in ``--workdir`` (default
 benchmarks/.work; delete it to rebuild). Progress goes to stderr, results to stdout.
@@ -32,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -41,7 +44,19 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from _model import DEFAULT_WORKDIR, NEW_TOKENS, T5_SMALL, checkpoint, input_ids, machine, markdown_table, median_ms, say
+from _model import (
+    DEFAULT_WORKDIR,
+    NEW_TOKENS,
+    PAUSE_S,
+    T5_SMALL,
+    checkpoint,
+    input_ids,
+    machine,
+    markdown_table,
+    median_ms,
+    other_cpu_meter,
+    say,
+)
 
 ENCODER = "encoder_model.onnx"
 LAYOUTS = {
@@ -52,11 +67,11 @@ LAYOUTS = {
 
 def optimum_export(workdir: Path) -> Path:
     """optimum's export of the checkpoint (all three decoder files) in ``workdir/optimum``, made on first use."""
-    from optimum.exporters.onnx import main_export
-
     out = workdir / "optimum"
     files = [ENCODER, *(f for files in LAYOUTS.values() for f in files)]
     if not all((out / f).is_file() for f in files):
+        from optimum.exporters.onnx import main_export
+
         say(f"exporting with optimum to {out}")
         main_export(str(checkpoint(workdir)), out, task="text2text-generation-with-past", do_validation=False)
     return out
@@ -162,10 +177,9 @@ def decode(layout: Layout, hidden: np.ndarray, mask: np.ndarray) -> tuple[list[f
 def measure(workdir: Path, threads: int, repeats: int) -> dict:
     """Sizes, decoder RSS and interleaved step times of both layouts, and their agreement."""
     info = machine(threads, optimum_onnx=version("optimum-onnx"))
+    other_cpu = other_cpu_meter()
     directory = optimum_export(workdir)
-    results = {
-        name: {"file_mb": file_mb(directory, (ENCODER, *files))} for name, files in LAYOUTS.items()
-    }
+    results = {name: {"file_mb": file_mb(directory, (ENCODER, *files))} for name, files in LAYOUTS.items()}
     for name, files in LAYOUTS.items():
         say(f"decoder RSS of the {name} layout (fresh process)")
         grown, peak = fresh_process_rss([directory / f for f in files], threads)
@@ -177,24 +191,25 @@ def measure(workdir: Path, threads: int, repeats: int) -> dict:
     layouts = {name: load_layout(directory, files, threads) for name, files in LAYOUTS.items()}
     say("warming up")
     last = {name: decode(layout, hidden, mask) for name, layout in layouts.items()}
-    totals = {name: [] for name in layouts}
-    firsts = {name: [] for name in layouts}
+    steps = {name: [] for name in layouts}  # per repeat, the seconds of each step
     for i in range(repeats):
         say(f"repeat {i + 1}/{repeats}")
         for name in list(layouts)[:: 1 if i % 2 == 0 else -1]:
+            time.sleep(PAUSE_S)
             last[name] = decode(layouts[name], hidden, mask)
-            totals[name].append(sum(last[name][0]))
-            firsts[name].append(last[name][0][0])
+            steps[name].append(last[name][0])
 
-    for name in layouts:
+    for name, runs in steps.items():
         results[name].update(
-            ms_per_step=median_ms(totals[name]) / NEW_TOKENS,
-            first_step_ms=median_ms(firsts[name]),
-            all_loop_seconds=totals[name],
+            ms_per_step=median_ms([sum(run) for run in runs]) / NEW_TOKENS,
+            first_step_ms=median_ms([run[0] for run in runs]),
+            later_step_ms=median_ms([statistics.median(run[1:]) for run in runs]),
+            step_seconds=runs,
         )
     split_logits, merged_logits = last["split"][1], last["merged"][1]
     return {
         "machine": info,
+        "other_processes_cpu_seconds": other_cpu(),
         "repeats": repeats,
         "steps": NEW_TOKENS,
         "layouts": results,
@@ -211,6 +226,7 @@ def report(results: dict) -> str:
         "decoder RSS MB (peak)",
         f"ms/step (median of {results['repeats']})",
         "first step ms",
+        "later steps ms (median)",
     ]
     rows = [
         [
@@ -220,12 +236,14 @@ def report(results: dict) -> str:
             f"{r['rss_mb']:.1f} ({r['peak_rss_mb']:.1f})",
             f"{r['ms_per_step']:.2f}",
             f"{r['first_step_ms']:.2f}",
+            f"{r['later_step_ms']:.2f}",
         ]
         for name, r in results["layouts"].items()
     ]
     checks = [
         ["max abs logit diff, split vs merged", f"{results['max_abs_logit_diff']:.2e}"],
         ["same greedy tokens", str(results["tokens_equal"])],
+        ["CPU time of other processes during the run", f"{results['other_processes_cpu_seconds']:.1f} s"],
     ]
     return "\n\n".join(
         [

@@ -1,8 +1,8 @@
 """The run-time half of t5ort: numpy, onnxruntime and tokenizers only."""
 
-from .decoding import GenerationOptions
+from .options import GenerationOptions
 from .errors import ArtifactError, ExportError, ParityError, ProviderError, T5ortError
-from .model import GenerationResult, T5Runtime, load
+from .model import GenerationResult, ScoreResult, StepEvent, T5Runtime, load
 
 __all__ = [
     "ArtifactError",
@@ -11,6 +11,8 @@ __all__ = [
     "GenerationResult",
     "ParityError",
     "ProviderError",
+    "ScoreResult",
+    "StepEvent",
     "T5Runtime",
     "T5ortError",
     "load",

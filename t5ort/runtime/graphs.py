@@ -161,10 +161,19 @@ class T5Graphs:
 
     def step(self, tokens: np.ndarray, state: DecoderState) -> tuple[np.ndarray, DecoderState]:
         """Feed one token per row (int64 [batch]); return that step's raw logits [batch, vocab]."""
+        logits, state = self.forward(np.asarray(tokens).reshape(-1, 1), state)
+        return logits[:, -1, :], state
+
+    def forward(self, decoder_input_ids: np.ndarray, state: DecoderState) -> tuple[np.ndarray, DecoderState]:
+        """Feed ``decoder_input_ids`` [batch, T] after the cached positions; return raw logits [batch, T, vocab].
+
+        The first call computes the cross-attention keys/values and binds them for
+        every later call; T > 1 at the first call is one teacher-forced pass.
+        """
         io = self.manifest.decoder_io
         binding = state.binding
         first = state.past_length == 0
-        binding.bind_cpu_input(io.input_ids, np.ascontiguousarray(tokens, dtype=np.int64).reshape(-1, 1))
+        binding.bind_cpu_input(io.input_ids, np.ascontiguousarray(decoder_input_ids, dtype=np.int64))
         binding.bind_ortvalue_input(io.use_cache_branch, self._false if first else self._true)
         for name, value in zip(self._past_self, state.self_kv):  # nothing to bind at the first step
             binding.bind_ortvalue_input(name, value)
@@ -182,6 +191,25 @@ class T5Graphs:
             # Cross-attention keys/values: computed once here, bound for every later step.
             for name, value in zip(self._past_cross, outputs[1 + n_self:]):
                 binding.bind_ortvalue_input(name, value)
-        logits = outputs[0].numpy()  # [batch, 1, vocab]
-        new_state = DecoderState(binding, tuple(outputs[1:1 + n_self]), state.past_length + 1)
-        return logits[:, -1, :], new_state
+        new_state = DecoderState(binding, tuple(outputs[1:1 + n_self]), state.past_length + decoder_input_ids.shape[1])
+        return outputs[0].numpy(), new_state
+
+    # ---- batch reshaping (beams, return sequences) ------------------------------
+
+    def _to_device(self, array: np.ndarray) -> ort.OrtValue:
+        return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self._device, self._device_id)
+
+    def expand(self, encoder_output: EncoderOutput, times: int) -> EncoderOutput:
+        """Repeat every row ``times`` times (row i -> rows i*times .. i*times+times-1), once, before decoding."""
+        if times == 1:
+            return encoder_output
+        hidden = np.repeat(encoder_output.hidden_states.numpy(), times, axis=0)  # [batch*times, src_len, d_model]
+        return EncoderOutput(self._to_device(hidden), np.repeat(encoder_output.attention_mask, times, axis=0))
+
+    def reorder(self, state: DecoderState, source: np.ndarray) -> DecoderState:
+        """Self-attention cache rows taken from ``source`` [rows] (beam search). Cross keys/values stay:
+        a beam's source row always belongs to the same input, whose cross keys/values are the same."""
+        if np.array_equal(source, np.arange(len(source))):
+            return state
+        kv = tuple(self._to_device(value.numpy()[source]) for value in state.self_kv)  # [rows, heads, past, d_kv]
+        return DecoderState(state.binding, kv, state.past_length)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .decoding import GenerationOptions, GreedySearch, build_processors, decode, logsumexp
+from .decoding import Special, decode, make_strategy, run_steps
+from .options import GenerationOptions
+from .processors import build_processors
+from .strategies import logsumexp
 from .graphs import T5Graphs
 from .manifest import Manifest, read_manifest
 from .tokenizer import TextTokenizer, load_tokenizer
@@ -27,6 +30,14 @@ class GenerationResult:
     - ``token_logprobs``: float32 [N, steps], log-softmax of the raw logits at the
       chosen token; 0 at the padding after a row's EOS.
     - ``texts``: the decoded strings without special tokens (None without a tokenizer).
+    - ``sequences_scores`` (beam search): float32 [N * num_return_sequences], the
+      length-normalised log-prob sums that ranked the hypotheses, as transformers.
+    - ``beam_indices`` (beam search): int64 [N * num_return_sequences, steps], the
+      row of ``logits``/``scores`` that produced each token; -1 after the hypothesis ended.
+
+    With beam search, ``logits`` and ``scores`` have one row per beam
+    ([N * num_beams, steps, vocab]) and ``scores`` holds the processed log-probs,
+    both as in transformers; follow ``beam_indices`` to read a hypothesis' steps.
     """
 
     sequences: np.ndarray
@@ -34,6 +45,8 @@ class GenerationResult:
     scores: np.ndarray | None
     token_logprobs: np.ndarray
     texts: tuple[str, ...] | None
+    sequences_scores: np.ndarray | None = None
+    beam_indices: np.ndarray | None = None
 
     @property
     def num_steps(self) -> int:
@@ -53,6 +66,33 @@ class GenerationResult:
         order = np.argsort(-top, axis=-1, kind="stable")
         ids, top = np.take_along_axis(ids, order, axis=-1), np.take_along_axis(top, order, axis=-1)
         return ids.astype(np.int64), np.exp(top - logsumexp(self.logits)).astype(np.float32)
+
+
+@dataclass(frozen=True, eq=False)
+class StepEvent:
+    """One step of :meth:`T5Runtime.stream`: every row's new token and that step's raw logits [N, vocab]."""
+
+    step: int
+    token_ids: np.ndarray  # int64 [N]; pad for rows already finished
+    logits: np.ndarray  # float32 [N, vocab], raw
+    finished: np.ndarray  # bool [N], true once a row has stopped (this step included)
+    texts: tuple[str, ...] | None  # each new token as text
+
+
+@dataclass(frozen=True, eq=False)
+class ScoreResult:
+    """Teacher-forced scores of given targets.
+
+    - ``logits``: float32 [N, T, vocab], raw (None with ``output_logits=False``);
+    - ``token_logprobs``: float32 [N, T], log-softmax at each target token, 0 at padding;
+    - ``total_logprob``: float32 [N], their sum;
+    - ``target_ids``: int64 [N, T], the targets, -100 at padding.
+    """
+
+    logits: np.ndarray | None
+    token_logprobs: np.ndarray
+    total_logprob: np.ndarray
+    target_ids: np.ndarray
 
 
 class T5Runtime:
@@ -129,53 +169,143 @@ class T5Runtime:
 
     # ---- generation ------------------------------------------------------------
 
+    def _special(self, options: GenerationOptions) -> Special:
+        st = self.manifest.special_tokens
+        eos = options.eos_token_id if options.eos_token_id is not None else st.eos_token_id
+        return Special(st.decoder_start_token_id, st.pad_token_id, eos if isinstance(eos, tuple) else (eos,))
+
+    def _token_text(self):
+        return None if self.tokenizer is None else self.tokenizer.token_text
+
+    def _decode_texts(self, sequences: np.ndarray) -> tuple[str, ...] | None:
+        return None if self.tokenizer is None else tuple(self.tokenizer.decode_batch(sequences))
+
     def generate(
         self,
         texts: Sequence[str] | None = None,
         *,
         input_ids: np.ndarray | None = None,
         attention_mask: np.ndarray | None = None,
-        max_new_tokens: int = 20,
-        min_new_tokens: int = 0,
-        output_logits: bool = True,
-        output_scores: bool = False,
+        **options: Any,
     ) -> GenerationResult:
-        """Greedy decoding with the raw logits of every step.
+        """Generate with the raw logits of every step, like transformers' ``generate``.
 
         Pass ``texts`` (a list of strings) or ``input_ids`` (int [N, L]) with an
-        optional right-padded ``attention_mask``. Arguments follow transformers'
-        ``generate``; the result matches ``generate(output_logits=True,
+        optional right-padded ``attention_mask``. ``options`` are
+        :class:`GenerationOptions` fields with transformers' names and meaning:
+        ``max_new_tokens``, ``min_new_tokens``, ``num_beams``, ``do_sample``,
+        ``temperature``, ``top_k``, ``top_p``, ``logits_processor``, ``output_logits``,
+        ``output_scores``... The result matches ``generate(output_logits=True,
         return_dict_in_generate=True)``.
         """
-        options = GenerationOptions(
-            max_new_tokens=max_new_tokens,
-            min_new_tokens=min_new_tokens,
-            output_logits=output_logits,
-            output_scores=output_scores,
-        ).validate()
+        opts = GenerationOptions.create(**options).validate(self.vocab_size)
         ids, mask = self._inputs(texts, input_ids, attention_mask)
-        special = self.manifest.special_tokens
-        out = decode(
-            self.graphs,
-            self.graphs.encode(ids, mask),
-            batch_size=ids.shape[0],
-            options=options,
-            processors=build_processors(options, special.eos_token_id),
-            strategy=GreedySearch(),
-            decoder_start_token_id=special.decoder_start_token_id,
-            eos_token_ids=special.eos_token_id,
-            pad_token_id=special.pad_token_id,
-            vocab_size=self.vocab_size,
-        )
-        sequences = np.ascontiguousarray(out.sequences)
-        texts_out = None if self.tokenizer is None else tuple(self.tokenizer.decode_batch(sequences))
+        out = decode(self.graphs, self.graphs.encode(ids, mask), opts, self._special(opts), self.vocab_size,
+                     self._token_text())
+        search = out.search
         return GenerationResult(
-            sequences=sequences,
+            sequences=search.sequences,
             logits=out.logits,
             scores=out.scores,
-            token_logprobs=np.ascontiguousarray(out.token_logprobs),
-            texts=texts_out,
+            token_logprobs=search.token_logprobs,
+            texts=self._decode_texts(search.sequences),
+            sequences_scores=search.sequences_scores,
+            beam_indices=search.beam_indices,
         )
+
+    def stream(
+        self,
+        texts: Sequence[str] | None = None,
+        *,
+        input_ids: np.ndarray | None = None,
+        attention_mask: np.ndarray | None = None,
+        **options: Any,
+    ) -> Iterator[StepEvent]:
+        """Greedy or sampled decoding, one :class:`StepEvent` per step, nothing accumulated.
+
+        Each event's ``logits`` is that step's raw [N, vocab] array (valid after the
+        loop moves on: every step gets a fresh array). Options as in :meth:`generate`,
+        except beam search and the output_* flags.
+        """
+        for name in ("output_logits", "output_scores"):
+            if name in options:
+                raise ValueError(f"{name} does not apply to stream(): every event carries that step's logits.")
+        opts = GenerationOptions.create(**options, output_logits=False).validate(self.vocab_size)
+        if opts.strategy == "beam":
+            raise ValueError("stream() supports greedy and sampling; use generate() for num_beams > 1.")
+        ids, mask = self._inputs(texts, input_ids, attention_mask)
+        encoder_output = self.graphs.expand(self.graphs.encode(ids, mask), opts.rows_per_input)
+        special = self._special(opts)
+        strategy = make_strategy(opts, ids.shape[0], special, self._token_text())
+        processors = build_processors(opts, special.eos_token_ids)
+        for step in run_steps(self.graphs, encoder_output, strategy, processors, opts.max_new_tokens):
+            yield StepEvent(
+                step=step.index,
+                token_ids=step.tokens.copy(),
+                logits=step.logits,
+                finished=strategy.finished.copy(),
+                texts=None if self.tokenizer is None else tuple(
+                    self.tokenizer.token_text(int(t)) for t in step.tokens
+                ),
+            )
+
+    # ---- teacher forcing -------------------------------------------------------
+
+    def score(
+        self,
+        texts: Sequence[str] | None = None,
+        targets: Sequence[str] | None = None,
+        *,
+        input_ids: np.ndarray | None = None,
+        attention_mask: np.ndarray | None = None,
+        target_ids: np.ndarray | None = None,
+        output_logits: bool = True,
+    ) -> ScoreResult:
+        """Score given targets under the model: one encoder pass, one decoder pass over the whole target.
+
+        ``targets`` (strings, tokenized with EOS like transformers' ``labels``) or
+        ``target_ids`` (int [N, T], -100 marks padding as in transformers' labels).
+        ``logits`` equal ``model(input_ids, attention_mask=..., labels=target_ids).logits``.
+        """
+        if not isinstance(output_logits, bool):
+            raise TypeError(f"output_logits must be a bool, got {type(output_logits).__name__}.")
+        ids, mask = self._inputs(texts, input_ids, attention_mask)
+        labels = self._targets(targets, target_ids, ids.shape[0])
+        valid = labels != -100
+        st = self.manifest.special_tokens
+        decoder_input_ids = np.empty_like(labels)
+        decoder_input_ids[:, 0] = st.decoder_start_token_id
+        decoder_input_ids[:, 1:] = np.where(valid[:, :-1], labels[:, :-1], st.pad_token_id)
+        graphs = self.graphs
+        logits, _ = graphs.forward(decoder_input_ids, graphs.start(graphs.encode(ids, mask)))  # [N, T, vocab]
+        if not np.isfinite(logits).all():
+            raise FloatingPointError("non-finite raw logits (NaN or inf) in score().")
+        targets_clipped = np.where(valid, labels, 0)
+        chosen = np.take_along_axis(logits, targets_clipped[:, :, None], axis=-1)[..., 0]
+        token_logprobs = np.where(valid, chosen - logsumexp(logits)[..., 0], 0.0).astype(np.float32)
+        return ScoreResult(
+            logits=logits if output_logits else None,
+            token_logprobs=token_logprobs,
+            total_logprob=token_logprobs.sum(axis=1),
+            target_ids=labels,
+        )
+
+    def _targets(self, targets, target_ids, batch: int) -> np.ndarray:
+        if (targets is None) == (target_ids is None):
+            raise ValueError("pass exactly one of targets or target_ids.")
+        if targets is not None:
+            ids, mask = self.encode_texts(targets)
+            labels = np.where(mask == 1, ids, -100)
+        else:
+            labels = np.asarray(target_ids)
+            if labels.ndim != 2 or labels.shape[1] == 0 or not np.issubdtype(labels.dtype, np.integer):
+                raise ValueError(f"target_ids must be a non-empty 2-D integer array [N, T], got shape {labels.shape}.")
+            bad = (labels != -100) & ((labels < 0) | (labels >= self.vocab_size))
+            if bad.any():
+                raise ValueError(f"target_ids must lie in [0, {self.vocab_size}) or be -100 (padding).")
+        if labels.shape[0] != batch:
+            raise ValueError(f"{labels.shape[0]} targets for {batch} inputs; pass one target per input.")
+        return labels.astype(np.int64)
 
 
 def load(

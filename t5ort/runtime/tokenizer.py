@@ -17,7 +17,11 @@ class TextTokenizer(Protocol):
     def decode_batch(self, ids: np.ndarray) -> list[str]: ...
 
     def token_string(self, token_id: int) -> str:
-        """One vocabulary entry as text, for tables of tokens."""
+        """One vocabulary entry as the vocabulary spells it ("▁house"), for tables of tokens."""
+        ...
+
+    def token_text(self, token_id: int) -> str:
+        """The text one token contributes to the output (" house"; "" for special tokens)."""
         ...
 
 
@@ -43,6 +47,9 @@ class JsonTokenizer:
         self._tok.no_padding()
         self._tok.no_truncation()
         self._clean_up = clean_up
+        self._special_ids = {
+            i for i, tok in self._tok.get_added_tokens_decoder().items() if tok.special
+        }
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         return [e.ids for e in self._tok.encode_batch(list(texts))]
@@ -54,6 +61,14 @@ class JsonTokenizer:
     def token_string(self, token_id: int) -> str:
         token = self._tok.id_to_token(int(token_id))
         return f"<{token_id}>" if token is None else token
+
+    def token_text(self, token_id: int) -> str:
+        token = self._tok.id_to_token(int(token_id))
+        if token is None or token_id in self._special_ids:
+            return ""
+        if len(token) == 6 and token.startswith("<0x") and token.endswith(">"):  # sentencepiece byte fallback
+            return chr(int(token[3:5], 16))
+        return token.replace("\u2581", " ")
 
 
 class ByteTokenizer:
@@ -83,6 +98,10 @@ class ByteTokenizer:
         if 0 <= byte < 256:
             return chr(byte) if 32 <= byte < 127 else f"<0x{byte:02X}>"
         return f"<extra_id_{self.vocab_size - 1 - token_id}>"
+
+    def token_text(self, token_id: int) -> str:
+        byte = token_id - self.OFFSET
+        return chr(byte) if 0 <= byte < 256 else ""
 
 
 def load_tokenizer(directory: Path, manifest: Manifest) -> TextTokenizer | None:

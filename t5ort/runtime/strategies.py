@@ -1,0 +1,225 @@
+"""Decoding strategies: greedy, sampling and beam search behind one small interface.
+
+A strategy owns the running sequences. Each step the loop hands it the raw
+logits and the processed scores; it answers with the next token of every
+decoder row, the source row of each (beam search reorders rows; None means
+"no reordering"), and whether decoding is done. ``finalize()`` returns the
+result arrays. All pure numpy; semantics follow transformers 4.5x.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from .stopping import StoppingCriterion, any_done
+
+NEG = np.float32(-1.0e9)  # transformers' "impossible" score for beams
+
+
+def logsumexp(x: np.ndarray) -> np.ndarray:
+    """log(sum(exp(x))) over the last axis, stable; keeps that axis (size 1)."""
+    peak = x.max(axis=-1, keepdims=True)
+    return peak + np.log(np.exp(x - peak).sum(axis=-1, keepdims=True))
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    return (x - logsumexp(x)).astype(np.float32, copy=False)
+
+
+def top_k(x: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest values of each row of ``x`` [B, M], best first; lower index first on ties."""
+    m = x.shape[1]
+    if m <= 4 * k:
+        return np.argsort(-x, axis=1, kind="stable")[:, :k]
+    kth = np.partition(x, m - k, axis=1)[:, m - k]
+    out = np.empty((len(x), k), dtype=np.int64)
+    for row in range(len(x)):
+        idx = np.flatnonzero(x[row] >= kth[row])  # ascending, so the stable sort keeps ties in index order
+        out[row] = idx[np.argsort(-x[row, idx], kind="stable")[:k]]
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class SearchOutput:
+    sequences: np.ndarray  # int64 [rows_out, 1 + steps]
+    token_logprobs: np.ndarray  # float32 [rows_out, steps]: log-softmax of the raw logits at each chosen token
+    sequences_scores: np.ndarray | None = None  # beam search: length-normalised hypothesis scores
+    beam_indices: np.ndarray | None = None  # beam search: [rows_out, steps], flat row index of each token, -1 after
+
+
+# ---- greedy and sampling -----------------------------------------------------------
+
+
+class SingleSequenceSearch:
+    """One sequence per decoder row: greedy (argmax) or sampling. Finished rows get ``pad_token_id``."""
+
+    def __init__(self, rows: int, max_new_tokens: int, *, start_token_id: int, pad_token_id: int,
+                 criteria: Sequence[StoppingCriterion], rngs: Sequence[np.random.Generator] | None = None):
+        self.sequences = np.empty((rows, 1 + max_new_tokens), dtype=np.int64)
+        self.sequences[:, 0] = start_token_id
+        self.length = 1
+        self.finished = np.zeros(rows, dtype=bool)
+        self.token_logprobs = np.zeros((rows, max_new_tokens), dtype=np.float32)
+        self.pad_token_id = pad_token_id
+        self.criteria = criteria
+        self.rngs = rngs  # one generator per row: sampling; None: greedy
+
+    @property
+    def input_ids(self) -> np.ndarray:
+        return self.sequences[:, : self.length]
+
+    def prepare(self, logits: np.ndarray) -> np.ndarray:
+        return logits
+
+    def pick(self, scores: np.ndarray) -> np.ndarray:
+        if self.rngs is None:
+            return scores.argmax(axis=-1)  # first index on ties, as torch.argmax
+        probs = np.exp(scores.astype(np.float64) - scores.max(axis=-1, keepdims=True))
+        cdf = np.cumsum(probs, axis=-1)
+        draws = np.array([rng.random() for rng in self.rngs]) * cdf[:, -1]
+        picked = np.array([np.searchsorted(c, u, side="right") for c, u in zip(cdf, draws)])
+        return np.minimum(picked, scores.shape[-1] - 1)
+
+    def update(self, logits: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, None, bool]:
+        tokens = np.where(self.finished, self.pad_token_id, self.pick(scores))
+        live = ~self.finished
+        chosen = np.take_along_axis(logits[live], tokens[live, None], axis=-1)[:, 0]
+        self.token_logprobs[live, self.length - 1] = chosen - logsumexp(logits[live])[:, 0]
+        self.sequences[:, self.length] = tokens
+        self.length += 1
+        self.finished |= any_done(self.criteria, self.input_ids, scores)
+        return tokens, None, bool(self.finished.all())
+
+    def finalize(self) -> SearchOutput:
+        steps = self.length - 1
+        return SearchOutput(
+            sequences=self.sequences[:, : self.length].copy(),
+            token_logprobs=self.token_logprobs[:, :steps].copy(),
+        )
+
+
+# ---- beam search --------------------------------------------------------------------
+
+
+class BeamSearch:
+    """transformers' vectorised beam search (``early_stopping`` True/False/"never", ``length_penalty``).
+
+    State is kept as [batch, beams, ...] arrays. Each step takes the top
+    ``max(2, 1 + n_eos) * num_beams`` continuations of every batch row, moves the
+    ones that hit a stopping criterion into the finished hypotheses (if they
+    beat them), and continues the best ``num_beams`` others.
+    """
+
+    def __init__(self, batch: int, num_beams: int, max_new_tokens: int, *, start_token_id: int,
+                 pad_token_id: int, eos_token_ids: Sequence[int], criteria: Sequence[StoppingCriterion],
+                 length_penalty: float, early_stopping: bool | str, num_return_sequences: int):
+        self.batch, self.num_beams = batch, num_beams
+        self.max_length = 1 + max_new_tokens
+        self.keep = max(2, 1 + len(eos_token_ids)) * num_beams
+        self.criteria = criteria
+        self.length_penalty, self.early_stopping = length_penalty, early_stopping
+        self.num_return_sequences = num_return_sequences
+        self.cur_len = 1
+        fill = pad_token_id if pad_token_id else eos_token_ids[0]  # transformers: `pad or eos[0]`
+        self.running = np.full((batch, num_beams, self.max_length), fill, dtype=np.int64)
+        self.running[:, :, 0] = start_token_id
+        self.running_scores = np.zeros((batch, num_beams), dtype=np.float32)
+        self.running_scores[:, 1:] = NEG  # only beam 0 is live at the start
+        self.running_sources = np.full((batch, num_beams, max_new_tokens), -1, dtype=np.int64)
+        self.running_logprobs = np.zeros((batch, num_beams, max_new_tokens), dtype=np.float32)
+        self.done_sequences = self.running.copy()
+        self.done_scores = np.full((batch, num_beams), NEG, dtype=np.float32)
+        self.done_sources = self.running_sources.copy()
+        self.done_logprobs = self.running_logprobs.copy()
+        self.is_done = np.zeros((batch, num_beams), dtype=bool)
+        self.improvable = np.ones((batch, 1), dtype=bool)
+        self._raw_logprobs: np.ndarray | None = None
+
+    @property
+    def input_ids(self) -> np.ndarray:
+        return self.running[:, :, : self.cur_len].reshape(self.batch * self.num_beams, self.cur_len)
+
+    def prepare(self, logits: np.ndarray) -> np.ndarray:
+        self._raw_logprobs = log_softmax(logits)
+        return self._raw_logprobs.copy()  # processors see log-probs, as in transformers' beam search
+
+    @staticmethod
+    def _gather(x: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        """x [B, beams, ...] gathered along the beam axis by idx [B, K] -> [B, K, ...]."""
+        return x[np.arange(len(x))[:, None], idx]
+
+    def update(self, logits: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+        b, nb, t = self.batch, self.num_beams, self.cur_len
+        vocab = scores.shape[-1]
+        accumulated = (scores.reshape(b, nb, vocab) + self.running_scores[:, :, None]).reshape(b, nb * vocab)
+
+        # The top `keep` continuations of every batch row.
+        flat = top_k(accumulated, self.keep)
+        cand_scores = np.take_along_axis(accumulated, flat, axis=1)
+        cand_beams, cand_tokens = flat // vocab, flat % vocab
+        cand_sequences = self._gather(self.running, cand_beams)
+        cand_sequences[:, :, t] = cand_tokens
+        cand_sources = self._gather(self.running_sources, cand_beams)
+        cand_sources[:, :, t - 1] = cand_beams + np.arange(b)[:, None] * nb
+        cand_logprobs = self._gather(self.running_logprobs, cand_beams)
+        raw = self._raw_logprobs.reshape(b, nb, vocab)
+        cand_logprobs[:, :, t - 1] = raw[np.arange(b)[:, None], cand_beams, cand_tokens]
+        hits = any_done(self.criteria, cand_sequences[:, :, : t + 1].reshape(b * self.keep, t + 1), None)
+        hits = hits.reshape(b, self.keep)
+
+        # The best `num_beams` continuations that did not stop go on.
+        live_scores = cand_scores + hits.astype(np.float32) * NEG
+        best = top_k(live_scores, nb)
+        self.running = self._gather(cand_sequences, best)
+        self.running_scores = np.take_along_axis(live_scores, best, axis=1)
+        self.running_sources = self._gather(cand_sources, best)
+        self.running_logprobs = self._gather(cand_logprobs, best)
+
+        self._update_finished(cand_sequences, cand_scores, cand_sources, cand_logprobs, hits)
+        self.cur_len = t + 1
+        self._update_improvable()
+        go_on = self.improvable.any() and not (self.is_done.all() and self.early_stopping is True) and not hits.all()
+        source = self.running_sources[:, :, t - 1].reshape(-1)
+        return self.running[:, :, t].reshape(-1), source, not go_on
+
+    def _update_finished(self, cand_sequences, cand_scores, cand_sources, cand_logprobs, hits) -> None:
+        just_done = hits.copy()
+        just_done[:, self.num_beams:] = False  # only the top num_beams candidates may finish
+        generated = self.cur_len  # new tokens in each candidate, EOS included
+        normalised = cand_scores / np.float32(generated ** self.length_penalty)
+        batch_full = self.is_done.all(axis=1, keepdims=True) & (self.early_stopping is True)
+        normalised = normalised + batch_full.astype(np.float32) * NEG
+        normalised = normalised + (~self.improvable).astype(np.float32) * NEG
+        normalised = normalised + (~just_done).astype(np.float32) * NEG
+        merged_scores = np.concatenate([self.done_scores, normalised], axis=1)
+        best = top_k(merged_scores, self.num_beams)
+        self.done_scores = np.take_along_axis(merged_scores, best, axis=1)
+        self.done_sequences = self._gather(np.concatenate([self.done_sequences, cand_sequences], axis=1), best)
+        self.done_sources = self._gather(np.concatenate([self.done_sources, cand_sources], axis=1), best)
+        self.done_logprobs = self._gather(np.concatenate([self.done_logprobs, cand_logprobs], axis=1), best)
+        self.is_done = self._gather(np.concatenate([self.is_done, just_done], axis=1), best)
+
+    def _update_improvable(self) -> None:
+        """Can a running beam still beat the worst finished one? (transformers' early-stop heuristic)"""
+        if self.early_stopping == "never" and self.length_penalty > 0.0:
+            best_length = self.max_length - 1
+        else:
+            best_length = self.cur_len - 1
+        best_running = self.running_scores[:, :1] / np.float32(best_length ** self.length_penalty)
+        worst_done = np.where(self.is_done, self.done_scores.min(axis=1, keepdims=True), NEG)
+        self.improvable &= (best_running > worst_done).any(axis=-1, keepdims=True)
+
+    def finalize(self) -> SearchOutput:
+        n = self.num_return_sequences
+        rows = self.batch * n
+        sources = self.done_sources[:, :n].reshape(rows, -1)
+        steps = int((sources >= 0).sum(axis=1).max())
+        return SearchOutput(
+            sequences=self.done_sequences[:, :n].reshape(rows, -1)[:, : 1 + steps].copy(),
+            token_logprobs=self.done_logprobs[:, :n].reshape(rows, -1)[:, :steps].copy(),
+            sequences_scores=self.done_scores[:, :n].reshape(rows).copy(),
+            beam_indices=sources[:, :steps].copy(),
+        )
