@@ -1,0 +1,66 @@
+"""Beam search against transformers: sequences, sequences_scores, beam_indices, per-step raw logits and scores."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import SOURCES, tolerance
+
+BATCHES = {"batch1": SOURCES[:1], "padded_batch": SOURCES}
+
+CASES = [
+    dict(num_beams=2),
+    dict(num_beams=4, num_return_sequences=3),
+    dict(num_beams=3, length_penalty=0.6, early_stopping=True),
+    dict(num_beams=4, length_penalty=1.5, early_stopping="never", num_return_sequences=2),
+    dict(num_beams=3, min_new_tokens=5, no_repeat_ngram_size=2),
+]
+
+
+def hf_beam(model, tokenizer, texts, **kwargs):
+    enc = tokenizer(texts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        return model.generate(**enc, do_sample=False, output_logits=True, output_scores=True,
+                              return_dict_in_generate=True, **kwargs)
+
+
+@pytest.mark.parametrize("batch", sorted(BATCHES))
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+def test_beam_search_matches_transformers(sp_runtime, sp_torch, batch, case):
+    model, tokenizer = sp_torch
+    texts = BATCHES[batch]
+    ref = hf_beam(model, tokenizer, texts, max_new_tokens=10, **case)
+    res = sp_runtime.generate(texts, max_new_tokens=10, output_scores=True, **case)
+
+    logits = torch.stack(ref.logits, dim=1).numpy()
+    scores = torch.stack(ref.scores, dim=1).numpy()
+    np.testing.assert_array_equal(res.sequences, ref.sequences.numpy())
+    np.testing.assert_array_equal(res.beam_indices, ref.beam_indices.numpy())
+    np.testing.assert_allclose(res.sequences_scores, ref.sequences_scores.numpy(), rtol=0, atol=1e-4)
+    assert res.logits.shape == logits.shape == (len(texts) * case["num_beams"], logits.shape[1], sp_runtime.vocab_size)
+    print(f"{batch} {case}: max |raw logit diff| = {np.abs(res.logits - logits).max():.3g}")
+    np.testing.assert_allclose(res.logits, logits, rtol=0, atol=tolerance(logits))
+    finite = np.isfinite(scores)
+    np.testing.assert_array_equal(np.isfinite(res.scores), finite)
+    np.testing.assert_allclose(res.scores[finite], scores[finite], rtol=0, atol=tolerance(logits))
+    assert list(res.texts) == tokenizer.batch_decode(ref.sequences, skip_special_tokens=True)
+
+
+def test_beam_token_logprobs_follow_beam_indices(sp_runtime):
+    res = sp_runtime.generate(SOURCES, max_new_tokens=10, num_beams=3, num_return_sequences=2)
+    logits = res.logits.astype(np.float64)
+    logsoftmax = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    for h in range(len(res.sequences)):
+        for t in range(res.beam_indices.shape[1]):
+            row = res.beam_indices[h, t]
+            expected = 0.0 if row < 0 else logsoftmax[row, t, res.sequences[h, t + 1]]
+            assert res.token_logprobs[h, t] == pytest.approx(expected, abs=1e-5)
+
+
+def test_one_beam_is_greedy(sp_runtime):
+    a = sp_runtime.generate(SOURCES, max_new_tokens=8)
+    b = sp_runtime.generate(SOURCES, max_new_tokens=8, num_beams=1)
+    np.testing.assert_array_equal(a.sequences, b.sequences)
+    assert b.beam_indices is None and b.sequences_scores is None
