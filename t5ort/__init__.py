@@ -15,8 +15,11 @@ from .runtime import (
     GenerationResult,
     ParityError,
     ProviderError,
+    ScoreResult,
+    StepEvent,
     T5ortError,
     T5Runtime,
+    compute_transition_scores,
     load,
 )
 
@@ -29,8 +32,11 @@ __all__ = [
     "GenerationResult",
     "ParityError",
     "ProviderError",
+    "ScoreResult",
+    "StepEvent",
     "T5Runtime",
     "T5ortError",
+    "compute_transition_scores",
     "export",
     "load",
 ]

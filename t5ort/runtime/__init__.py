@@ -1,6 +1,7 @@
 """The run-time half of t5ort: numpy, onnxruntime and tokenizers only."""
 
 from .options import GenerationOptions
+from .analysis import compute_transition_scores
 from .errors import ArtifactError, ExportError, ParityError, ProviderError, T5ortError
 from .model import GenerationResult, ScoreResult, StepEvent, T5Runtime, load
 
@@ -15,5 +16,6 @@ __all__ = [
     "StepEvent",
     "T5Runtime",
     "T5ortError",
+    "compute_transition_scores",
     "load",
 ]

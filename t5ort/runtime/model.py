@@ -8,6 +8,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from . import analysis
 from .decoding import Special, decode, make_strategy, run_steps
 from .options import GenerationOptions
 from .processors import build_processors
@@ -52,20 +53,29 @@ class GenerationResult:
     def num_steps(self) -> int:
         return int(self.sequences.shape[1] - 1)
 
+    def _raw_logits(self, what: str) -> np.ndarray:
+        if self.logits is None:
+            raise ValueError(f"{what} needs the raw logits; generate with output_logits=True.")
+        return self.logits
+
     def top_alternatives(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` most likely tokens of every step under the raw logits, best first.
 
-        Returns ``(token_ids, probs)``, int64 and float32 [N, steps, k].
+        Returns ``(token_ids, probs)``, int64 and float32 [rows, steps, k].
         """
-        if self.logits is None:
-            raise ValueError("top_alternatives needs the raw logits; generate with output_logits=True.")
-        if not 1 <= k <= self.logits.shape[-1]:
-            raise ValueError(f"k must be in [1, {self.logits.shape[-1]}], got {k}.")
-        ids = np.argpartition(-self.logits, k - 1, axis=-1)[..., :k]
-        top = np.take_along_axis(self.logits, ids, axis=-1)
-        order = np.argsort(-top, axis=-1, kind="stable")
-        ids, top = np.take_along_axis(ids, order, axis=-1), np.take_along_axis(top, order, axis=-1)
-        return ids.astype(np.int64), np.exp(top - logsumexp(self.logits)).astype(np.float32)
+        return analysis.top_alternatives(self._raw_logits("top_alternatives"), k)
+
+    def entropy(self) -> np.ndarray:
+        """Entropy (nats) of every step's next-token distribution under the raw logits: [rows, steps]."""
+        return analysis.entropy(self._raw_logits("entropy"))
+
+    def margin(self) -> np.ndarray:
+        """Probability of the best token minus the runner-up's at every step: [rows, steps]. Small = unsure."""
+        return analysis.margin(self._raw_logits("margin"))
+
+    def transition_scores(self, normalize_logits: bool = False) -> np.ndarray:
+        """transformers' ``compute_transition_scores`` (needs ``output_scores=True``)."""
+        return analysis.compute_transition_scores(self, normalize_logits)
 
 
 @dataclass(frozen=True, eq=False)
