@@ -84,24 +84,71 @@ def cmd_export(args) -> int:
     return 0
 
 
+def decoding_options(args) -> dict:
+    """The generation options given on the command line (only those set)."""
+    options = {"max_new_tokens": args.max_new_tokens, "min_new_tokens": args.min_new_tokens}
+    for name in ("num_beams", "num_return_sequences", "temperature", "top_k", "top_p", "seed",
+                 "repetition_penalty", "no_repeat_ngram_size"):
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
+    if args.do_sample:
+        options["do_sample"] = True
+    return options
+
+
+def cmd_stream(runtime, args) -> int:
+    """Print each row's tokens as they come (one row: inline; several: one line per step)."""
+    rows = len(args.texts)
+    for event in runtime.stream(args.texts, **decoding_options(args)):
+        live = ~event.finished | (event.step == 0)
+        if rows == 1:
+            if live[0]:
+                print(event.texts[0] if event.texts else int(event.token_ids[0]), end="", flush=True)
+        else:
+            print(f"{event.step:>4}  " + "  ".join(repr(t) for t in event.texts), flush=True)
+    if rows == 1:
+        print()
+    return 0
+
+
 def cmd_generate(args) -> int:
     import t5ort
 
     runtime = t5ort.load(args.out_dir, provider=args.provider, threads=args.threads)
+    if args.stream:
+        if args.top or args.save_logits or args.json:
+            raise ValueError("--stream prints tokens as they come; it does not combine with --top, --json or --save-logits.")
+        return cmd_stream(runtime, args)
     need_logits = bool(args.top or args.save_logits)
-    result = runtime.generate(
-        args.texts, max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens, output_logits=need_logits
-    )
+    result = runtime.generate(args.texts, output_logits=need_logits, **decoding_options(args))
     if args.save_logits:
         save_logits(Path(args.save_logits), result)
     if args.json:
         print(json.dumps(result_json(runtime, result, args.top), ensure_ascii=False))
         return 0
     for row, text in enumerate(result.texts):
-        print(text)
+        print(text if result.sequences_scores is None else f"{text}\t(score {result.sequences_scores[row]:.4f})")
         if args.top:
             print(step_table(runtime, result, row, args.top))
             print()
+    return 0
+
+
+def cmd_score(args) -> int:
+    import t5ort
+
+    if len(args.source) != len(args.target):
+        raise ValueError(f"{len(args.source)} --source but {len(args.target)} --target; pass them in pairs.")
+    runtime = t5ort.load(args.out_dir, provider=args.provider, threads=args.threads)
+    result = runtime.score(args.source, args.target, output_logits=False)
+    if args.json:
+        print(json.dumps({"total_logprob": result.total_logprob.tolist(),
+                          "token_logprobs": result.token_logprobs.tolist()}))
+        return 0
+    for source, target, total, ids, lps in zip(args.source, args.target, result.total_logprob,
+                                               result.target_ids, result.token_logprobs):
+        n = int((ids != -100).sum())
+        print(f"{total:10.4f}  ({n} tokens, mean {total / n:.4f})  {source!r} -> {target!r}")
     return 0
 
 
@@ -121,6 +168,11 @@ def positive_int(text: str) -> int:
     return value
 
 
+def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--provider", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--threads", type=positive_int, default=None, help="onnxruntime intra-op threads")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="t5ort", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -135,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress messages")
     p.set_defaults(run=cmd_export)
 
-    p = sub.add_parser("generate", help="greedy decoding with per-step logits")
+    p = sub.add_parser("generate", help="generate (greedy, beam search or sampling) with per-step logits")
     p.add_argument("out_dir", help="an export written by `t5ort export`")
     p.add_argument("texts", nargs="+", help="input texts, one row each")
     p.add_argument("--max-new-tokens", type=positive_int, default=20)
@@ -143,9 +195,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=positive_int, default=0, metavar="K", help="print a per-step table with the top-K tokens")
     p.add_argument("--save-logits", metavar="FILE.npz", help="write sequences, raw logits and token log-probs")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    p.add_argument("--provider", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--threads", type=positive_int, default=None, help="onnxruntime intra-op threads")
+    p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
+    g = p.add_argument_group("decoding (transformers' names; unset = transformers' defaults)")
+    g.add_argument("--num-beams", type=positive_int)
+    g.add_argument("--num-return-sequences", type=positive_int)
+    g.add_argument("--do-sample", action="store_true")
+    g.add_argument("--temperature", type=float)
+    g.add_argument("--top-k", type=int)
+    g.add_argument("--top-p", type=float)
+    g.add_argument("--seed", type=int)
+    g.add_argument("--repetition-penalty", type=float)
+    g.add_argument("--no-repeat-ngram-size", type=int)
+    add_runtime_arguments(p)
     p.set_defaults(run=cmd_generate)
+
+    p = sub.add_parser("score", help="teacher-forced log-probabilities of targets given sources")
+    p.add_argument("out_dir", help="an export written by `t5ort export`")
+    p.add_argument("--source", action="append", required=True, help="input text (repeat for several)")
+    p.add_argument("--target", action="append", required=True, help="target text, one per --source")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_runtime_arguments(p)
+    p.set_defaults(run=cmd_score)
 
     p = sub.add_parser("demo", help="build a small random T5, export it, decode with per-step logits, check parity")
     p.add_argument("--workdir", default=None, help="keep the demo's checkpoint and export here (default: temp dir)")

@@ -62,3 +62,26 @@ def test_demo_runs_end_to_end_and_passes_parity(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "Random weights" in out and "sequences equal: yes" in out
     assert (tmp_path / "onnx" / "t5ort.json").is_file()
+
+
+def test_generate_stream_prints_the_same_text(sp_runtime, sp_export, capsys):
+    assert main(["generate", str(sp_export), TEXT, "--max-new-tokens", "8", "--stream"]) == 0
+    expected = sp_runtime.generate([TEXT], max_new_tokens=8).texts[0]
+    assert capsys.readouterr().out.rstrip("\n") == expected
+
+
+def test_generate_beam_search_prints_scores(sp_runtime, sp_export, capsys):
+    assert main(["generate", str(sp_export), TEXT, "--max-new-tokens", "6", "--num-beams", "3",
+                 "--num-return-sequences", "2"]) == 0
+    res = sp_runtime.generate([TEXT], max_new_tokens=6, num_beams=3, num_return_sequences=2)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [f"{t}\t(score {s:.4f})" for t, s in zip(res.texts, res.sequences_scores)]
+
+
+def test_score_command(sp_runtime, sp_export, capsys):
+    assert main(["score", str(sp_export), "--source", TEXT, "--target", "the red house", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    expected = sp_runtime.score([TEXT], ["the red house"])
+    np.testing.assert_allclose(data["total_logprob"], expected.total_logprob, rtol=1e-6)
+    assert main(["score", str(sp_export), "--source", TEXT, "--target", "a", "--target", "b"]) == 2
+    assert "in pairs" in capsys.readouterr().err
