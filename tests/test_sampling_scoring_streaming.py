@@ -34,6 +34,7 @@ def test_sampled_sequences_teacher_forced_through_transformers(sp_runtime, sp_to
     repeat = case.get("num_return_sequences", 1)
     assert res.sequences.shape[0] == len(SOURCES) * repeat
     reference = torch_forward_logits(model, tokenizer, SOURCES, res.sequences[:, :-1], repeat)
+    print(f"sampling {case}: max |raw logit diff| = {np.abs(res.logits - reference).max():.3g}")
     np.testing.assert_allclose(res.logits, reference, rtol=0, atol=tolerance(reference))
     # Every sampled token was allowed by the processed scores.
     chosen = np.take_along_axis(res.scores, res.sequences[:, 1:, None], axis=-1)[..., 0]
@@ -80,6 +81,7 @@ def test_score_matches_forward_with_labels(sp_runtime, sp_torch):
         out = model(**enc, labels=labels)
     res = sp_runtime.score(SOURCES, targets)
     reference = out.logits.numpy()
+    print(f"score: max |raw logit diff| = {np.abs(res.logits - reference).max():.3g}")
     np.testing.assert_array_equal(res.target_ids, labels.numpy())
     np.testing.assert_allclose(res.logits, reference, rtol=0, atol=tolerance(reference))
     # transformers' loss is the mean token NLL over non-padding targets.
@@ -137,6 +139,7 @@ def test_transition_scores_match_transformers(sp_runtime, sp_torch, kwargs, norm
     expected = model.compute_transition_scores(torch.from_numpy(res.sequences), scores, beam_indices,
                                                normalize_logits=normalize).numpy()
     got = t5ort.compute_transition_scores(res, normalize_logits=normalize)
+    print(f"transition scores {kwargs} normalize={normalize}: max diff {np.abs(got - expected).max():.3g}")
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-5)
     np.testing.assert_array_equal(res.transition_scores(normalize), got)
     if "num_beams" in kwargs:  # beam scores are sums of transition scores, length-normalised
