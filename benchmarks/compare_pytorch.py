@@ -14,10 +14,11 @@ input tokens, exactly 32 new tokens (min_new_tokens = max_new_tokens = 32):
 
 Each side is warmed up once, then the two run interleaved ``repeats`` times
 (alternating which goes first, with a 0.2 s pause before each run so that the
-other side's idle threads have stopped spinning); the table shows medians, as ms per step (total /
-32), and the ratio PyTorch / t5ort (> 1: t5ort is faster). The raw logits and
-sequences of the two are compared as a correctness check, and the CPU time other
-processes took during the run is reported: timings are only clean when it is ~0.
+other side's idle threads have stopped spinning); the table shows medians, as
+ms per step (total / 32), and the ratio PyTorch / t5ort (> 1: t5ort is faster).
+The raw logits and sequences of the two are compared as a correctness check, and
+the CPU time other processes took during the run is reported: timings are only
+clean when it is ~0.
 
 The seeded checkpoint and its t5ort export are cached in ``--workdir``
 (default benchmarks/.work; delete it to rebuild). Progress goes to stderr,

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..runtime.errors import ExportError
+from .configs import custom_onnx_configs
 from ..runtime.manifest import (
     FORMAT_VERSION,
     MANIFEST_NAME,
@@ -32,9 +33,11 @@ from ..runtime.manifest import (
     check_manifest,
 )
 
-SUPPORTED_MODEL_TYPES = ("t5", "mt5")
+SUPPORTED_MODEL_TYPES = ("t5", "mt5", "longt5", "umt5")
 ENCODER_FILE = "encoder_model.onnx"
 DECODER_FILE = "decoder_model_merged.onnx"
+FIRST_STEP_FILE = "decoder_model.onnx"
+WITH_PAST_FILE = "decoder_with_past_model.onnx"
 TASK = "text2text-generation-with-past"
 
 
@@ -80,7 +83,7 @@ def export_model(
 
 
 def _load(model: str | Path):
-    from transformers import AutoConfig, AutoTokenizer, T5ForConditionalGeneration
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
 
     try:
         config = AutoConfig.from_pretrained(str(model))
@@ -90,7 +93,7 @@ def _load(model: str | Path):
         raise ExportError(
             f"{model}: model_type {config.model_type!r} is not supported; t5ort exports {SUPPORTED_MODEL_TYPES}."
         )
-    torch_model = T5ForConditionalGeneration.from_pretrained(str(model), dtype="float32").eval()
+    torch_model = AutoModelForSeq2SeqLM.from_pretrained(str(model), dtype="float32").eval()
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(model))
     except (OSError, ValueError, TypeError):
@@ -107,7 +110,13 @@ def _export_graphs(torch_model, staging: Path) -> None:
         # The tracer warns about Python control flow that optimum's T5 config accounts for.
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         # optimum mutates the model it exports (config flags); keep ours clean for the parity check.
-        onnx_export_from_model(copy.deepcopy(torch_model), raw, task=TASK, do_validation=False)
+        onnx_export_from_model(copy.deepcopy(torch_model), raw, task=TASK, do_validation=False,
+                               custom_onnx_configs=custom_onnx_configs(torch_model))
+    if not (raw / DECODER_FILE).is_file() and (raw / FIRST_STEP_FILE).is_file() and (raw / WITH_PAST_FILE).is_file():
+        # optimum merges the two decoders itself, except for custom configurations (UMT5).
+        from optimum.onnx import merge_decoders
+
+        merge_decoders(raw / FIRST_STEP_FILE, raw / WITH_PAST_FILE, save_path=raw / DECODER_FILE, strict=False)
     for stem in (ENCODER_FILE, DECODER_FILE):
         files = sorted(raw.glob(stem + "*"))  # the graph and any external-data file beside it
         if not (raw / stem).is_file():
