@@ -57,9 +57,9 @@ def checkpoint(workdir: Path) -> Path:
     return path
 
 
-def input_ids() -> np.ndarray:
-    """The benchmark input: one row of SOURCE_LENGTH seeded random token ids in [3, 32000), int64 [1, L]."""
-    return np.random.default_rng(0).integers(3, 32000, size=(1, SOURCE_LENGTH), dtype=np.int64)
+def input_ids(batch: int = 1) -> np.ndarray:
+    """The benchmark input: ``batch`` rows of SOURCE_LENGTH seeded random token ids in [3, 32000), int64 [batch, L]."""
+    return np.random.default_rng(0).integers(3, 32000, size=(batch, SOURCE_LENGTH), dtype=np.int64)
 
 
 def median_ms(seconds: list[float]) -> float:

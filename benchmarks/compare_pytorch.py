@@ -1,16 +1,20 @@
-"""Greedy decoding speed of t5ort against transformers' generate, on a t5-small-shaped model, on the CPU.
+"""Decoding speed of t5ort against transformers' generate, on a t5-small-shaped model, on the CPU.
 
-    /work/venv/bin/python benchmarks/compare_pytorch.py [--repeats 7] [--threads 2] [--json FILE]
+    /work/venv/bin/python benchmarks/compare_pytorch.py [--workload greedy-1 beam4-1 beam4-8]
+                                                        [--repeats 7] [--threads 2] [--json FILE]
 
 What is measured: the wall time of one whole generate call (encoder + 32
-decoding steps, raw logits of every step kept), batch 1, 32 seeded random
-input tokens, exactly 32 new tokens (min_new_tokens = max_new_tokens = 32):
+decoding steps, raw logits of every step kept), 32 seeded random input tokens
+per row, exactly 32 new tokens (min_new_tokens = max_new_tokens = 32), for each
+workload: greedy batch 1 (``greedy-1``), beam search with 4 beams at batch 1
+(``beam4-1``) and batch 8 (``beam4-8``):
 
-- t5ort: ``rt.generate(input_ids=..., max_new_tokens=32, min_new_tokens=32)``
-  (``output_logits=True``), ONNX Runtime with ``threads`` intra-op threads;
+- t5ort: ``rt.generate(input_ids=..., max_new_tokens=32, min_new_tokens=32,
+  num_beams=...)`` (``output_logits=True``), ONNX Runtime with ``threads``
+  intra-op threads;
 - PyTorch: ``model.generate(input_ids, max_new_tokens=32, min_new_tokens=32,
-  do_sample=False, output_logits=True, return_dict_in_generate=True)`` under
-  ``torch.no_grad()``, with ``torch.set_num_threads(threads)``.
+  num_beams=..., do_sample=False, output_logits=True, return_dict_in_generate=True)``
+  under ``torch.no_grad()``, with ``torch.set_num_threads(threads)``.
 
 Each side is warmed up once, then the two run interleaved ``repeats`` times
 (alternating which goes first, with a 0.2 s pause before each run so that the
@@ -60,21 +64,30 @@ def t5ort_export(workdir: Path) -> Path:
     return out
 
 
-def run_t5ort(rt, ids: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    """One timed generate call: (seconds, sequences [1, 33], raw logits [1, 32, vocab])."""
+WORKLOADS = {  # name -> (batch, num_beams)
+    "greedy-1": (1, 1),
+    "beam4-1": (1, 4),
+    "beam4-8": (8, 4),
+}
+
+
+def run_t5ort(rt, ids: np.ndarray, num_beams: int) -> tuple[float, np.ndarray, np.ndarray]:
+    """One timed generate call: (seconds, sequences, raw logits [rows, 32, vocab])."""
     start = time.perf_counter()
-    res = rt.generate(input_ids=ids, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, output_logits=True)
+    res = rt.generate(input_ids=ids, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, num_beams=num_beams,
+                      output_logits=True)
     return time.perf_counter() - start, res.sequences, res.logits
 
 
-def run_torch(model, ids: torch.Tensor) -> tuple[float, np.ndarray, np.ndarray]:
-    """One timed generate call: (seconds, sequences [1, 33], raw logits [1, 32, vocab])."""
+def run_torch(model, ids: torch.Tensor, num_beams: int) -> tuple[float, np.ndarray, np.ndarray]:
+    """One timed generate call: (seconds, sequences, raw logits [rows, 32, vocab])."""
     start = time.perf_counter()
     with torch.no_grad():
         out = model.generate(
             ids,
             max_new_tokens=NEW_TOKENS,
             min_new_tokens=NEW_TOKENS,
+            num_beams=num_beams,
             do_sample=False,
             output_logits=True,
             return_dict_in_generate=True,
@@ -83,19 +96,20 @@ def run_torch(model, ids: torch.Tensor) -> tuple[float, np.ndarray, np.ndarray]:
     return seconds, out.sequences.numpy(), torch.stack(out.logits, dim=1).numpy()
 
 
-def measure(workdir: Path, threads: int, repeats: int) -> dict:
+def measure(workdir: Path, threads: int, repeats: int, workload: str) -> dict:
     """Time both sides interleaved; return the medians and the agreement of their outputs."""
+    batch, num_beams = WORKLOADS[workload]
     info = machine(threads, torch=torch.__version__, transformers=transformers.__version__)
     other_cpu = other_cpu_meter()
     export_dir = t5ort_export(workdir)
     torch.set_num_threads(threads)
     model = T5ForConditionalGeneration.from_pretrained(checkpoint(workdir)).eval()
     rt = t5ort.load(export_dir, threads=threads)
-    ids = input_ids()
+    ids = input_ids(batch)
     ids_torch = torch.from_numpy(ids)
-    runs = {"t5ort": lambda: run_t5ort(rt, ids), "pytorch": lambda: run_torch(model, ids_torch)}
+    runs = {"t5ort": lambda: run_t5ort(rt, ids, num_beams), "pytorch": lambda: run_torch(model, ids_torch, num_beams)}
 
-    say("warming up")
+    say(f"{workload}: warming up")
     last = {name: run() for name, run in runs.items()}
     seconds = {name: [] for name in runs}
     for i in range(repeats):
@@ -108,6 +122,9 @@ def measure(workdir: Path, threads: int, repeats: int) -> dict:
     (_, ort_seq, ort_logits), (_, pt_seq, pt_logits) = last["t5ort"], last["pytorch"]
     ms_per_step = {name: median_ms(s) / NEW_TOKENS for name, s in seconds.items()}
     return {
+        "workload": workload,
+        "batch": batch,
+        "num_beams": num_beams,
         "machine": info,
         "other_processes_cpu_seconds": other_cpu(),
         "repeats": repeats,
@@ -121,24 +138,27 @@ def measure(workdir: Path, threads: int, repeats: int) -> dict:
     }
 
 
-def report(results: dict) -> str:
-    ms = results["ms_per_step"]
-    timing = [[name, f"{ms[name]:.2f}", f"{ms[name] * results['new_tokens']:.1f}"] for name in ("t5ort", "pytorch")]
-    timing.append(["pytorch / t5ort", f"{results['ratio_pytorch_over_t5ort']:.2f}x", ""])
-    checks = [
-        ["max abs diff of raw logits", f"{results['max_abs_logit_diff']:.2e}"],
-        ["max abs raw logit", f"{results['max_abs_logit']:.2f}"],
-        ["sequences equal", str(results["sequences_equal"])],
-        ["CPU time of other processes during the run", f"{results['other_processes_cpu_seconds']:.1f} s"],
-    ]
+def report(all_results: list[dict]) -> str:
+    """The machine once, then one timing row per workload and runtime, and the checks."""
+    timing, checks = [], []
+    for r in all_results:
+        ms = r["ms_per_step"]
+        for name in ("t5ort", "pytorch"):
+            timing.append([r["workload"], name, f"{ms[name]:.2f}", f"{ms[name] * r['new_tokens']:.1f}", ""])
+        timing.append([r["workload"], "pytorch / t5ort", "", "", f"{r['ratio_pytorch_over_t5ort']:.2f}x"])
+        checks.append([r["workload"], f"{r['max_abs_logit_diff']:.2e}", f"{r['max_abs_logit']:.2f}",
+                       str(r["sequences_equal"]), f"{r['other_processes_cpu_seconds']:.1f} s"])
+    first = all_results[0]
     return "\n\n".join(
         [
-            markdown_table(["machine", ""], [[k, v] for k, v in results["machine"].items()]),
+            markdown_table(["machine", ""], [[k, v] for k, v in first["machine"].items()]),
             markdown_table(
-                ["runtime", f"ms/step (median of {results['repeats']})", f"ms per generate ({results['new_tokens']} steps)"],
+                ["workload", "runtime", f"ms/step (median of {first['repeats']})",
+                 f"ms per generate ({first['new_tokens']} steps)", "ratio"],
                 timing,
             ),
-            markdown_table(["check", ""], checks),
+            markdown_table(["workload", "max abs diff of raw logits", "max abs raw logit", "sequences equal",
+                            "CPU time of other processes"], checks),
         ]
     )
 
@@ -149,8 +169,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7, help="timed runs per side (default 7)")
     parser.add_argument("--threads", type=int, default=2, help="threads for each side (default 2)")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    parser.add_argument("--workload", nargs="+", choices=sorted(WORKLOADS), default=list(WORKLOADS),
+                        help="workloads to run (default: all)")
     args = parser.parse_args()
-    results = measure(args.workdir, args.threads, args.repeats)
+    results = [measure(args.workdir, args.threads, args.repeats, w) for w in args.workload]
     print(report(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
