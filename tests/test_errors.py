@@ -90,7 +90,45 @@ def test_truncated_graph(sp_export, tmp_path):
     d = copy_export(sp_export, tmp_path)
     graph = d / "decoder_model_merged.onnx"
     graph.write_bytes(graph.read_bytes()[:1000])
+    with pytest.raises(ArtifactError, match=r"decoder_model_merged\.onnx: checksum differs.*re-export"):
+        t5ort.load(d)
     with pytest.raises(ArtifactError, match=r"decoder_model_merged\.onnx: onnxruntime cannot load"):
+        t5ort.load(d, verify=False)
+
+
+def test_corrupted_byte_in_graph_is_caught_by_the_checksum(sp_export, tmp_path):
+    d = copy_export(sp_export, tmp_path)
+    graph = d / "encoder_model.onnx"
+    data = bytearray(graph.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # inside the weights: onnxruntime would load it and compute nonsense
+    graph.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match=r"encoder_model\.onnx: checksum differs"):
+        t5ort.load(d)
+
+
+def test_manifest_geometry_that_does_not_match_the_graphs(sp_export, tmp_path):
+    d = copy_export(sp_export, tmp_path)
+    manifest = json.loads((d / "t5ort.json").read_text())
+    manifest["geometry"]["num_heads"] += 1
+    (d / "t5ort.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match=r"geometry does not match decoder_model_merged\.onnx"):
+        t5ort.load(d)
+
+
+def test_graph_swapped_for_another_models_graph(sp_export, byte_export, tmp_path):
+    d = copy_export(sp_export, tmp_path)
+    shutil.copy(byte_export / "decoder_model_merged.onnx", d / "decoder_model_merged.onnx")
+    with pytest.raises(ArtifactError, match="decoder_model_merged.onnx: the graph's tensors do not match"):
+        t5ort.load(d, verify=False)
+
+
+def test_tokenizer_of_another_model(sp_export, tmp_path):
+    from tokenizers import Tokenizer, models
+
+    d = copy_export(sp_export, tmp_path)
+    big = Tokenizer(models.WordLevel({f"w{i}": i for i in range(5000)}, unk_token="w0"))
+    big.save(str(d / "tokenizer.json"))
+    with pytest.raises(ArtifactError, match=r"tokenizer\.json: the tokenizer has 5000 tokens"):
         t5ort.load(d)
 
 

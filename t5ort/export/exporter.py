@@ -9,6 +9,7 @@ over one copy of the weights. On a t5-small-shaped model the merged layout is
 from __future__ import annotations
 
 import copy
+import errno
 import json
 import shutil
 import tempfile
@@ -31,6 +32,7 @@ from ..runtime.manifest import (
     TensorSpec,
     TokenizerSpec,
     check_manifest,
+    file_sha256,
 )
 
 SUPPORTED_MODEL_TYPES = ("t5", "mt5", "longt5", "umt5")
@@ -63,6 +65,7 @@ def export_model(
     try:
         say(f"loading {model}")
         torch_model, tokenizer = _load(model)
+        _check_disk_space(torch_model, out_dir.parent)
         say("exporting ONNX graphs with optimum")
         _export_graphs(torch_model, staging)
         manifest = _build_manifest(torch_model, tokenizer, staging, source=str(model))
@@ -75,11 +78,27 @@ def export_model(
         manifest = Manifest.from_dict({**manifest.to_dict(), "parity": parity})
         manifest.write(staging)
         _replace_dir(staging, out_dir)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if exc.errno == errno.ENOSPC:
+            raise ExportError(f"not enough disk space in {out_dir.parent} to export {model}; free some and retry.") from exc
+        raise
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     say(f"wrote {out_dir} (max |logit diff| {parity['max_abs_diff']:.2e} <= {parity['tolerance']:.2e})")
     return manifest
+
+
+def _check_disk_space(torch_model, where: Path) -> None:
+    """optimum writes three decoder graphs before t5ort keeps one: budget ~4.5x the fp32 weights."""
+    weights = sum(p.numel() for p in torch_model.parameters()) * 4
+    needed, free = int(4.5 * weights), shutil.disk_usage(where).free
+    if free < needed:
+        raise ExportError(
+            f"not enough disk space in {where}: the export needs about {needed / 2**20:.0f} MiB "
+            f"while writing, {free / 2**20:.0f} MiB are free."
+        )
 
 
 def _load(model: str | Path):
@@ -137,7 +156,9 @@ def _graph_spec(path: Path) -> GraphSpec:
         shape = tuple(d.dim_param if d.dim_param else int(d.dim_value) for d in t.shape.dim)
         return TensorSpec(value.name, dtype, shape)
 
-    return GraphSpec(path.name, tuple(spec(v) for v in graph.input), tuple(spec(v) for v in graph.output))
+    return GraphSpec(
+        path.name, tuple(spec(v) for v in graph.input), tuple(spec(v) for v in graph.output), file_sha256(path)
+    )
 
 
 def _decoder_io(layers: int) -> DecoderIO:

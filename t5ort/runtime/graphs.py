@@ -19,7 +19,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .errors import ArtifactError, ProviderError
-from .manifest import GraphSpec, Manifest
+from .manifest import GraphSpec, Manifest, file_sha256
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 _NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16}
@@ -50,6 +50,11 @@ class DecoderState:
     binding: ort.IOBinding
     self_kv: tuple[ort.OrtValue, ...]
     past_length: int
+
+
+def _shape(shape) -> tuple:
+    """A tensor shape with symbolic and unknown axes reduced to None, for comparing declared and actual shapes."""
+    return tuple(d if isinstance(d, int) else None for d in shape)
 
 
 def _session_options(threads: int | None) -> ort.SessionOptions:
@@ -88,8 +93,10 @@ class T5Graphs:
         provider: str = "cpu",
         threads: int | None = None,
         device_id: int = 0,
+        verify: bool = True,
     ):
         self.manifest = manifest
+        self._verify = verify
         self.provider = provider
         self._device = "cuda" if provider == "cuda" else "cpu"
         self._device_id = device_id
@@ -110,6 +117,11 @@ class T5Graphs:
         path = directory / spec.file
         if not path.is_file():
             raise ArtifactError(f"{path}: graph file missing; re-export the model with `t5ort export`.")
+        if self._verify and spec.sha256 and file_sha256(path) != spec.sha256:
+            raise ArtifactError(
+                f"{path}: checksum differs from the one recorded in t5ort.json: the file was changed or "
+                "damaged; re-export the model (or load with verify=False to skip this check)."
+            )
         try:
             session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
@@ -122,12 +134,12 @@ class T5Graphs:
                 f"{path}: onnxruntime could not start the CUDA provider (check the CUDA and cuDNN "
                 "libraries that onnxruntime-gpu needs), or use provider='cpu'."
             )
-        actual = {t.name for t in session.get_inputs()} | {t.name for t in session.get_outputs()}
-        declared = {t.name for t in spec.inputs} | {t.name for t in spec.outputs}
+        actual = {(t.name, _shape(t.shape)) for t in session.get_inputs() + session.get_outputs()}
+        declared = {(t.name, _shape(t.shape)) for t in spec.inputs + spec.outputs}
         if actual != declared:
             raise ArtifactError(
-                f"{path}: the graph's tensors do not match the manifest (differing: "
-                f"{sorted(actual ^ declared)[:6]}); re-export the model with `t5ort export`."
+                f"{path}: the graph's tensors do not match the manifest (differing names or shapes: "
+                f"{sorted(actual ^ declared, key=str)[:6]}); re-export the model with `t5ort export`."
             )
         return session
 

@@ -9,6 +9,7 @@ length stay apart.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,7 @@ class GraphSpec:
     file: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    sha256: str | None = None  # of ``file``, checked by load() unless verify=False
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GraphSpec:
@@ -50,14 +52,31 @@ class GraphSpec:
             file=d["file"],
             inputs=tuple(TensorSpec.from_dict(t) for t in d["inputs"]),
             outputs=tuple(TensorSpec.from_dict(t) for t in d["outputs"]),
+            sha256=d.get("sha256"),
         )
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "file": self.file,
+            "sha256": self.sha256,
             "inputs": [t.to_dict() for t in self.inputs],
             "outputs": [t.to_dict() for t in self.outputs],
         }
+
+    def tensor(self, name: str) -> TensorSpec:
+        for t in self.inputs + self.outputs:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, read in 4 MiB blocks (about 1 s per GB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(4 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -231,6 +250,7 @@ def check_manifest(m: Manifest, path: Path) -> None:
                 f"{path}: decoder io {role!r} names {len(getattr(io, role))} layers but the geometry says "
                 f"{layers}; re-export the model."
             )
+    _check_geometry(m, path)
     for graph, names_obj in ((m.encoder, m.encoder_io), (m.decoder, m.decoder_io)):
         known = {t.name for t in graph.inputs} | {t.name for t in graph.outputs}
         for value in names_obj.__dict__.values():
@@ -239,3 +259,26 @@ def check_manifest(m: Manifest, path: Path) -> None:
                     raise ArtifactError(
                         f"{path}: tensor {name!r} is not in the signature of {graph.file}; re-export the model."
                     )
+
+
+def _check_geometry(m: Manifest, path: Path) -> None:
+    """The geometry must agree with the shapes the graphs declare (vocab, d_model, heads, d_kv)."""
+    g, io = m.geometry, m.decoder_io
+    expected = {
+        (m.decoder.file, io.logits): {-1: g.vocab_size},
+        (m.encoder.file, m.encoder_io.hidden_states): {-1: g.d_model},
+    }
+    for name in io.past_self_key + io.past_cross_value:
+        expected[(m.decoder.file, name)] = {1: g.num_heads, 3: g.d_kv}
+    graphs = {m.encoder.file: m.encoder, m.decoder.file: m.decoder}
+    for (file, name), dims in expected.items():
+        try:
+            shape = graphs[file].tensor(name).shape
+        except KeyError:
+            continue  # a missing name is reported by the caller
+        for axis, size in dims.items():
+            if not -len(shape) <= axis < len(shape) or isinstance(shape[axis], int) and shape[axis] != size:
+                raise ArtifactError(
+                    f"{path}: geometry does not match {file}: tensor {name!r} has shape {list(shape)}, "
+                    f"expected {size} on axis {axis}; re-export the model."
+                )

@@ -105,14 +105,45 @@ class ScoreResult:
     target_ids: np.ndarray
 
 
-class T5Runtime:
-    """A loaded export: tokenizer, graphs and generation defaults. Thread-safe: each call has its own state."""
+DEFAULT_MAX_RESULT_BYTES = 4 << 30
 
-    def __init__(self, directory: Path, manifest: Manifest, graphs: T5Graphs, tokenizer: TextTokenizer | None):
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-request caps, set at load time; None means no cap."""
+
+    max_input_tokens: int | None = None
+    max_new_tokens: int | None = None
+    max_result_bytes: int | None = DEFAULT_MAX_RESULT_BYTES
+
+    def check(self, input_ids: np.ndarray, new_tokens: int, result_bytes: int, what: str) -> None:
+        if self.max_input_tokens is not None and input_ids.shape[1] > self.max_input_tokens:
+            raise ValueError(
+                f"the input has {input_ids.shape[1]} tokens, over this runtime's max_input_tokens="
+                f"{self.max_input_tokens} (set at load); shorten the input."
+            )
+        if self.max_new_tokens is not None and new_tokens > self.max_new_tokens:
+            raise ValueError(
+                f"max_new_tokens={new_tokens} is over this runtime's cap of {self.max_new_tokens} (set at load)."
+            )
+        if self.max_result_bytes is not None and result_bytes > self.max_result_bytes:
+            raise MemoryError(
+                f"{what} would need about {result_bytes / 2**30:.2f} GiB, over this runtime's max_result_bytes="
+                f"{self.max_result_bytes / 2**30:.2f} GiB; pass output_logits=False, fewer rows or steps, "
+                "or load with a larger max_result_bytes."
+            )
+
+
+class T5Runtime:
+    """A loaded export: tokenizer, graphs, limits. Thread-safe: sessions are shared, each call has its own state."""
+
+    def __init__(self, directory: Path, manifest: Manifest, graphs: T5Graphs, tokenizer: TextTokenizer | None,
+                 limits: Limits = Limits()):
         self.directory = directory
         self.manifest = manifest
         self.graphs = graphs
         self.tokenizer = tokenizer
+        self.limits = limits
 
     @property
     def vocab_size(self) -> int:
@@ -210,6 +241,9 @@ class T5Runtime:
         """
         opts = GenerationOptions.create(**options).validate(self.vocab_size)
         ids, mask = self._inputs(texts, input_ids, attention_mask)
+        per_step = ids.shape[0] * opts.rows_per_input * opts.max_new_tokens * self.vocab_size * 4
+        self.limits.check(ids, opts.max_new_tokens,
+                          per_step * (opts.output_logits + opts.output_scores), "the raw logits and scores")
         out = decode(self.graphs, self.graphs.encode(ids, mask), opts, self._special(opts), self.vocab_size,
                      self._token_text())
         search = out.search
@@ -244,6 +278,7 @@ class T5Runtime:
         if opts.strategy == "beam":
             raise ValueError("stream() supports greedy and sampling; use generate() for num_beams > 1.")
         ids, mask = self._inputs(texts, input_ids, attention_mask)
+        self.limits.check(ids, opts.max_new_tokens, 0, "stream()")
         encoder_output = self.graphs.expand(self.graphs.encode(ids, mask), opts.rows_per_input)
         special = self._special(opts)
         strategy = make_strategy(opts, ids.shape[0], special, self._token_text())
@@ -281,6 +316,7 @@ class T5Runtime:
             raise TypeError(f"output_logits must be a bool, got {type(output_logits).__name__}.")
         ids, mask = self._inputs(texts, input_ids, attention_mask)
         labels = self._targets(targets, target_ids, ids.shape[0])
+        self.limits.check(ids, labels.shape[1], labels.size * self.vocab_size * 4, "the logits of score()")
         valid = labels != -100
         st = self.manifest.special_tokens
         decoder_input_ids = np.empty_like(labels)
@@ -318,22 +354,38 @@ class T5Runtime:
         return labels.astype(np.int64)
 
 
+def _positive_or_none(name: str, value) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"{name} must be a positive int or None, got {value!r}.")
+
+
 def load(
     directory: str | Path,
     *,
     provider: str = "cpu",
     threads: int | None = None,
     device_id: int = 0,
+    verify: bool = True,
+    max_input_tokens: int | None = None,
+    max_new_tokens: int | None = None,
+    max_result_bytes: int | None = DEFAULT_MAX_RESULT_BYTES,
 ) -> T5Runtime:
     """Load an export written by ``t5ort export``.
 
-    ``provider``: ``"cpu"`` or ``"cuda"`` (needs onnxruntime-gpu; never falls back
-    silently). ``threads``: ONNX Runtime intra-op threads (None: onnxruntime's default,
-    one per physical core).
+    - ``provider``: ``"cpu"`` or ``"cuda"`` (needs onnxruntime-gpu; never falls back silently).
+    - ``threads``: ONNX Runtime intra-op threads (None: onnxruntime's default, one per physical core).
+    - ``verify``: check each graph file's sha256 against the manifest (about 1 s per GB).
+    - ``max_input_tokens``, ``max_new_tokens``: caps for every request (None: no cap); a
+      request over a cap is refused before any work.
+    - ``max_result_bytes``: refuse requests whose per-step arrays (raw logits, scores)
+      would need more memory than this (default 4 GiB; None: no budget).
     """
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ValueError(f"threads must be a positive int or None, got {threads!r}.")
+    _positive_or_none("threads", threads)
+    _positive_or_none("max_input_tokens", max_input_tokens)
+    _positive_or_none("max_new_tokens", max_new_tokens)
+    _positive_or_none("max_result_bytes", max_result_bytes)
     directory = Path(directory)
     manifest = read_manifest(directory)
-    graphs = T5Graphs(directory, manifest, provider=provider, threads=threads, device_id=device_id)
-    return T5Runtime(directory, manifest, graphs, load_tokenizer(directory, manifest))
+    graphs = T5Graphs(directory, manifest, provider=provider, threads=threads, device_id=device_id, verify=verify)
+    limits = Limits(max_input_tokens, max_new_tokens, max_result_bytes)
+    return T5Runtime(directory, manifest, graphs, load_tokenizer(directory, manifest), limits)

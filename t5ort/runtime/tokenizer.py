@@ -51,6 +51,10 @@ class JsonTokenizer:
             i for i, tok in self._tok.get_added_tokens_decoder().items() if tok.special
         }
 
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         return [e.ids for e in self._tok.encode_batch(list(texts))]
 
@@ -112,7 +116,14 @@ def load_tokenizer(directory: Path, manifest: Manifest) -> TextTokenizer | None:
         path = directory / spec.file
         if not path.is_file():
             raise ArtifactError(f"{path}: tokenizer file missing; re-export the model.")
-        return JsonTokenizer(path, spec.clean_up_tokenization_spaces)
+        tokenizer = JsonTokenizer(path, spec.clean_up_tokenization_spaces)
+        size = tokenizer.vocab_size
+        if size > manifest.geometry.vocab_size:
+            raise ArtifactError(
+                f"{path}: the tokenizer has {size} tokens but the model's vocabulary has "
+                f"{manifest.geometry.vocab_size}: this tokenizer belongs to another model; re-export the model."
+            )
+        return tokenizer
     if spec.kind == "none":
         return None
     raise ArtifactError(f"{directory / 'manifest'}: unknown tokenizer kind {spec.kind!r}; re-export the model.")
