@@ -79,7 +79,7 @@ def cmd_export(args) -> int:
 
     t5ort.export(
         args.model, args.out_dir, force=args.force, atol=args.atol, rel_tol=args.rel_tol,
-        check_steps=args.check_steps, progress=Progress(args.quiet),
+        check_steps=args.check_steps, quantize=args.quantize, progress=Progress(args.quiet),
     )
     return 0
 
@@ -184,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--atol", type=float, default=1e-4, help="parity tolerance, absolute part (default 1e-4)")
     p.add_argument("--rel-tol", type=float, default=2e-6, help="parity tolerance per unit of max|logit| (2e-6)")
     p.add_argument("--check-steps", type=positive_int, default=8, help="decoding steps compared (default 8)")
+    p.add_argument("--quantize", choices=["int8"], default=None,
+                   help="int8 weights (dynamic, per channel); fidelity vs fp32 is measured and recorded")
     p.add_argument("--quiet", action="store_true", help="no progress messages")
     p.set_defaults(run=cmd_export)
 

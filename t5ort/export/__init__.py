@@ -17,6 +17,7 @@ def export(
     atol: float = 1e-4,
     rel_tol: float = 2e-6,
     check_steps: int = 8,
+    quantize: str | None = None,
     progress: Callable[[str], None] | None = None,
 ):
     """Export ``model`` (a checkpoint directory or hub id) to ``out_dir`` and check it against PyTorch.
@@ -26,13 +27,16 @@ def export(
     renames it into place only when the parity check passed: the raw logits of
     ``check_steps`` decoding steps must agree with PyTorch within
     ``atol + rel_tol * max|logit|``. An existing ``out_dir`` is refused unless
-    ``force=True``. ``progress`` receives a short message at each stage.
+    ``force=True``. ``quantize="int8"`` then replaces both graphs by dynamically
+    quantized ones (int8 weights, per channel) and records their fidelity against
+    fp32 in the manifest. ``progress`` receives a short message at each stage.
     Returns the written :class:`~t5ort.runtime.manifest.Manifest`.
     """
     from .exporter import export_model
 
     return export_model(
-        model, out_dir, force=force, atol=atol, rel_tol=rel_tol, check_steps=check_steps, progress=progress
+        model, out_dir, force=force, atol=atol, rel_tol=rel_tol, check_steps=check_steps, quantize=quantize,
+        progress=progress,
     )
 
 

@@ -41,6 +41,7 @@ DECODER_FILE = "decoder_model_merged.onnx"
 FIRST_STEP_FILE = "decoder_model.onnx"
 WITH_PAST_FILE = "decoder_with_past_model.onnx"
 TASK = "text2text-generation-with-past"
+QUANTIZE = (None, "int8")
 
 
 def export_model(
@@ -51,11 +52,14 @@ def export_model(
     atol: float,
     rel_tol: float,
     check_steps: int,
+    quantize: str | None,
     progress: Callable[[str], None] | None,
 ) -> Manifest:
     """See :func:`t5ort.export.export`."""
     say = progress or (lambda message: None)
     out_dir = Path(out_dir)
+    if quantize not in QUANTIZE:
+        raise ValueError(f"quantize={quantize!r} is not supported; use one of {QUANTIZE}.")
     if out_dir.exists() and not force:
         raise ExportError(f"{out_dir} already exists; choose another OUT_DIR or pass force=True (--force) to replace it.")
     if check_steps < 1:
@@ -76,6 +80,11 @@ def export_model(
 
         parity = check_parity(torch_model, staging, steps=check_steps, atol=atol, rel_tol=rel_tol)
         manifest = Manifest.from_dict({**manifest.to_dict(), "parity": parity})
+        if quantize == "int8":
+            say("quantizing weights to int8 and measuring its fidelity against fp32")
+            from .quantize import quantize_int8
+
+            manifest = quantize_int8(staging, manifest)
         manifest.write(staging)
         _replace_dir(staging, out_dir)
     except OSError as exc:
@@ -86,7 +95,12 @@ def export_model(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    say(f"wrote {out_dir} (max |logit diff| {parity['max_abs_diff']:.2e} <= {parity['tolerance']:.2e})")
+    say(f"wrote {out_dir} (fp32 graphs vs PyTorch: max |logit diff| {parity['max_abs_diff']:.2e} "
+        f"<= {parity['tolerance']:.2e})")
+    if manifest.quantization:
+        fidelity = manifest.quantization["fidelity"]
+        say(f"int8 vs fp32: top-1 agreement {fidelity['top1_agreement']:.1%}, "
+            f"max |logit diff| {fidelity['max_abs_diff_vs_fp32']:.3g} over {fidelity['steps']} teacher-forced steps")
     return manifest
 
 

@@ -158,6 +158,7 @@ class Manifest:
     generation_config: dict[str, Any] = field(default_factory=dict)
     parity: dict[str, Any] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)
+    quantization: dict[str, Any] = field(default_factory=dict)  # empty: fp32 weights
 
     # ---- (de)serialisation -------------------------------------------------
 
@@ -179,6 +180,7 @@ class Manifest:
             "generation_config": self.generation_config,
             "parity": self.parity,
             "source": self.source,
+            "quantization": self.quantization,
         }
 
     @classmethod
@@ -201,6 +203,7 @@ class Manifest:
             generation_config=d.get("generation_config", {}),
             parity=d.get("parity", {}),
             source=d.get("source", {}),
+            quantization=d.get("quantization", {}),
         )
 
     def write(self, directory: str | Path) -> Path:

@@ -1,0 +1,70 @@
+"""--quantize int8: int8 weights in both graphs, fidelity against fp32 measured and recorded."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+import t5ort
+from conftest import SOURCES
+
+
+@pytest.fixture(scope="module")
+def int8_export(sp_checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("int8") / "onnx"
+    t5ort.export(sp_checkpoint, out, quantize="int8")
+    return out
+
+
+def int8_weight_fraction(path) -> float:
+    """The share of weight elements stored as int8 in a graph, subgraphs included."""
+    model = onnx.load(str(path))
+    sizes = {"int8": 0, "other": 0}
+
+    def visit(graph):
+        for init in graph.initializer:
+            n = int(np.prod(init.dims)) if init.dims else 1
+            sizes["int8" if init.data_type == onnx.TensorProto.INT8 else "other"] += n
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    visit(attr.g)
+
+    visit(model.graph)
+    return sizes["int8"] / (sizes["int8"] + sizes["other"])
+
+
+def test_int8_graphs_hold_int8_weights(int8_export, sp_export):
+    for name in ("encoder_model.onnx", "decoder_model_merged.onnx"):
+        assert int8_weight_fraction(sp_export / name) == 0
+        assert int8_weight_fraction(int8_export / name) > 0.9
+
+
+def test_int8_fidelity_is_recorded_and_plausible(int8_export, sp_export):
+    manifest = json.loads((int8_export / "t5ort.json").read_text())
+    q = manifest["quantization"]
+    assert q["weights"] == "int8" and "per channel" in q["method"]
+    fidelity = q["fidelity"]
+    print(f"int8 fidelity: {fidelity}")
+    assert fidelity["top1_agreement"] >= 0.8
+    assert 0 < fidelity["max_abs_diff_vs_fp32"] < 0.25 * fidelity["max_abs_logit_fp32"]
+    assert manifest["parity"]["max_abs_diff"] <= manifest["parity"]["tolerance"]  # the fp32 graphs were checked
+
+
+def test_int8_runtime_generates_close_to_fp32(int8_export, sp_runtime):
+    int8 = t5ort.load(int8_export)
+    a = sp_runtime.generate(SOURCES, max_new_tokens=8, min_new_tokens=8)
+    scored = int8.score(SOURCES, target_ids=a.sequences[:, 1:])
+    agree = (scored.logits.argmax(-1) == a.logits.argmax(-1)).mean()
+    assert agree >= 0.8
+    res = int8.generate(SOURCES, max_new_tokens=8, num_beams=2)
+    assert res.sequences.shape[0] == 3 and np.isfinite(res.logits).all()
+
+
+def test_unknown_quantization_is_refused(sp_checkpoint, tmp_path):
+    with pytest.raises(ValueError, match="quantize='int4' is not supported"):
+        t5ort.export(sp_checkpoint, tmp_path / "out", quantize="int4")
+    assert not (tmp_path / "out").exists()
