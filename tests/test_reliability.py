@@ -158,10 +158,10 @@ def requests(draw, vocab: int):
         if fault == "empty":
             ids = ids[:0]
         elif fault == "out_of_vocab" and ids.size:
-            ids = ids.copy()
+            ids = ids.astype(np.int64)
             ids.flat[0] = vocab + draw(st.integers(0, 5))
         elif fault == "negative" and ids.size:
-            ids = ids.copy()
+            ids = ids.astype(np.int64)
             ids.flat[-1] = -draw(st.integers(1, 5))
         elif fault == "float":
             ids = ids.astype(np.float32)

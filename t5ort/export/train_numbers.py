@@ -118,7 +118,7 @@ def build_vocabulary(path: Path, train: list[int], kind: str, vocab_size: int, s
     english = [nb.english(n) for n in sample]
     german = [nb.german(n) for n in sample]
     if kind == "char":
-        proto = _spm_train(_prefix_lines(rng) + english + german, vocab_size, model_type="char")
+        proto = _characters_only(_spm_train(_prefix_lines(rng) + english + german, vocab_size))
     elif kind == "unigram":
         proto = _spm_train(_prefix_lines(rng) + english + german, vocab_size)
     elif kind == "numbers":
@@ -127,6 +127,30 @@ def build_vocabulary(path: Path, train: list[int], kind: str, vocab_size: int, s
         raise ValueError(f"unknown vocabulary kind {kind!r}")
     path.write_bytes(proto)
     return path
+
+
+def _characters_only(proto_bytes: bytes) -> bytes:
+    """Keep the special and single-character pieces of a unigram model: a character vocabulary."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    proto = pb.ModelProto()
+    proto.ParseFromString(proto_bytes)
+    keep = [p for p in proto.pieces if p.type != pb.ModelProto.SentencePiece.NORMAL or len(p.piece) == 1]
+    del proto.pieces[:]
+    proto.pieces.extend(keep)
+    return proto.SerializeToString()
+
+
+def load_tokenizer(spm_path: Path):
+    """The fast tokenizer of a sentencepiece model, splitting text exactly as sentencepiece does.
+
+    ``add_prefix_space=True``: without it transformers converts the model with the Metaspace
+    prepend scheme "never", and the first word of every text is split differently from
+    sentencepiece and the slow ``T5Tokenizer`` ("translate" as characters, not "▁translate").
+    """
+    from transformers import T5TokenizerFast
+
+    return T5TokenizerFast(vocab_file=str(spm_path), extra_ids=0, legacy=False, add_prefix_space=True)
 
 
 def _add_german_pieces(proto_bytes: bytes) -> bytes:
@@ -226,7 +250,7 @@ def accuracy(numbers: list[int], predictions: list[str]) -> dict:
 def train(args) -> dict:
     import torch
     import transformers
-    from transformers import T5ForConditionalGeneration, T5TokenizerFast
+    from transformers import T5ForConditionalGeneration
 
     t_start = time.monotonic()
     torch.set_num_threads(2)
@@ -237,7 +261,7 @@ def train(args) -> dict:
     log(f"split: {len(train_split)} train, {len(validation)} validation, {len(test)} test numbers")
 
     spm_path = build_vocabulary(out / "spiece.model", train_split, args.vocab, args.vocab_size, args.seed)
-    tokenizer = T5TokenizerFast(vocab_file=str(spm_path), extra_ids=0, legacy=False)
+    tokenizer = load_tokenizer(spm_path)
     target_lengths = [len(tokenizer(nb.german(n)).input_ids) for n in validation + test + [777_777, 999_999]]
     max_new_tokens = max(target_lengths) + 2
     log(f"vocabulary: {args.vocab}, {len(tokenizer)} pieces; 342 -> {tokenizer.tokenize(nb.german(342))}; "

@@ -3,7 +3,8 @@
 from .options import GenerationOptions
 from .analysis import compute_transition_scores
 from .errors import ArtifactError, ExportError, ParityError, ProviderError, T5ortError
-from .model import GenerationResult, ScoreResult, StepEvent, T5Runtime, load
+from .model import T5Runtime, load
+from .results import GenerationResult, ScoreResult, StepEvent
 
 __all__ = [
     "ArtifactError",
