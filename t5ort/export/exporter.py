@@ -157,6 +157,25 @@ def _export_graphs(torch_model, staging: Path) -> None:
         for f in files:
             f.rename(staging / f.name)
     shutil.rmtree(raw)
+    if getattr(torch_model.config, "encoder_attention_type", None) == "transient-global":
+        _reshape_zero_means_zero(staging / ENCODER_FILE)
+
+
+def _reshape_zero_means_zero(path: Path) -> None:
+    """Give every Reshape PyTorch's meaning of a 0 in the target shape: a dimension of size 0.
+
+    ONNX's default (allowzero=0) reads 0 as "copy the input's dimension". LongT5's
+    transient-global encoder reshapes to [batch, n_blocks, ...] where n_blocks is 0
+    for inputs shorter than one global block; with the default, those inputs fail.
+    """
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    for node in model.graph.node:
+        if node.op_type == "Reshape":
+            del node.attribute[:]
+            node.attribute.append(onnx.helper.make_attribute("allowzero", 1))
+    onnx.save(model, str(path))
 
 
 def _graph_spec(path: Path) -> GraphSpec:
