@@ -52,6 +52,15 @@ class DecoderState:
     past_length: int
 
 
+def host_array(value: ort.OrtValue) -> np.ndarray:
+    """A CPU ``OrtValue`` as a numpy array without a copy (through DLPack; the array keeps the value
+    alive), or a host copy where that is not possible (CUDA, an onnxruntime without DLPack)."""
+    c_value = getattr(value, "_ortvalue", None)
+    if value.device_name().lower() == "cpu" and hasattr(c_value, "__dlpack__"):
+        return np.from_dlpack(c_value)
+    return value.numpy()
+
+
 def _shape(shape) -> tuple:
     """A tensor shape with symbolic and unknown axes reduced to None, for comparing declared and actual shapes."""
     return tuple(d if isinstance(d, int) else None for d in shape)
@@ -204,7 +213,7 @@ class T5Graphs:
             for name, value in zip(self._past_cross, outputs[1 + n_self:]):
                 binding.bind_ortvalue_input(name, value)
         new_state = DecoderState(binding, tuple(outputs[1:1 + n_self]), state.past_length + decoder_input_ids.shape[1])
-        return outputs[0].numpy(), new_state
+        return host_array(outputs[0]), new_state
 
     # ---- batch reshaping (beams, return sequences) ------------------------------
 
@@ -215,7 +224,7 @@ class T5Graphs:
         """Repeat every row ``times`` times (row i -> rows i*times .. i*times+times-1), once, before decoding."""
         if times == 1:
             return encoder_output
-        hidden = np.repeat(encoder_output.hidden_states.numpy(), times, axis=0)  # [batch*times, src_len, d_model]
+        hidden = np.repeat(host_array(encoder_output.hidden_states), times, axis=0)  # [batch*times, src_len, d_model]
         return EncoderOutput(self._to_device(hidden), np.repeat(encoder_output.attention_mask, times, axis=0))
 
     def reorder(self, state: DecoderState, source: np.ndarray) -> DecoderState:
@@ -223,5 +232,5 @@ class T5Graphs:
         a beam's source row always belongs to the same input, whose cross keys/values are the same."""
         if np.array_equal(source, np.arange(len(source))):
             return state
-        kv = tuple(self._to_device(value.numpy()[source]) for value in state.self_kv)  # [rows, heads, past, d_kv]
+        kv = tuple(self._to_device(host_array(value)[source]) for value in state.self_kv)  # [rows, heads, past, d_kv]
         return DecoderState(state.binding, kv, state.past_length)
