@@ -17,7 +17,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from t5ort.export.demo import generated_corpus, train_sentencepiece  # noqa: E402
+from t5ort.export.vocab import generated_corpus, train_sentencepiece  # noqa: E402
 
 SOURCES = [
     "translate English to German: the small house near the river",

@@ -67,7 +67,7 @@ def _sentencepiece_bytes() -> bytes:
     """One seeded unigram vocabulary (pad 0, eos 1, unk 2), trained once per process."""
     import tempfile
 
-    from t5ort.export.demo import generated_corpus, train_sentencepiece
+    from t5ort.export.vocab import generated_corpus, train_sentencepiece
 
     with tempfile.TemporaryDirectory() as tmp:
         path = train_sentencepiece(Path(tmp) / "spiece.model", generated_corpus() + SOURCES + TARGETS)
