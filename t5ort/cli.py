@@ -29,21 +29,6 @@ class Progress:
 # ---- output --------------------------------------------------------------------
 
 
-def step_table(runtime, result, row: int, k: int) -> str:
-    """Per-step table of one row: chosen token, its probability, and the k most likely tokens."""
-    ids, probs = result.top_alternatives(k)
-    chosen_p = np.exp(result.token_logprobs[row])
-    name = runtime.tokenizer.token_string if runtime.tokenizer else str
-    lines = [f"{'step':>4}  {'token':<14} {'p':>6}   top-{k}"]
-    for step in range(result.num_steps):
-        token = int(result.sequences[row, step + 1])
-        if step > 0 and int(result.sequences[row, step]) in runtime.manifest.special_tokens.eos_token_id:
-            break  # padding after EOS
-        alts = "  ".join(f"{name(int(t))!r} {p:.3f}" for t, p in zip(ids[row, step], probs[row, step]))
-        lines.append(f"{step:>4}  {repr(name(token)):<14} {chosen_p[step]:6.3f}   {alts}")
-    return "\n".join(lines)
-
-
 def save_logits(path: Path, result) -> None:
     """Write sequences, raw logits and token log-probs to ``path`` (.npz) atomically."""
     if path.suffix != ".npz":
@@ -114,6 +99,8 @@ def cmd_stream(runtime, args) -> int:
 def cmd_generate(args) -> int:
     import t5ort
 
+    from .demo import step_table
+
     runtime = t5ort.load(args.out_dir, provider=args.provider, threads=args.threads)
     if args.stream:
         if args.top or args.save_logits or args.json:
@@ -153,9 +140,10 @@ def cmd_score(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .export.demo import run_demo
+    from .demo import run_demo
 
-    return run_demo(workdir=args.workdir, progress=Progress(args.quiet))
+    return run_demo(args.numbers, int8=args.int8, plot=Path(args.plot) if args.plot else None, top=args.top,
+                    progress=Progress(args.quiet))
 
 
 # ---- parser --------------------------------------------------------------------
@@ -219,8 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_runtime_arguments(p)
     p.set_defaults(run=cmd_score)
 
-    p = sub.add_parser("demo", help="build a small random T5, export it, decode with per-step logits, check parity")
-    p.add_argument("--workdir", default=None, help="keep the demo's checkpoint and export here (default: temp dir)")
+    p = sub.add_parser("demo", help="the bundled English-to-German numbers model, step by step")
+    p.add_argument("numbers", nargs="*", help='English number words, e.g. "three hundred forty-two"')
+    p.add_argument("--int8", action="store_true", help="use the bundled int8 export")
+    p.add_argument("--top", type=positive_int, default=3, metavar="K", help="alternatives per step (default 3)")
+    p.add_argument("--plot", metavar="FILE.png", help="draw the top-K probabilities of the first input (matplotlib)")
     p.add_argument("--quiet", action="store_true", help="no progress messages")
     p.set_defaults(run=cmd_demo)
     return parser

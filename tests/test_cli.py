@@ -57,13 +57,6 @@ def test_export_refuses_existing_out_dir(sp_checkpoint, tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
 
 
-def test_demo_runs_end_to_end_and_passes_parity(tmp_path, capsys):
-    assert main(["demo", "--quiet", "--workdir", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
-    assert "Random weights" in out and "sequences equal: yes" in out
-    assert (tmp_path / "onnx" / "t5ort.json").is_file()
-
-
 def test_generate_stream_prints_the_same_text(sp_runtime, sp_export, capsys):
     assert main(["generate", str(sp_export), TEXT, "--max-new-tokens", "8", "--stream"]) == 0
     expected = sp_runtime.generate([TEXT], max_new_tokens=8).texts[0]

@@ -15,9 +15,12 @@ two threads. Steps:
 
        three hundred forty-two thousand nine -> ▁ drei hundert zweiundvierzig tausend neun
 
-   (``unigram``: sentencepiece's own choice of pieces for both languages; ``char``:
-   one piece per character. Both were measured and train worse; see ``--help``.)
-2. a T5 v1.1-style model (gated-GELU, untied head) of about a million parameters,
+   Measured against the alternatives (the 1.2M-parameter d_model 128, 3+3 layer model,
+   600 steps, seed 0, held-out test exact match): ``numbers`` 99.98% in 2.6 min;
+   ``unigram`` (sentencepiece's own pieces for both languages, 256: "▁dreihundert",
+   "tausendneun", "siebzehntausend", "e i n s") 99.62% in 2.5 min; ``char`` (one piece
+   per character, targets of 46 tokens on average instead of 8) 86.0% in 14.8 min.
+2. a T5 v1.1-style model (gated-GELU, untied head) of about half a million parameters,
    trained with AdamW and teacher forcing on numbers drawn from the training split,
    by magnitude (:data:`MAGNITUDE_WEIGHTS`);
 3. greedy exact-match accuracy on the held-out validation split along the way and on
@@ -36,6 +39,7 @@ import argparse
 import io
 import json
 import math
+import os
 import platform
 import random
 import sys
@@ -51,9 +55,9 @@ MAGNITUDE_WEIGHTS = {(0, 99): 0.04, (100, 999): 0.08, (1_000, 9_999): 0.2, (10_0
                      (100_000, nb.MAX): 0.42}
 
 DEFAULTS = dict(
-    vocab="numbers", vocab_size=96, d_model=128, d_kv=32, num_heads=4, d_ff=256, num_layers=3,
-    num_decoder_layers=3, steps=6000, batch_size=128, lr=2e-3, warmup=300, weight_decay=0.01,
-    eval_every=1000, seed=0, minutes=20.0,
+    vocab="numbers", vocab_size=96, d_model=96, d_kv=24, num_heads=4, d_ff=192, num_layers=2,
+    num_decoder_layers=2, steps=1500, batch_size=128, lr=2e-3, warmup=150, weight_decay=0.01,
+    eval_every=500, seed=0, minutes=20.0,
 )
 
 
@@ -100,6 +104,9 @@ def _spm_train(texts, vocab_size: int, model_type: str = "unigram") -> bytes:
         sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size, model_type=model_type,
         pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0, hard_vocab_limit=False,
         minloglevel=2, num_threads=1,
+        # No NFKC table: the texts are plain lower-case words, and the table would add 240 kB to
+        # spiece.model and to every tokenizer.json.
+        normalization_rule_name="identity",
     )
     return model.getvalue()
 
@@ -150,7 +157,11 @@ def load_tokenizer(spm_path: Path):
     """
     from transformers import T5TokenizerFast
 
-    return T5TokenizerFast(vocab_file=str(spm_path), extra_ids=0, legacy=False, add_prefix_space=True)
+    tokenizer = T5TokenizerFast(vocab_file=str(spm_path), extra_ids=0, legacy=False, add_prefix_space=True)
+    # Saved with add_prefix_space, the tokenizer would be rebuilt from spiece.model at every load (which
+    # needs sentencepiece); without it, tokenizer.json (prepend scheme "first") is loaded as it is.
+    tokenizer.init_kwargs.pop("add_prefix_space", None)
+    return tokenizer
 
 
 def _add_german_pieces(proto_bytes: bytes) -> bytes:
@@ -262,6 +273,7 @@ def train(args) -> dict:
 
     spm_path = build_vocabulary(out / "spiece.model", train_split, args.vocab, args.vocab_size, args.seed)
     tokenizer = load_tokenizer(spm_path)
+    tokenizer.save_pretrained(out)  # before any use: padding settings would be saved in tokenizer.json
     target_lengths = [len(tokenizer(nb.german(n)).input_ids) for n in validation + test + [777_777, 999_999]]
     max_new_tokens = max(target_lengths) + 2
     log(f"vocabulary: {args.vocab}, {len(tokenizer)} pieces; 342 -> {tokenizer.tokenize(nb.german(342))}; "
@@ -321,7 +333,6 @@ def train(args) -> dict:
     fp32_test = accuracy(test, predict(model, tokenizer, test, max_new_tokens))
     log(f"test exact match (float32 weights as trained): {fp32_test['exact_match']:.4f}")
     model.half().save_pretrained(out)
-    tokenizer.save_pretrained(out)
     saved = T5ForConditionalGeneration.from_pretrained(out, dtype=torch.float32)  # as the ONNX export loads it
     test_acc = accuracy(test, predict(saved, tokenizer, test, max_new_tokens))
     val_acc = accuracy(validation, predict(saved, tokenizer, validation, max_new_tokens))
@@ -385,6 +396,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("d_model", "d_kv", "num_heads", "d_ff", "num_layers", "num_decoder_layers"):
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=DEFAULTS[name])
     args = parser.parse_args(argv)
+    if "torch" not in sys.modules:
+        # Two spinning OpenMP threads on two shared cores slow each other and any neighbour down
+        # several-fold; passive waiting keeps the speed when the cores are busy with other work.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     train(args)
     return 0
 
