@@ -7,36 +7,10 @@
     t5ort.export("checkpoint_dir", "out_dir")   # needs the [export] extra (torch)
 """
 
+from . import runtime
 from .export import export  # light: torch is imported only when export() runs
-from .runtime import (
-    ArtifactError,
-    ExportError,
-    GenerationOptions,
-    GenerationResult,
-    ParityError,
-    ProviderError,
-    ScoreResult,
-    StepEvent,
-    T5ortError,
-    T5Runtime,
-    compute_transition_scores,
-    load,
-)
+from .runtime import *  # noqa: F403  (the runtime's public names: load, T5Runtime, results, errors)
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ArtifactError",
-    "ExportError",
-    "GenerationOptions",
-    "GenerationResult",
-    "ParityError",
-    "ProviderError",
-    "ScoreResult",
-    "StepEvent",
-    "T5Runtime",
-    "T5ortError",
-    "compute_transition_scores",
-    "export",
-    "load",
-]
+__all__ = [*runtime.__all__, "export"]
