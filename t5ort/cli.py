@@ -82,16 +82,28 @@ def decoding_options(args) -> dict:
 
 
 def cmd_stream(runtime, args) -> int:
-    """Print each row's tokens as they come (one row: inline; several: one line per step)."""
+    """Print text as it comes: one row inline, several rows one line per step with each row's new text.
+
+    Each step decodes the row's tokens so far and prints what the text gained, so pieces that only
+    make sense together (a leading "▁", bytes of one character) print as the final text does.
+    """
     rows = len(args.texts)
+    new_ids = [[] for _ in range(rows)]
+    shown = [""] * rows
     for event in runtime.stream(args.texts, **decoding_options(args)):
-        live = ~event.finished | (event.step == 0)
+        if runtime.tokenizer is None:
+            print(f"{event.step:>4}  " + "  ".join(str(int(t)) for t in event.token_ids), flush=True)
+            continue
+        for row, token in enumerate(event.token_ids):
+            new_ids[row].append(int(token))
+        texts = runtime.tokenizer.decode_batch(np.array(new_ids))
+        gained = [t[len(old):] if t.startswith(old) else t for t, old in zip(texts, shown)]
+        shown = texts
         if rows == 1:
-            if live[0]:
-                print(event.texts[0] if event.texts else int(event.token_ids[0]), end="", flush=True)
+            print(gained[0], end="", flush=True)
         else:
-            print(f"{event.step:>4}  " + "  ".join(repr(t) for t in event.texts), flush=True)
-    if rows == 1:
+            print(f"{event.step:>4}  " + "  ".join(repr(g) for g in gained), flush=True)
+    if rows == 1 and runtime.tokenizer is not None:
         print()
     return 0
 

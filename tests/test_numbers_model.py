@@ -87,3 +87,11 @@ def test_demo_prints_translations_tables_and_parity(tmp_path, capsys):
     assert "'three hundred forty-two' -> 'dreihundertzweiundvierzig'" in out
     assert "top-3" in out and "sequences equal: yes" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_streamed_text_equals_the_generated_text(fp32, capsys):
+    from t5ort.cli import main
+
+    source = PREFIX + "five hundred thousand one"
+    assert main(["generate", str(bundled("onnx")), source, "--stream"]) == 0
+    assert capsys.readouterr().out == fp32.generate([source]).texts[0] + "\n"
