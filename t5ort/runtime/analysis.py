@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .strategies import log_softmax, logsumexp
+from .numerics import log_softmax, logsumexp
 
 
 def compute_transition_scores(result, normalize_logits: bool = False) -> np.ndarray:

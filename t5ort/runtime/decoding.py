@@ -107,19 +107,26 @@ class DecodeOutput:
     scores: np.ndarray | None  # float32 [rows, steps, vocab], processed
 
 
+def start(model: StepModel, encoder_output, options: GenerationOptions, special: Special,
+          token_text=None) -> tuple[Strategy, Iterator[Step]]:
+    """Set up a generation over ``encoder_output``: rows expanded for beams or return sequences,
+    the strategy and processors ``options`` ask for. Returns the strategy and the steps to iterate."""
+    strategy = make_strategy(options, encoder_output.batch_size, special, token_text)
+    expanded = model.expand(encoder_output, options.rows_per_input)
+    processors = build_processors(options, special.eos_token_ids)
+    return strategy, run_steps(model, expanded, strategy, processors, options.max_new_tokens)
+
+
 def decode(model: StepModel, encoder_output, options: GenerationOptions, special: Special, vocab_size: int,
            token_text=None) -> DecodeOutput:
     """Run a whole generation, collecting the per-step raw logits (and scores) when asked."""
-    batch = encoder_output.batch_size
-    encoder_output = model.expand(encoder_output, options.rows_per_input)
-    strategy = make_strategy(options, batch, special, token_text)
-    processors = build_processors(options, special.eos_token_ids)
-    rows, max_steps = encoder_output.batch_size, options.max_new_tokens
+    strategy, steps_iter = start(model, encoder_output, options, special, token_text)
+    rows, max_steps = encoder_output.batch_size * options.rows_per_input, options.max_new_tokens
     # np.empty leaves pages untouched until written: a run that stops early never commits the tail.
     raw = np.empty((rows, max_steps, vocab_size), np.float32) if options.output_logits else None
     processed = np.empty((rows, max_steps, vocab_size), np.float32) if options.output_scores else None
     steps = 0
-    for step in run_steps(model, encoder_output, strategy, processors, max_steps):
+    for step in steps_iter:
         if raw is not None:
             raw[:, step.index] = step.logits
         if processed is not None:

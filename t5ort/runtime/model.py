@@ -8,13 +8,12 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .decoding import Special, decode, make_strategy, run_steps
+from .decoding import Special, decode, start
 from .graphs import T5Graphs
 from .manifest import Manifest, read_manifest
 from .options import GenerationOptions
-from .processors import build_processors
 from .results import GenerationResult, ScoreResult, StepEvent
-from .strategies import logsumexp
+from .numerics import logsumexp
 from .tokenizer import TextTokenizer, load_tokenizer
 
 
@@ -192,11 +191,9 @@ class T5Runtime:
             raise ValueError("stream() supports greedy and sampling; use generate() for num_beams > 1.")
         ids, mask = self._inputs(texts, input_ids, attention_mask)
         self.limits.check(ids, opts.max_new_tokens, 0, "stream()")
-        encoder_output = self.graphs.expand(self.graphs.encode(ids, mask), opts.rows_per_input)
-        special = self._special(opts)
-        strategy = make_strategy(opts, ids.shape[0], special, self._token_text())
-        processors = build_processors(opts, special.eos_token_ids)
-        for step in run_steps(self.graphs, encoder_output, strategy, processors, opts.max_new_tokens):
+        strategy, steps = start(self.graphs, self.graphs.encode(ids, mask), opts, self._special(opts),
+                                self._token_text())
+        for step in steps:
             yield StepEvent(
                 step=step.index,
                 token_ids=step.tokens.copy(),

@@ -11,14 +11,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .numerics import log_softmax, softmax
 from .options import GenerationOptions
 
 LogitsProcessor = Callable[[np.ndarray, np.ndarray], np.ndarray]
-
-
-def _softmax(scores: np.ndarray) -> np.ndarray:
-    shifted = np.exp(scores - scores.max(axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
 class RepetitionPenalty:
@@ -142,7 +138,7 @@ class TopP:
 
     def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
         order = np.argsort(scores, axis=-1, kind="stable")  # ascending
-        cumulative = np.cumsum(_softmax(np.take_along_axis(scores, order, axis=-1)), axis=-1)
+        cumulative = np.cumsum(softmax(np.take_along_axis(scores, order, axis=-1)), axis=-1)
         remove_sorted = cumulative <= (1 - self.top_p)
         remove_sorted[:, -1] = False
         remove = np.empty_like(remove_sorted)
@@ -157,7 +153,7 @@ class MinP:
         self.min_p = min_p
 
     def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
-        probs = _softmax(scores)
+        probs = softmax(scores)
         remove = probs < self.min_p * probs.max(axis=-1, keepdims=True)
         remove[np.arange(len(scores)), scores.argmax(axis=-1)] = False
         return np.where(remove, -np.inf, scores).astype(scores.dtype)
@@ -170,14 +166,13 @@ class Typical:
         self.mass = mass
 
     def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
-        peak = scores.max(axis=-1, keepdims=True)
-        normalized = scores - peak - np.log(np.exp(scores - peak).sum(axis=-1, keepdims=True))
+        normalized = log_softmax(scores)
         p = np.exp(normalized)
         entropy = -np.nansum(normalized * p, axis=-1, keepdims=True)
         shifted = np.abs(-normalized - entropy)
         order = np.argsort(shifted, axis=-1, kind="stable")
         sorted_shifted = np.take_along_axis(shifted, order, axis=-1)
-        cumulative = np.cumsum(_softmax(np.take_along_axis(scores, order, axis=-1)), axis=-1)
+        cumulative = np.cumsum(softmax(np.take_along_axis(scores, order, axis=-1)), axis=-1)
         last = np.minimum((cumulative < self.mass).sum(axis=-1), scores.shape[-1] - 1)
         remove_sorted = sorted_shifted > np.take_along_axis(sorted_shifted, last[:, None], axis=-1)
         remove_sorted[:, :1] = False

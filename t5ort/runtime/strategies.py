@@ -14,19 +14,10 @@ from typing import Sequence
 
 import numpy as np
 
+from .numerics import log_softmax, logsumexp
 from .stopping import StoppingCriterion, any_done
 
 NEG = np.float32(-1.0e9)  # transformers' "impossible" score for beams
-
-
-def logsumexp(x: np.ndarray) -> np.ndarray:
-    """log(sum(exp(x))) over the last axis, stable; keeps that axis (size 1)."""
-    peak = x.max(axis=-1, keepdims=True)
-    return peak + np.log(np.exp(x - peak).sum(axis=-1, keepdims=True))
-
-
-def log_softmax(x: np.ndarray) -> np.ndarray:
-    return (x - logsumexp(x)).astype(np.float32, copy=False)
 
 
 def top_k(x: np.ndarray, k: int) -> np.ndarray:
