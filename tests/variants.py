@@ -111,76 +111,49 @@ def _save(model, tokenizer, directory: Path) -> None:
     tokenizer.save_pretrained(directory)
 
 
-def build_t5_v1_0(directory: Path) -> None:
-    from transformers import T5Config, T5ForConditionalGeneration
+SMALL = dict(d_model=32, num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=20)
 
-    tokenizer = sentencepiece_tokenizer(directory)
-    torch.manual_seed(10)
-    config = T5Config(
-        vocab_size=len(tokenizer), d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2, num_decoder_layers=2,
-        relative_attention_num_buckets=8, relative_attention_max_distance=20,
-        feed_forward_proj="relu", tie_word_embeddings=True, **COMMON,
-    )
-    _save(T5ForConditionalGeneration(config), tokenizer, directory)
+
+def _build(directory: Path, tokenizer, model_class: str, config_class: str, seed: int,
+           eos_step: int | None = None, **config) -> None:
+    """A seeded tiny model of ``model_class`` saved with ``tokenizer``; EOS made reachable at ``eos_step``."""
+    import transformers
+
+    torch.manual_seed(seed)
+    config = getattr(transformers, config_class)(vocab_size=len(tokenizer), **SMALL, **COMMON, **config)
+    model = getattr(transformers, model_class)(config).eval()
+    if eos_step is not None:
+        make_eos_reachable(model, tokenizer, step=eos_step)
+    _save(model, tokenizer, directory)
+
+
+def build_t5_v1_0(directory: Path) -> None:
+    _build(directory, sentencepiece_tokenizer(directory), "T5ForConditionalGeneration", "T5Config", seed=10,
+           d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, feed_forward_proj="relu", tie_word_embeddings=True)
 
 
 def build_t5_v1_1(directory: Path) -> None:
-    from transformers import T5Config, T5ForConditionalGeneration
-
-    tokenizer = sentencepiece_tokenizer(directory)
-    torch.manual_seed(11)
-    config = T5Config(
-        vocab_size=len(tokenizer), d_model=32, d_kv=12, num_heads=4, d_ff=48, num_layers=3, num_decoder_layers=2,
-        relative_attention_num_buckets=8, relative_attention_max_distance=20,
-        feed_forward_proj="gated-gelu", tie_word_embeddings=False, **COMMON,
-    )
-    model = T5ForConditionalGeneration(config).eval()
-    make_eos_reachable(model, tokenizer)
-    _save(model, tokenizer, directory)
+    _build(directory, sentencepiece_tokenizer(directory), "T5ForConditionalGeneration", "T5Config", seed=11,
+           eos_step=3, d_kv=12, d_ff=48, num_layers=3, num_decoder_layers=2, feed_forward_proj="gated-gelu",
+           tie_word_embeddings=False)
 
 
 def build_mt5(directory: Path) -> None:
-    from transformers import MT5Config, MT5ForConditionalGeneration
-
-    tokenizer = sentencepiece_tokenizer(directory)
-    torch.manual_seed(12)
-    config = MT5Config(
-        vocab_size=len(tokenizer), d_model=32, d_kv=8, num_heads=4, d_ff=40, num_layers=2, num_decoder_layers=2,
-        relative_attention_num_buckets=8, relative_attention_max_distance=20,
-        feed_forward_proj="gated-gelu", tie_word_embeddings=False, **COMMON,
-    )
-    model = MT5ForConditionalGeneration(config).eval()
-    make_eos_reachable(model, tokenizer, step=2)
-    _save(model, tokenizer, directory)
+    _build(directory, sentencepiece_tokenizer(directory), "MT5ForConditionalGeneration", "MT5Config", seed=12,
+           eos_step=2, d_kv=8, d_ff=40, num_layers=2, num_decoder_layers=2, feed_forward_proj="gated-gelu",
+           tie_word_embeddings=False)
 
 
 def build_byt5(directory: Path) -> None:
-    from transformers import T5Config, T5ForConditionalGeneration
-
-    tokenizer = byte_tokenizer(directory)
-    torch.manual_seed(13)
-    config = T5Config(
-        vocab_size=len(tokenizer), d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=3, num_decoder_layers=1,
-        relative_attention_num_buckets=8, relative_attention_max_distance=20,
-        feed_forward_proj="gated-gelu", tie_word_embeddings=False, **COMMON,
-    )
-    _save(T5ForConditionalGeneration(config), tokenizer, directory)
+    _build(directory, byte_tokenizer(directory), "T5ForConditionalGeneration", "T5Config", seed=13,
+           d_kv=8, d_ff=64, num_layers=3, num_decoder_layers=1, feed_forward_proj="gated-gelu",
+           tie_word_embeddings=False)
 
 
 def _longt5(directory: Path, attention: str, seed: int, **kwargs) -> None:
-    from transformers import LongT5Config, LongT5ForConditionalGeneration
-
-    tokenizer = sentencepiece_tokenizer(directory)
-    torch.manual_seed(seed)
-    config = LongT5Config(
-        vocab_size=len(tokenizer), d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2, num_decoder_layers=2,
-        relative_attention_num_buckets=8, relative_attention_max_distance=20,
-        encoder_attention_type=attention, local_radius=4, **COMMON, **kwargs,
-    )
-    model = LongT5ForConditionalGeneration(config).eval()
-    if not config.tie_word_embeddings:
-        make_eos_reachable(model, tokenizer)
-    _save(model, tokenizer, directory)
+    _build(directory, sentencepiece_tokenizer(directory), "LongT5ForConditionalGeneration", "LongT5Config", seed=seed,
+           eos_step=None if kwargs["tie_word_embeddings"] else 3, d_kv=8, d_ff=64, num_layers=2,
+           num_decoder_layers=2, encoder_attention_type=attention, local_radius=4, **kwargs)
 
 
 def build_longt5_local(directory: Path) -> None:
@@ -193,18 +166,9 @@ def build_longt5_tglobal(directory: Path) -> None:
 
 
 def build_umt5(directory: Path) -> None:
-    from transformers import UMT5Config, UMT5ForConditionalGeneration
-
-    tokenizer = sentencepiece_tokenizer(directory)
-    torch.manual_seed(16)
-    config = UMT5Config(
-        vocab_size=len(tokenizer), d_model=32, d_kv=12, num_heads=4, d_ff=48, num_layers=3, num_decoder_layers=2,
-        relative_attention_num_buckets=8, relative_attention_max_distance=20,
-        feed_forward_proj="gated-gelu", tie_word_embeddings=False, **COMMON,
-    )
-    model = UMT5ForConditionalGeneration(config).eval()
-    make_eos_reachable(model, tokenizer)
-    _save(model, tokenizer, directory)
+    _build(directory, sentencepiece_tokenizer(directory), "UMT5ForConditionalGeneration", "UMT5Config", seed=16,
+           eos_step=3, d_kv=12, d_ff=48, num_layers=3, num_decoder_layers=2, feed_forward_proj="gated-gelu",
+           tie_word_embeddings=False)
 
 
 VARIANTS = {
