@@ -82,28 +82,36 @@ def test_manifest_naming_a_tensor_the_graph_lacks(sp_export, tmp_path):
     manifest = json.loads((d / "t5ort.json").read_text())
     manifest["graphs"]["decoder"]["io"]["logits"] = "lm_logits"
     (d / "t5ort.json").write_text(json.dumps(manifest))
-    with pytest.raises(ArtifactError, match="'lm_logits' is not in the signature of decoder_model_merged.onnx"):
+    with pytest.raises(ArtifactError, match="'lm_logits' is not in the signature of decoder_with_past_model.onnx"):
         t5ort.load(d)
 
 
 def test_truncated_graph(sp_export, tmp_path):
     d = copy_export(sp_export, tmp_path)
-    graph = d / "decoder_model_merged.onnx"
+    graph = d / "decoder_with_past_model.onnx"
     graph.write_bytes(graph.read_bytes()[:1000])
-    with pytest.raises(ArtifactError, match=r"decoder_model_merged\.onnx: checksum differs.*re-export"):
+    with pytest.raises(ArtifactError, match=r"decoder_with_past_model\.onnx: checksum differs.*re-export"):
         t5ort.load(d)
-    with pytest.raises(ArtifactError, match=r"decoder_model_merged\.onnx: onnxruntime cannot load"):
+    with pytest.raises(ArtifactError, match=r"decoder_with_past_model\.onnx: onnxruntime cannot load"):
         t5ort.load(d, verify=False)
 
 
-def test_corrupted_byte_in_graph_is_caught_by_the_checksum(sp_export, tmp_path):
+@pytest.mark.parametrize("name", ["encoder_model.onnx", "weights.bin"])
+def test_corrupted_byte_is_caught_by_the_checksum(sp_export, tmp_path, name):
     d = copy_export(sp_export, tmp_path)
-    graph = d / "encoder_model.onnx"
-    data = bytearray(graph.read_bytes())
-    data[len(data) // 2] ^= 0xFF  # inside the weights: onnxruntime would load it and compute nonsense
-    graph.write_bytes(bytes(data))
-    with pytest.raises(ArtifactError, match=r"encoder_model\.onnx: checksum differs"):
+    path = d / name
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # weights.bin: onnxruntime would load it and compute nonsense
+    path.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match=name.replace(".", r"\.") + ": checksum differs"):
         t5ort.load(d)
+
+
+def test_missing_weights_file(sp_export, tmp_path):
+    d = copy_export(sp_export, tmp_path)
+    (d / "weights.bin").unlink()
+    with pytest.raises(ArtifactError, match=r"weights\.bin: weights file missing; re-export"):
+        t5ort.load(d, verify=False)
 
 
 def test_manifest_geometry_that_does_not_match_the_graphs(sp_export, tmp_path):
@@ -111,14 +119,15 @@ def test_manifest_geometry_that_does_not_match_the_graphs(sp_export, tmp_path):
     manifest = json.loads((d / "t5ort.json").read_text())
     manifest["geometry"]["num_heads"] += 1
     (d / "t5ort.json").write_text(json.dumps(manifest))
-    with pytest.raises(ArtifactError, match=r"geometry does not match decoder_model_merged\.onnx"):
+    with pytest.raises(ArtifactError, match=r"geometry does not match decoder_with_past_model\.onnx"):
         t5ort.load(d)
 
 
 def test_graph_swapped_for_another_models_graph(sp_export, byte_export, tmp_path):
     d = copy_export(sp_export, tmp_path)
-    shutil.copy(byte_export / "decoder_model_merged.onnx", d / "decoder_model_merged.onnx")
-    with pytest.raises(ArtifactError, match="decoder_model_merged.onnx: the graph's tensors do not match"):
+    for name in ("encoder_model.onnx", "decoder_with_past_model.onnx", "weights.bin"):
+        shutil.copy(byte_export / name, d / name)
+    with pytest.raises(ArtifactError, match=r"_model\.onnx: the graph's tensors do not match"):
         t5ort.load(d, verify=False)
 
 

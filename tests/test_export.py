@@ -19,20 +19,26 @@ def test_manifest_records_geometry_tokens_graphs_and_parity(sp_export, sp_checkp
 
     config = AutoConfig.from_pretrained(sp_checkpoint)
     m = json.loads((sp_export / "t5ort.json").read_text())
-    assert m["format_version"] == 1
+    assert m["format_version"] == 2
     g = m["geometry"]
     assert (g["vocab_size"], g["d_model"], g["d_kv"], g["num_heads"]) == (config.vocab_size, 32, 12, 4)
     assert (g["num_layers"], g["num_decoder_layers"], g["tie_word_embeddings"]) == (3, 2, False)
     assert m["special_tokens"] == {"pad_token_id": 0, "eos_token_id": [1], "decoder_start_token_id": 0}
     dec = m["graphs"]["decoder"]
-    assert dec["file"] == "decoder_model_merged.onnx"
+    assert dec["file"] == "decoder_with_past_model.onnx"
+    enc = m["graphs"]["encoder"]
+    assert enc["io"]["cross_key"] == ["present.0.encoder.key", "present.1.encoder.key"]
+    names = {t["name"]: t for t in enc["outputs"]}
+    assert names["present.1.encoder.value"]["shape"] == ["batch_size", 4, "encoder_sequence_length", 12]
     assert dec["io"]["past_self_key"] == ["past_key_values.0.decoder.key", "past_key_values.1.decoder.key"]
     names = {t["name"]: t for t in dec["inputs"]}
     assert names["past_key_values.0.decoder.key"]["shape"] == ["batch_size", 4, "past_decoder_sequence_length", 12]
     assert m["parity"]["steps"] == 8 and 0 <= m["parity"]["max_abs_diff"] <= m["parity"]["tolerance"]
     assert sorted(p.name for p in sp_export.iterdir()) == [
-        "decoder_model_merged.onnx", "encoder_model.onnx", "generation_config.json", "t5ort.json", "tokenizer.json",
+        "decoder_with_past_model.onnx", "encoder_model.onnx", "generation_config.json", "t5ort.json", "tokenizer.json",
+        "weights.bin",
     ]
+    assert m["weights"]["file"] == "weights.bin" and m["weights"]["bytes"] == (sp_export / "weights.bin").stat().st_size
 
 
 def leftovers(parent):
@@ -111,3 +117,24 @@ def test_export_is_reproducible_at_runtime(sp_export):
     a = t5ort.load(sp_export).generate(["the old dog"], max_new_tokens=6)
     b = t5ort.load(sp_export).generate(["the old dog"], max_new_tokens=6)
     np.testing.assert_array_equal(a.logits, b.logits)
+
+
+def test_weights_are_stored_once(sp_export, sp_checkpoint):
+    """The embedding both graphs read lies once in weights.bin; the file holds no more than the checkpoint's weights."""
+    import onnx
+    from safetensors import safe_open
+
+    regions = {}
+    for name in ("encoder_model.onnx", "decoder_with_past_model.onnx"):
+        graph = onnx.load(str(sp_export / name), load_external_data=False).graph
+        for tensor in graph.initializer:
+            info = {e.key: e.value for e in tensor.external_data}
+            if info:
+                assert info["location"] == "weights.bin"
+                regions.setdefault((int(info["offset"]), int(info["length"])), set()).add(name)
+    assert any(len(graphs) == 2 for graphs in regions.values())  # the shared embedding
+    with safe_open(str(sp_checkpoint / "model.safetensors"), "np") as f:
+        checkpoint_bytes = sum(f.get_tensor(k).nbytes for k in f.keys())
+    stored = sum(length for _, length in regions)
+    assert stored <= checkpoint_bytes
+    assert (sp_export / "weights.bin").stat().st_size < 1.1 * checkpoint_bytes

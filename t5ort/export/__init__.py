@@ -22,8 +22,9 @@ def export(
 ):
     """Export ``model`` (a checkpoint directory or hub id) to ``out_dir`` and check it against PyTorch.
 
-    Writes the encoder and merged decoder graphs, the tokenizer, the generation
-    defaults and ``t5ort.json`` into a temporary directory beside ``out_dir`` and
+    Writes the encoder graph (which also computes the cross-attention keys/values),
+    the decoder step graph, their shared ``weights.bin``, the tokenizer, the
+    generation defaults and ``t5ort.json`` into a temporary directory beside ``out_dir`` and
     renames it into place only when the parity check passed: the raw logits of
     ``check_steps`` decoding steps must agree with PyTorch within
     ``atol + rel_tol * max|logit|``. An existing ``out_dir`` is refused unless

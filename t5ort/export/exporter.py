@@ -1,9 +1,11 @@
-"""T5 checkpoint -> encoder + merged decoder ONNX graphs, tokenizer and manifest, checked against PyTorch.
+"""T5 checkpoint -> encoder and decoder ONNX graphs, tokenizer and manifest, checked against PyTorch.
 
-Why the merged decoder: optimum writes a first-step decoder and a
-decoder-with-past that share every weight; the merged graph holds both branches
-over one copy of the weights. On a t5-small-shaped model the merged layout is
-373 MB against 593 MB and steps at the same speed (benchmarks/layouts.py).
+The layout: optimum's encoder graph with the decoder layers' cross-attention
+keys/values appended (cross_kv.py), and optimum's with-past decoder, which runs
+every step, the first one with an empty self-attention cache. Weights live once
+in ``weights.bin`` (weights.py). Measured on the t5-small-shaped benchmark model
+against optimum's merged decoder (an If over a first-step and a with-past
+branch): see the README's memory table.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from typing import Callable
 
 from ..runtime.errors import ExportError
 from .configs import custom_onnx_configs
+from .cross_kv import append_cross_kv, cross_kv_names
+from .weights import store_weights, weights_spec
 from ..runtime.manifest import (
     FORMAT_VERSION,
     MANIFEST_NAME,
@@ -37,9 +41,7 @@ from ..runtime.manifest import (
 
 SUPPORTED_MODEL_TYPES = ("t5", "mt5", "longt5", "umt5")
 ENCODER_FILE = "encoder_model.onnx"
-DECODER_FILE = "decoder_model_merged.onnx"
-FIRST_STEP_FILE = "decoder_model.onnx"
-WITH_PAST_FILE = "decoder_with_past_model.onnx"
+DECODER_FILE = "decoder_with_past_model.onnx"
 TASK = "text2text-generation-with-past"
 QUANTIZE = (None, "int8")
 
@@ -105,7 +107,7 @@ def export_model(
 
 
 def _check_disk_space(torch_model, where: Path) -> None:
-    """optimum writes three decoder graphs before t5ort keeps one: budget ~4.5x the fp32 weights."""
+    """optimum writes the encoder and two decoder graphs before t5ort keeps one: budget ~4.5x the fp32 weights."""
     weights = sum(p.numel() for p in torch_model.parameters()) * 4
     needed, free = int(4.5 * weights), shutil.disk_usage(where).free
     if free < needed:
@@ -143,13 +145,8 @@ def _export_graphs(torch_model, staging: Path) -> None:
         # The tracer warns about Python control flow that optimum's T5 config accounts for.
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         # optimum mutates the model it exports (config flags); keep ours clean for the parity check.
-        onnx_export_from_model(copy.deepcopy(torch_model), raw, task=TASK, do_validation=False,
+        onnx_export_from_model(copy.deepcopy(torch_model), raw, task=TASK, do_validation=False, no_post_process=True,
                                custom_onnx_configs=custom_onnx_configs(torch_model))
-    if not (raw / DECODER_FILE).is_file() and (raw / FIRST_STEP_FILE).is_file() and (raw / WITH_PAST_FILE).is_file():
-        # optimum merges the two decoders itself, except for custom configurations (UMT5).
-        from optimum.onnx import merge_decoders
-
-        merge_decoders(raw / FIRST_STEP_FILE, raw / WITH_PAST_FILE, save_path=raw / DECODER_FILE, strict=False)
     for stem in (ENCODER_FILE, DECODER_FILE):
         files = sorted(raw.glob(stem + "*"))  # the graph and any external-data file beside it
         if not (raw / stem).is_file():
@@ -159,6 +156,8 @@ def _export_graphs(torch_model, staging: Path) -> None:
     shutil.rmtree(raw)
     if getattr(torch_model.config, "encoder_attention_type", None) == "transient-global":
         _reshape_zero_means_zero(staging / ENCODER_FILE)
+    append_cross_kv(staging / ENCODER_FILE, torch_model)
+    store_weights(staging, [ENCODER_FILE, DECODER_FILE])
 
 
 def _reshape_zero_means_zero(path: Path) -> None:
@@ -203,8 +202,6 @@ def _decoder_io(layers: int) -> DecoderIO:
     return DecoderIO(
         input_ids="input_ids",
         encoder_attention_mask="encoder_attention_mask",
-        encoder_hidden_states="encoder_hidden_states",
-        use_cache_branch="use_cache_branch",
         logits="logits",
         past_self_key=names("past_key_values", "decoder", "key"),
         past_self_value=names("past_key_values", "decoder", "value"),
@@ -212,8 +209,6 @@ def _decoder_io(layers: int) -> DecoderIO:
         past_cross_value=names("past_key_values", "encoder", "value"),
         present_self_key=names("present", "decoder", "key"),
         present_self_value=names("present", "decoder", "value"),
-        present_cross_key=names("present", "encoder", "key"),
-        present_cross_value=names("present", "encoder", "value"),
     )
 
 
@@ -244,6 +239,7 @@ def _build_manifest(torch_model, tokenizer, staging: Path, source: str) -> Manif
     generation_config = {k: v for k, v in gen.to_diff_dict().items() if k != "transformers_version"}
     (staging / "generation_config.json").write_text(json.dumps(generation_config, indent=2) + "\n")
     encoder = _graph_spec(staging / ENCODER_FILE)
+    cross_key, cross_value = cross_kv_names(int(config.num_decoder_layers))
     decoder = _graph_spec(staging / DECODER_FILE)
     geometry = Geometry(
         vocab_size=int(config.vocab_size),
@@ -269,7 +265,8 @@ def _build_manifest(torch_model, tokenizer, staging: Path, source: str) -> Manif
         tokenizer=_tokenizer_spec(tokenizer, staging),
         encoder=encoder,
         decoder=decoder,
-        encoder_io=EncoderIO(input_ids="input_ids", attention_mask="attention_mask", hidden_states="last_hidden_state"),
+        encoder_io=EncoderIO(input_ids="input_ids", attention_mask="attention_mask", hidden_states="last_hidden_state",
+                             cross_key=cross_key, cross_value=cross_value),
         decoder_io=_decoder_io(geometry.num_decoder_layers),
         generation_config=generation_config,
         source={
@@ -280,7 +277,9 @@ def _build_manifest(torch_model, tokenizer, staging: Path, source: str) -> Manif
             "task": TASK,
             "export_id": uuid.uuid4().hex,
         },
+        weights=weights_spec(staging),
     )
+
 
 
 def _replace_dir(staging: Path, out_dir: Path) -> None:

@@ -2,8 +2,8 @@
 
 Weights of every MatMul and Gather (embeddings and the lm_head included) become
 int8 with one scale per output channel; activations stay float32 and are
-quantized on the fly (onnxruntime's ``quantize_dynamic``). The merged decoder's
-two branches are If subgraphs, so subgraph quantization is on.
+quantized on the fly (onnxruntime's ``quantize_dynamic``). The int8 graphs'
+weights are then gathered into one ``weights.bin`` like the fp32 ones.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import numpy as np
 
 from ..runtime.manifest import GraphSpec, Manifest, file_sha256
 from .check import check_inputs
+from .weights import WEIGHTS_FILE, store_weights, weights_spec
 
 METHOD = "onnxruntime quantize_dynamic: int8 weights (QInt8), per channel, float32 activations"
 
@@ -31,6 +32,8 @@ def quantize_int8(staging: Path, manifest: Manifest, fidelity_steps: int = 32) -
             staging / spec.file, work / spec.file, per_channel=True, weight_type=QuantType.QInt8,
             extra_options={"EnableSubgraph": True},
         )
+    store_weights(work, [manifest.encoder.file, manifest.decoder.file])
+    for spec in (manifest.encoder, manifest.decoder):
         specs[spec.file] = GraphSpec(spec.file, spec.inputs, spec.outputs, file_sha256(work / spec.file))
     quantized = Manifest.from_dict({
         **manifest.to_dict(),
@@ -38,16 +41,17 @@ def quantize_int8(staging: Path, manifest: Manifest, fidelity_steps: int = 32) -
             "encoder": {**specs[manifest.encoder.file].to_dict(), "io": manifest.to_dict()["graphs"]["encoder"]["io"]},
             "decoder": {**specs[manifest.decoder.file].to_dict(), "io": manifest.to_dict()["graphs"]["decoder"]["io"]},
         },
+        "weights": weights_spec(work).__dict__,
     })
     for extra in staging.iterdir():  # tokenizer and generation defaults, so the int8 graphs load on their own
-        if extra.is_file() and extra.suffix != ".onnx":
+        if extra.is_file() and extra.suffix != ".onnx" and extra.name != WEIGHTS_FILE:
             shutil.copy(extra, work / extra.name)
     quantized.write(work)
     fidelity = measure_fidelity(staging, work, fidelity_steps)
     quantized = Manifest.from_dict({**quantized.to_dict(), "quantization": {"weights": "int8", "method": METHOD,
                                                                           "fidelity": fidelity}})
-    for spec in (manifest.encoder, manifest.decoder):
-        (work / spec.file).replace(staging / spec.file)
+    for name in (manifest.encoder.file, manifest.decoder.file, WEIGHTS_FILE):
+        (work / name).replace(staging / name)
     shutil.rmtree(work)
     return quantized
 

@@ -4,10 +4,12 @@
 sessions, the tensor names (from the manifest) and the cache layout; the decoding
 loop only ever sees numpy logits.
 
-Every run goes through ONNX Runtime IO binding, on the CPU and on CUDA alike, so
-there is a single run path: cache tensors and cross-attention keys/values stay
-as ``OrtValue``s on the device between steps, and only each step's [N, vocab]
-logits come back to the host.
+The encoder graph computes the cross-attention keys/values of every decoder
+layer once; the decoder graph runs every step, the first one with an empty
+self-attention cache. Every run goes through ONNX Runtime IO binding, on the CPU
+and on CUDA alike, so there is a single run path: cache tensors and
+cross-attention keys/values stay as ``OrtValue``s on the device between steps,
+and only each step's [N, vocab] logits come back to the host.
 """
 
 from __future__ import annotations
@@ -27,9 +29,9 @@ _NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16}
 
 @dataclass(frozen=True)
 class EncoderOutput:
-    """The encoder's result for one batch: hidden states (on the device) and the source mask."""
+    """The encoder's result for one batch: cross-attention keys/values (on the device) and the source mask."""
 
-    hidden_states: ort.OrtValue  # [batch, src_len, d_model]
+    cross_kv: tuple[ort.OrtValue, ...]  # [key_0, value_0, key_1, ...], each [batch, heads, src_len, d_kv]
     attention_mask: np.ndarray  # [batch, src_len] int64
 
     @property
@@ -41,8 +43,8 @@ class EncoderOutput:
 class DecoderState:
     """What one decoding run carries from step to step.
 
-    ``binding`` holds the inputs that never change (encoder mask and states, the
-    cross-attention keys/values once computed); ``self_kv`` is the growing
+    ``binding`` holds the inputs that never change (the encoder mask and the
+    cross-attention keys/values); ``self_kv`` is the growing
     self-attention cache, [key_0, value_0, key_1, ...], each
     ``[batch, heads, past_len, d_kv]``.
     """
@@ -112,15 +114,28 @@ class T5Graphs:
         self._dtype = _NUMPY_DTYPES[manifest.dtype]
         options = _session_options(threads)
         providers = _providers(provider, device_id)
+        self._check_weights(directory)
         self.encoder_session = self._open(directory, manifest.encoder, options, providers)
         self.decoder_session = self._open(directory, manifest.decoder, options, providers)
-        io = manifest.decoder_io
+        io, eio = manifest.decoder_io, manifest.encoder_io
+        self._cross = [n for pair in zip(eio.cross_key, eio.cross_value) for n in pair]
         self._past_self = [n for pair in zip(io.past_self_key, io.past_self_value) for n in pair]
         self._past_cross = [n for pair in zip(io.past_cross_key, io.past_cross_value) for n in pair]
         self._present_self = [n for pair in zip(io.present_self_key, io.present_self_value) for n in pair]
-        self._present_cross = [n for pair in zip(io.present_cross_key, io.present_cross_value) for n in pair]
-        self._false = ort.OrtValue.ortvalue_from_numpy(np.array([False]))
-        self._true = ort.OrtValue.ortvalue_from_numpy(np.array([True]))
+
+    def _check_weights(self, directory: Path) -> None:
+        """The shared weights file (if the export has one) exists and, with verify, has its recorded checksum."""
+        weights = self.manifest.weights
+        if weights is None:
+            return
+        path = directory / weights.file
+        if not path.is_file():
+            raise ArtifactError(f"{path}: weights file missing; re-export the model with `t5ort export`.")
+        if self._verify and weights.sha256 and file_sha256(path) != weights.sha256:
+            raise ArtifactError(
+                f"{path}: checksum differs from the one recorded in t5ort.json: the file was changed or "
+                "damaged; re-export the model (or load with verify=False to skip this check)."
+            )
 
     def _open(self, directory: Path, spec: GraphSpec, options, providers) -> ort.InferenceSession:
         path = directory / spec.file
@@ -160,23 +175,23 @@ class T5Graphs:
         binding = self.encoder_session.io_binding()
         binding.bind_cpu_input(io.input_ids, input_ids)
         binding.bind_cpu_input(io.attention_mask, attention_mask)
-        binding.bind_output(io.hidden_states, self._device, self._device_id)
+        for name in self._cross:
+            binding.bind_output(name, self._device, self._device_id)
         self.encoder_session.run_with_iobinding(binding)
-        (hidden,) = binding.get_outputs()
-        return EncoderOutput(hidden_states=hidden, attention_mask=attention_mask)
+        return EncoderOutput(cross_kv=tuple(binding.get_outputs()), attention_mask=attention_mask)
 
     # ---- decoder -------------------------------------------------------------
 
     def start(self, encoder_output: EncoderOutput) -> DecoderState:
-        """A fresh decoding state: empty self-attention cache, cross keys/values not yet computed."""
+        """A fresh decoding state: the encoder's cross keys/values bound, an empty self-attention cache."""
         io = self.manifest.decoder_io
         g = self.manifest.geometry
         binding = self.decoder_session.io_binding()
         binding.bind_cpu_input(io.encoder_attention_mask, encoder_output.attention_mask)
-        binding.bind_ortvalue_input(io.encoder_hidden_states, encoder_output.hidden_states)
-        # The first step runs the no-cache branch; its past inputs are placeholders.
+        for name, value in zip(self._past_cross, encoder_output.cross_kv):
+            binding.bind_ortvalue_input(name, value)
         empty = np.zeros((encoder_output.batch_size, g.num_heads, 0, g.d_kv), dtype=self._dtype)
-        for name in self._past_self + self._past_cross:
+        for name in self._past_self:  # the first step's cache: no positions yet
             binding.bind_cpu_input(name, empty)
         return DecoderState(binding=binding, self_kv=(), past_length=0)
 
@@ -188,32 +203,21 @@ class T5Graphs:
     def forward(self, decoder_input_ids: np.ndarray, state: DecoderState) -> tuple[np.ndarray, DecoderState]:
         """Feed ``decoder_input_ids`` [batch, T] after the cached positions; return raw logits [batch, T, vocab].
 
-        The first call computes the cross-attention keys/values and binds them for
-        every later call; T > 1 at the first call is one teacher-forced pass.
+        T > 1 at the first call is one teacher-forced pass (causal within the T positions).
         """
         io = self.manifest.decoder_io
         binding = state.binding
-        first = state.past_length == 0
         binding.bind_cpu_input(io.input_ids, np.ascontiguousarray(decoder_input_ids, dtype=np.int64))
-        binding.bind_ortvalue_input(io.use_cache_branch, self._false if first else self._true)
         for name, value in zip(self._past_self, state.self_kv):  # nothing to bind at the first step
             binding.bind_ortvalue_input(name, value)
         binding.bind_output(io.logits, "cpu")
         for name in self._present_self:
             binding.bind_output(name, self._device, self._device_id)
-        if first:
-            for name in self._present_cross:
-                binding.bind_output(name, self._device, self._device_id)
         self.decoder_session.run_with_iobinding(binding)
-        outputs = binding.get_outputs()
+        logits, *self_kv = binding.get_outputs()
         binding.clear_binding_outputs()
-        n_self = len(self._present_self)
-        if first:
-            # Cross-attention keys/values: computed once here, bound for every later step.
-            for name, value in zip(self._past_cross, outputs[1 + n_self:]):
-                binding.bind_ortvalue_input(name, value)
-        new_state = DecoderState(binding, tuple(outputs[1:1 + n_self]), state.past_length + decoder_input_ids.shape[1])
-        return host_array(outputs[0]), new_state
+        new_state = DecoderState(binding, tuple(self_kv), state.past_length + decoder_input_ids.shape[1])
+        return host_array(logits), new_state
 
     # ---- batch reshaping (beams, return sequences) ------------------------------
 
@@ -224,8 +228,9 @@ class T5Graphs:
         """Repeat every row ``times`` times (row i -> rows i*times .. i*times+times-1), once, before decoding."""
         if times == 1:
             return encoder_output
-        hidden = np.repeat(host_array(encoder_output.hidden_states), times, axis=0)  # [batch*times, src_len, d_model]
-        return EncoderOutput(self._to_device(hidden), np.repeat(encoder_output.attention_mask, times, axis=0))
+        cross_kv = tuple(self._to_device(np.repeat(host_array(value), times, axis=0))  # [batch*times, heads, src, d_kv]
+                         for value in encoder_output.cross_kv)
+        return EncoderOutput(cross_kv, np.repeat(encoder_output.attention_mask, times, axis=0))
 
     def reorder(self, state: DecoderState, source: np.ndarray) -> DecoderState:
         """Self-attention cache rows taken from ``source`` [rows] (beam search). Cross keys/values stay:

@@ -17,7 +17,7 @@ from typing import Any
 
 from .errors import ArtifactError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST_NAME = "t5ort.json"
 
 
@@ -80,27 +80,41 @@ def file_sha256(path: Path) -> str:
 
 
 @dataclass(frozen=True)
+class WeightsSpec:
+    """The one file holding the graphs' weights as ONNX external data (each distinct tensor once)."""
+
+    file: str
+    sha256: str | None = None  # checked by load() unless verify=False
+    bytes: int = 0
+
+
+@dataclass(frozen=True)
 class EncoderIO:
-    """Tensor names of the encoder graph, by role."""
+    """Tensor names of the encoder graph, by role.
+
+    ``cross_key``/``cross_value``: per decoder layer, in layer order, the
+    cross-attention keys/values [batch, heads, src_len, d_kv] that every decoding
+    step reads; the encoder computes them once.
+    """
 
     input_ids: str
     attention_mask: str
     hidden_states: str
+    cross_key: tuple[str, ...]
+    cross_value: tuple[str, ...]
 
 
 @dataclass(frozen=True)
 class DecoderIO:
-    """Tensor names of the merged decoder graph, by role.
+    """Tensor names of the decoder step graph, by role.
 
     Cache names are per decoder layer, in layer order. ``past_*`` are inputs,
-    ``present_*`` outputs; ``self`` is the growing self-attention cache and
-    ``cross`` the cross-attention keys/values, computed once at the first step.
+    ``present_*`` outputs; ``self`` is the growing self-attention cache (empty at
+    the first step) and ``cross`` the encoder's cross-attention keys/values.
     """
 
     input_ids: str
     encoder_attention_mask: str
-    encoder_hidden_states: str
-    use_cache_branch: str
     logits: str
     past_self_key: tuple[str, ...]
     past_self_value: tuple[str, ...]
@@ -108,8 +122,6 @@ class DecoderIO:
     past_cross_value: tuple[str, ...]
     present_self_key: tuple[str, ...]
     present_self_value: tuple[str, ...]
-    present_cross_key: tuple[str, ...]
-    present_cross_value: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -159,6 +171,7 @@ class Manifest:
     parity: dict[str, Any] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)
     quantization: dict[str, Any] = field(default_factory=dict)  # empty: fp32 weights
+    weights: WeightsSpec | None = None  # None: weights inside the graph files
 
     # ---- (de)serialisation -------------------------------------------------
 
@@ -181,6 +194,7 @@ class Manifest:
             "parity": self.parity,
             "source": self.source,
             "quantization": self.quantization,
+            "weights": dict(self.weights.__dict__) if self.weights else None,
         }
 
     @classmethod
@@ -198,12 +212,13 @@ class Manifest:
             tokenizer=TokenizerSpec(**d["tokenizer"]),
             encoder=GraphSpec.from_dict(graphs["encoder"]),
             decoder=GraphSpec.from_dict(graphs["decoder"]),
-            encoder_io=EncoderIO(**graphs["encoder"]["io"]),
+            encoder_io=EncoderIO(**tup(graphs["encoder"]["io"])),
             decoder_io=DecoderIO(**tup(graphs["decoder"]["io"])),
             generation_config=d.get("generation_config", {}),
             parity=d.get("parity", {}),
             source=d.get("source", {}),
             quantization=d.get("quantization", {}),
+            weights=WeightsSpec(**d["weights"]) if d.get("weights") else None,
         )
 
     def write(self, directory: str | Path) -> Path:
@@ -243,16 +258,16 @@ def read_manifest(directory: str | Path) -> Manifest:
 def check_manifest(m: Manifest, path: Path) -> None:
     """Every tensor name the runtime will use exists in its graph's signature, one per decoder layer."""
     layers = m.geometry.num_decoder_layers
-    io = m.decoder_io
-    for role in (
-        "past_self_key", "past_self_value", "past_cross_key", "past_cross_value",
-        "present_self_key", "present_self_value", "present_cross_key", "present_cross_value",
-    ):
-        if len(getattr(io, role)) != layers:
-            raise ArtifactError(
-                f"{path}: decoder io {role!r} names {len(getattr(io, role))} layers but the geometry says "
-                f"{layers}; re-export the model."
-            )
+    per_layer = {"decoder": (m.decoder_io, ("past_self_key", "past_self_value", "past_cross_key", "past_cross_value",
+                                             "present_self_key", "present_self_value")),
+                 "encoder": (m.encoder_io, ("cross_key", "cross_value"))}
+    for graph, (io, roles) in per_layer.items():
+        for role in roles:
+            if len(getattr(io, role)) != layers:
+                raise ArtifactError(
+                    f"{path}: {graph} io {role!r} names {len(getattr(io, role))} layers but the geometry says "
+                    f"{layers}; re-export the model."
+                )
     _check_geometry(m, path)
     for graph, names_obj in ((m.encoder, m.encoder_io), (m.decoder, m.decoder_io)):
         known = {t.name for t in graph.inputs} | {t.name for t in graph.outputs}
@@ -273,6 +288,8 @@ def _check_geometry(m: Manifest, path: Path) -> None:
     }
     for name in io.past_self_key + io.past_cross_value:
         expected[(m.decoder.file, name)] = {1: g.num_heads, 3: g.d_kv}
+    for name in m.encoder_io.cross_key + m.encoder_io.cross_value:
+        expected[(m.encoder.file, name)] = {1: g.num_heads, 3: g.d_kv}
     graphs = {m.encoder.file: m.encoder, m.decoder.file: m.decoder}
     for (file, name), dims in expected.items():
         try:
