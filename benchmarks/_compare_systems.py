@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _model import NEW_TOKENS, T5_SMALL, checkpoint, input_ids, say
+from _model import NEW_TOKENS, T5_SMALL, checkpoint, current_t5ort_export, input_ids, say
 
 # ---- workloads -------------------------------------------------------------------------------------
 
@@ -88,6 +88,8 @@ def artifact_dir(system: str, workdir: Path) -> Path:
 
 def artifact_ready(system: str, workdir: Path) -> bool:
     d = artifact_dir(system, workdir)
+    if system.startswith("t5ort"):
+        return current_t5ort_export(d)
     need = {
         "pytorch": ["config.json"],
         "t5ort-fp32": ["t5ort.json"],

@@ -57,6 +57,16 @@ def checkpoint(workdir: Path) -> Path:
     return path
 
 
+def current_t5ort_export(directory: Path) -> bool:
+    """True when ``directory`` holds a t5ort export in the manifest format this t5ort reads."""
+    import json
+
+    from t5ort.runtime.manifest import FORMAT_VERSION, MANIFEST_NAME
+
+    path = directory / MANIFEST_NAME
+    return path.is_file() and json.loads(path.read_text()).get("format_version") == FORMAT_VERSION
+
+
 def input_ids(batch: int = 1) -> np.ndarray:
     """The benchmark input: ``batch`` rows of SOURCE_LENGTH seeded random token ids in [3, 32000), int64 [batch, L]."""
     return np.random.default_rng(0).integers(3, 32000, size=(batch, SOURCE_LENGTH), dtype=np.int64)

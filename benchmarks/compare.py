@@ -9,8 +9,9 @@ Every system runs the same seeded random t5-small-shaped checkpoint (see
 step:
 
 - ``t5ort fp32`` / ``t5ort int8``: ``rt.generate(..., output_logits=True)`` on a
-  t5ort export (``t5ort.export(ckpt, out, quantize="int8")`` for int8: dynamic
-  per-channel int8 weights);
+  t5ort export (encoder graph with the cross-attention keys/values, with-past
+  decoder graph, one memory-mapped weights.bin; ``t5ort.export(ckpt, out,
+  quantize="int8")`` for int8: dynamic per-channel int8 weights);
 - ``PyTorch``: transformers' ``generate(output_logits=True,
   return_dict_in_generate=True)``, ``torch.set_num_threads(threads)``;
 - ``Optimum``: ``ORTModelForSeq2SeqLM`` (optimum-onnx) on optimum's own export

@@ -47,6 +47,7 @@ from _model import (
     NEW_TOKENS,
     PAUSE_S,
     checkpoint,
+    current_t5ort_export,
     input_ids,
     machine,
     markdown_table,
@@ -59,7 +60,7 @@ from _model import (
 def t5ort_export(workdir: Path) -> Path:
     """The t5ort export of the checkpoint in ``workdir/t5ort``, made on first use."""
     out = workdir / "t5ort"
-    if not (out / "t5ort.json").is_file():
+    if not current_t5ort_export(out):
         t5ort.export(checkpoint(workdir), out, force=True, progress=lambda m: say(f"t5ort export: {m}"))
     return out
 
