@@ -64,3 +64,19 @@ def test_one_beam_is_greedy(sp_runtime):
     b = sp_runtime.generate(SOURCES, max_new_tokens=8, num_beams=1)
     np.testing.assert_array_equal(a.sequences, b.sequences)
     assert b.beam_indices is None and b.sequences_scores is None
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_top_k_equals_a_stable_full_sort(seed):
+    """The chunked top_k against argsort, on long rows with many ties, -inf and a lone winner per chunk."""
+    from t5ort.runtime.strategies import top_k
+
+    rng = np.random.default_rng(seed)
+    for _ in range(200):
+        rows, m, k = int(rng.integers(1, 4)), int(rng.integers(1, 5000)), int(rng.integers(1, 17))
+        k = min(k, m)
+        x = rng.integers(-3, 3, size=(rows, m)).astype(np.float32)  # ties everywhere
+        x[:, rng.integers(0, m, size=3)] = rng.choice([-np.inf, 5.0, 0.5], size=3)
+        if seed % 2:
+            x = rng.standard_normal((rows, m)).astype(np.float32)
+        np.testing.assert_array_equal(top_k(x, k), np.argsort(-x, axis=1, kind="stable")[:, :k])

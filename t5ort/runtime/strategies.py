@@ -20,15 +20,30 @@ from .stopping import StoppingCriterion, any_done
 NEG = np.float32(-1.0e9)  # transformers' "impossible" score for beams
 
 
+CHUNK = 256  # top_k's first pass: the maximum of every CHUNK consecutive scores
+
+
 def top_k(x: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k largest values of each row of ``x`` [B, M], best first; lower index first on ties."""
+    """Indices of the k largest values of each row of ``x`` [B, M], best first; lower index first on ties.
+
+    For long rows (beam search: beams x vocab scores) a first pass takes the
+    maximum of each chunk of 256; only the chunks whose maximum reaches the k-th
+    largest maximum can hold a top-k value (k distinct chunks reach it, so the
+    k-th largest value is at least that high), and the exact stable sort runs on
+    those few chunks instead of the whole row.
+    """
     m = x.shape[1]
     if m <= 4 * k:
         return np.argsort(-x, axis=1, kind="stable")[:, :k]
-    kth = np.partition(x, m - k, axis=1)[:, m - k]
+    starts = np.arange(0, m, CHUNK)
     out = np.empty((len(x), k), dtype=np.int64)
     for row in range(len(x)):
-        idx = np.flatnonzero(x[row] >= kth[row])  # ascending, so the stable sort keeps ties in index order
+        maxima = np.maximum.reduceat(x[row], starts)  # [chunks]
+        chunks = np.arange(len(starts))
+        if len(maxima) > k:
+            chunks = np.flatnonzero(maxima >= np.partition(maxima, len(maxima) - k)[len(maxima) - k])
+        idx = (starts[chunks, None] + np.arange(CHUNK)).ravel()  # ascending
+        idx = idx[idx < m]
         out[row] = idx[np.argsort(-x[row, idx], kind="stable")[:k]]
     return out
 
