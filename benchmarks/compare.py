@@ -11,7 +11,7 @@ step:
 - ``t5ort fp32`` / ``t5ort int8``: ``rt.generate(..., output_logits=True)`` on a
   t5ort export (encoder graph with the cross-attention keys/values, with-past
   decoder graph, one memory-mapped weights.bin; ``t5ort.export(ckpt, out,
-  quantize="int8")`` for int8: dynamic per-channel int8 weights);
+  quantize="int8")`` for int8: dynamic int8 weights, one scale per tensor);
 - ``PyTorch``: transformers' ``generate(output_logits=True,
   return_dict_in_generate=True)``, ``torch.set_num_threads(threads)``;
 - ``Optimum``: ``ORTModelForSeq2SeqLM`` (optimum-onnx) on optimum's own export

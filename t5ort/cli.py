@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rel-tol", type=float, default=2e-6, help="parity tolerance per unit of max|logit| (2e-6)")
     p.add_argument("--check-steps", type=positive_int, default=8, help="decoding steps compared (default 8)")
     p.add_argument("--quantize", choices=["int8"], default=None,
-                   help="int8 weights (dynamic, per channel); fidelity vs fp32 is measured and recorded")
+                   help="int8 weights (dynamic, one scale per tensor); fidelity vs fp32 is measured and recorded")
     p.add_argument("--quiet", action="store_true", help="no progress messages")
     p.set_defaults(run=cmd_export)
 

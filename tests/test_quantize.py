@@ -46,7 +46,7 @@ def test_int8_graphs_hold_int8_weights(int8_export, sp_export):
 def test_int8_fidelity_is_recorded_and_plausible(int8_export, sp_export):
     manifest = json.loads((int8_export / "t5ort.json").read_text())
     q = manifest["quantization"]
-    assert q["weights"] == "int8" and "per channel" in q["method"]
+    assert q["weights"] == "int8" and "one scale per weight tensor" in q["method"]
     fidelity = q["fidelity"]
     print(f"int8 fidelity: {fidelity}")
     assert fidelity["top1_agreement"] >= 0.8

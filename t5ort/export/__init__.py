@@ -29,7 +29,7 @@ def export(
     ``check_steps`` decoding steps must agree with PyTorch within
     ``atol + rel_tol * max|logit|``. An existing ``out_dir`` is refused unless
     ``force=True``. ``quantize="int8"`` then replaces both graphs by dynamically
-    quantized ones (int8 weights, per channel) and records their fidelity against
+    quantized ones (int8 weights, one scale per tensor) and records their fidelity against
     fp32 in the manifest. ``progress`` receives a short message at each stage.
     Returns the written :class:`~t5ort.runtime.manifest.Manifest`.
     """
