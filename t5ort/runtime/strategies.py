@@ -92,8 +92,10 @@ class SingleSequenceSearch:
     def update(self, logits: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, None, bool]:
         tokens = np.where(self.finished, self.pad_token_id, self.pick(scores))
         live = ~self.finished
-        chosen = np.take_along_axis(logits[live], tokens[live, None], axis=-1)[:, 0]
-        self.token_logprobs[live, self.length - 1] = chosen - logsumexp(logits[live])[:, 0]
+        if not live.all():
+            logits = logits[live]
+        chosen = logits[np.arange(len(logits)), tokens[live]]
+        self.token_logprobs[live, self.length - 1] = chosen - logsumexp(logits)[:, 0]
         self.sequences[:, self.length] = tokens
         self.length += 1
         self.finished |= any_done(self.criteria, self.input_ids, scores)
@@ -142,15 +144,16 @@ class BeamSearch:
         self.done_logprobs = self.running_logprobs.copy()
         self.is_done = np.zeros((batch, num_beams), dtype=bool)
         self.improvable = np.ones((batch, 1), dtype=bool)
-        self._raw_logprobs: np.ndarray | None = None
+        self._logits: np.ndarray | None = None  # this step's raw logits and their logsumexp, set by prepare()
+        self._logsumexp: np.ndarray | None = None
 
     @property
     def input_ids(self) -> np.ndarray:
         return self.running[:, :, : self.cur_len].reshape(self.batch * self.num_beams, self.cur_len)
 
     def prepare(self, logits: np.ndarray) -> np.ndarray:
-        self._raw_logprobs = log_softmax(logits)
-        return self._raw_logprobs.copy()  # processors see log-probs, as in transformers' beam search
+        self._logits, self._logsumexp = logits, logsumexp(logits)  # [rows, vocab], [rows, 1]
+        return log_softmax(logits, self._logsumexp)  # processors see log-probs, as in transformers' beam search
 
     @staticmethod
     def _gather(x: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -171,8 +174,8 @@ class BeamSearch:
         cand_sources = self._gather(self.running_sources, cand_beams)
         cand_sources[:, :, t - 1] = cand_beams + np.arange(b)[:, None] * nb
         cand_logprobs = self._gather(self.running_logprobs, cand_beams)
-        raw = self._raw_logprobs.reshape(b, nb, vocab)
-        cand_logprobs[:, :, t - 1] = raw[np.arange(b)[:, None], cand_beams, cand_tokens]
+        rows = np.arange(b)[:, None] * nb + cand_beams  # [b, keep] decoder rows
+        cand_logprobs[:, :, t - 1] = self._logits[rows, cand_tokens] - self._logsumexp[rows, 0]
         hits = any_done(self.criteria, cand_sequences[:, :, : t + 1].reshape(b * self.keep, t + 1), None)
         hits = hits.reshape(b, self.keep)
 
