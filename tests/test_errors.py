@@ -162,3 +162,17 @@ def test_cuda_without_cuda_provider_is_an_error_not_a_fallback(sp_export):
         pytest.skip("this onnxruntime has CUDA; see test_cuda.py")
     with pytest.raises(ProviderError, match="onnxruntime-gpu"):
         t5ort.load(sp_export, provider="cuda")
+
+
+def test_step_refuses_an_out_buffer_of_the_wrong_shape_or_type(sp_runtime):
+    graphs = sp_runtime.graphs
+    ids, mask = sp_runtime.encode_texts(["a b c"])
+    state = graphs.start(graphs.encode(ids, mask))
+    vocab = sp_runtime.vocab_size
+    for bad in (np.empty((1, vocab + 1), np.float32), np.empty((1, vocab), np.float64),
+                np.empty((1, 2 * vocab), np.float32)[:, ::2]):
+        with pytest.raises(ValueError, match="out must be a C-contiguous float32 array"):
+            graphs.step(np.array([0]), state, out=bad)
+    out = np.empty((1, vocab), np.float32)
+    logits, _ = graphs.step(np.array([0]), state, out=out)
+    assert np.shares_memory(logits, out) and np.isfinite(out).all()

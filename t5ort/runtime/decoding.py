@@ -24,7 +24,7 @@ class StepModel(Protocol):
 
     def start(self, encoder_output): ...
 
-    def step(self, tokens: np.ndarray, state) -> tuple[np.ndarray, object]: ...
+    def step(self, tokens: np.ndarray, state, out: np.ndarray | None = None) -> tuple[np.ndarray, object]: ...
 
     def reorder(self, state, source: np.ndarray): ...
 
@@ -52,12 +52,15 @@ class Step:
 
 
 def run_steps(model: StepModel, encoder_output, strategy: Strategy, processors: Sequence[LogitsProcessor],
-              max_new_tokens: int) -> Iterator[Step]:
-    """The loop itself: yields every step until the strategy is done or ``max_new_tokens`` were taken."""
+              max_new_tokens: int, logits_out: np.ndarray | None = None) -> Iterator[Step]:
+    """The loop itself: yields every step until the strategy is done or ``max_new_tokens`` were taken.
+
+    ``logits_out`` [max_new_tokens, rows, vocab]: where the graph writes each step's raw logits.
+    """
     state = model.start(encoder_output)
     tokens = strategy.input_ids[:, -1]
     for index in range(max_new_tokens):
-        logits, state = model.step(tokens, state)
+        logits, state = model.step(tokens, state, out=None if logits_out is None else logits_out[index])
         if not np.isfinite(logits.sum()) and not np.isfinite(logits).all():  # one cheap pass first
             rows = np.flatnonzero(~np.isfinite(logits).all(axis=-1)).tolist()
             raise FloatingPointError(f"non-finite raw logits (NaN or inf) at step {index}, decoder rows {rows}.")
@@ -108,32 +111,34 @@ class DecodeOutput:
 
 
 def start(model: StepModel, encoder_output, options: GenerationOptions, special: Special,
-          token_text=None) -> tuple[Strategy, Iterator[Step]]:
+          token_text=None, logits_out: np.ndarray | None = None) -> tuple[Strategy, Iterator[Step]]:
     """Set up a generation over ``encoder_output``: rows expanded for beams or return sequences,
     the strategy and processors ``options`` ask for. Returns the strategy and the steps to iterate."""
     strategy = make_strategy(options, encoder_output.batch_size, special, token_text)
     expanded = model.expand(encoder_output, options.rows_per_input)
     processors = build_processors(options, special.eos_token_ids)
-    return strategy, run_steps(model, expanded, strategy, processors, options.max_new_tokens)
+    return strategy, run_steps(model, expanded, strategy, processors, options.max_new_tokens, logits_out)
 
 
 def decode(model: StepModel, encoder_output, options: GenerationOptions, special: Special, vocab_size: int,
            token_text=None) -> DecodeOutput:
-    """Run a whole generation, collecting the per-step raw logits (and scores) when asked."""
-    strategy, steps_iter = start(model, encoder_output, options, special, token_text)
+    """Run a whole generation, collecting the per-step raw logits (and scores) when asked.
+
+    The graph writes each step's raw logits straight into a [max_steps, rows, vocab]
+    buffer; the result is its [rows, steps, vocab] view (no copy). np.empty leaves
+    pages untouched until written: a run that stops early never commits the tail.
+    """
     rows, max_steps = encoder_output.batch_size * options.rows_per_input, options.max_new_tokens
-    # np.empty leaves pages untouched until written: a run that stops early never commits the tail.
-    raw = np.empty((rows, max_steps, vocab_size), np.float32) if options.output_logits else None
+    raw = np.empty((max_steps, rows, vocab_size), np.float32) if options.output_logits else None
     processed = np.empty((rows, max_steps, vocab_size), np.float32) if options.output_scores else None
+    strategy, steps_iter = start(model, encoder_output, options, special, token_text, logits_out=raw)
     steps = 0
     for step in steps_iter:
-        if raw is not None:
-            raw[:, step.index] = step.logits
         if processed is not None:
             processed[:, step.index] = step.scores
         steps = step.index + 1
     return DecodeOutput(
         search=strategy.finalize(),
-        logits=None if raw is None else raw[:, :steps],
+        logits=None if raw is None else raw[:steps].transpose(1, 0, 2),
         scores=None if processed is None else processed[:, :steps],
     )

@@ -195,29 +195,45 @@ class T5Graphs:
             binding.bind_cpu_input(name, empty)
         return DecoderState(binding=binding, self_kv=(), past_length=0)
 
-    def step(self, tokens: np.ndarray, state: DecoderState) -> tuple[np.ndarray, DecoderState]:
-        """Feed one token per row (int64 [batch]); return that step's raw logits [batch, vocab]."""
-        logits, state = self.forward(np.asarray(tokens).reshape(-1, 1), state)
+    def step(self, tokens: np.ndarray, state: DecoderState,
+             out: np.ndarray | None = None) -> tuple[np.ndarray, DecoderState]:
+        """Feed one token per row (int64 [batch]); return that step's raw logits [batch, vocab].
+
+        ``out``: a C-contiguous float32 [batch, vocab] host array that onnxruntime
+        writes the logits into (and that is returned), so that a caller keeping every
+        step's logits spends no copy on them.
+        """
+        logits, state = self.forward(np.asarray(tokens).reshape(-1, 1), state,
+                                     out=None if out is None else out[:, None, :])
         return logits[:, -1, :], state
 
-    def forward(self, decoder_input_ids: np.ndarray, state: DecoderState) -> tuple[np.ndarray, DecoderState]:
+    def forward(self, decoder_input_ids: np.ndarray, state: DecoderState,
+                out: np.ndarray | None = None) -> tuple[np.ndarray, DecoderState]:
         """Feed ``decoder_input_ids`` [batch, T] after the cached positions; return raw logits [batch, T, vocab].
 
         T > 1 at the first call is one teacher-forced pass (causal within the T positions).
+        ``out``: as in :meth:`step`, [batch, T, vocab].
         """
         io = self.manifest.decoder_io
         binding = state.binding
         binding.bind_cpu_input(io.input_ids, np.ascontiguousarray(decoder_input_ids, dtype=np.int64))
         for name, value in zip(self._past_self, state.self_kv):  # nothing to bind at the first step
             binding.bind_ortvalue_input(name, value)
-        binding.bind_output(io.logits, "cpu")
+        if out is None:
+            binding.bind_output(io.logits, "cpu")
+        else:
+            expected = (*decoder_input_ids.shape, self.manifest.geometry.vocab_size)
+            if out.shape != expected or out.dtype != self._dtype or not out.flags.c_contiguous:
+                raise ValueError(f"out must be a C-contiguous {np.dtype(self._dtype).name} array of shape "
+                                 f"{expected}, got {out.dtype} {out.shape}.")
+            binding.bind_output(io.logits, "cpu", 0, out.dtype, list(out.shape), out.ctypes.data)
         for name in self._present_self:
             binding.bind_output(name, self._device, self._device_id)
         self.decoder_session.run_with_iobinding(binding)
         logits, *self_kv = binding.get_outputs()
         binding.clear_binding_outputs()
         new_state = DecoderState(binding, tuple(self_kv), state.past_length + decoder_input_ids.shape[1])
-        return host_array(logits), new_state
+        return host_array(logits) if out is None else out, new_state
 
     # ---- batch reshaping (beams, return sequences) ------------------------------
 

@@ -17,6 +17,8 @@ class GenerationResult:
       rows that finished early are padded with the pad token, as transformers does.
     - ``logits``: float32 [N, steps, vocab], the raw decoder outputs of every step
       (``np.stack(out.logits, 1)`` in transformers), or None with ``output_logits=False``.
+      The graph wrote it step by step into a step-major buffer, so it is a view:
+      ``logits[:, i]`` (one step) is contiguous; ``np.ascontiguousarray`` gives a row-major copy.
     - ``scores``: float32 [N, steps, vocab], the logits after the logits processors
       (transformers' ``output_scores``), or None unless ``output_scores=True``.
     - ``token_logprobs``: float32 [N, steps], log-softmax of the raw logits at the
