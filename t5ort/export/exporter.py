@@ -44,6 +44,7 @@ ENCODER_FILE = "encoder_model.onnx"
 DECODER_FILE = "decoder_with_past_model.onnx"
 TASK = "text2text-generation-with-past"
 QUANTIZE = (None, "int8")
+DTYPES = ("float32", "float16")
 
 
 def export_model(
@@ -55,6 +56,7 @@ def export_model(
     rel_tol: float,
     check_steps: int,
     quantize: str | None,
+    dtype: str = "float32",
     progress: Callable[[str], None] | None,
 ) -> Manifest:
     """See :func:`t5ort.export.export`."""
@@ -62,6 +64,10 @@ def export_model(
     out_dir = Path(out_dir)
     if quantize not in QUANTIZE:
         raise ValueError(f"quantize={quantize!r} is not supported; use one of {QUANTIZE}.")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r} is not supported; use one of {DTYPES}.")
+    if dtype == "float16" and quantize:
+        raise ValueError("dtype='float16' and quantize='int8' exclude each other: choose one.")
     if out_dir.exists() and not force:
         raise ExportError(f"{out_dir} already exists; choose another OUT_DIR or pass force=True (--force) to replace it.")
     if check_steps < 1:
@@ -87,6 +93,11 @@ def export_model(
             from .quantize import quantize_int8
 
             manifest = quantize_int8(staging, manifest)
+        if dtype == "float16":
+            say(f"converting to float16 and checking {check_steps} steps against PyTorch fp32")
+            from .fp16 import to_fp16
+
+            manifest = to_fp16(staging, manifest, torch_model, check_steps)
         manifest.write(staging)
         _replace_dir(staging, out_dir)
     except OSError as exc:
@@ -99,10 +110,13 @@ def export_model(
         raise
     say(f"wrote {out_dir} (fp32 graphs vs PyTorch: max |logit diff| {parity['max_abs_diff']:.2e} "
         f"<= {parity['tolerance']:.2e})")
-    if manifest.quantization:
+    if "fidelity" in manifest.quantization:
         fidelity = manifest.quantization["fidelity"]
         say(f"int8 vs fp32: top-1 agreement {fidelity['top1_agreement']:.1%}, "
             f"max |logit diff| {fidelity['max_abs_diff_vs_fp32']:.3g} over {fidelity['steps']} teacher-forced steps")
+    if "parity_fp16" in manifest.quantization:
+        half = manifest.quantization["parity_fp16"]
+        say(f"fp16 graphs vs PyTorch fp32: max |logit diff| {half['max_abs_diff']:.2e} <= {half['tolerance']:.2e}")
     return manifest
 
 
@@ -177,7 +191,7 @@ def _reshape_zero_means_zero(path: Path) -> None:
     onnx.save(model, str(path))
 
 
-def _graph_spec(path: Path) -> GraphSpec:
+def graph_spec(path: Path) -> GraphSpec:
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
@@ -238,9 +252,9 @@ def _build_manifest(torch_model, tokenizer, staging: Path, source: str) -> Manif
     eos_ids = tuple(int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]))
     generation_config = {k: v for k, v in gen.to_diff_dict().items() if k != "transformers_version"}
     (staging / "generation_config.json").write_text(json.dumps(generation_config, indent=2) + "\n")
-    encoder = _graph_spec(staging / ENCODER_FILE)
+    encoder = graph_spec(staging / ENCODER_FILE)
     cross_key, cross_value = cross_kv_names(int(config.num_decoder_layers))
-    decoder = _graph_spec(staging / DECODER_FILE)
+    decoder = graph_spec(staging / DECODER_FILE)
     geometry = Geometry(
         vocab_size=int(config.vocab_size),
         d_model=int(config.d_model),

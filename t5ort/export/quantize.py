@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
-from ..runtime.manifest import GraphSpec, Manifest, file_sha256
+from ..runtime.manifest import Manifest
 from .check import check_inputs
 from .weights import WEIGHTS_FILE, store_weights, weights_spec
 
@@ -28,36 +29,53 @@ def quantize_int8(staging: Path, manifest: Manifest, fidelity_steps: int = 32) -
     """Replace the fp32 graphs in ``staging`` by int8 ones; return the manifest with the fidelity figures."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    work = staging / "_int8"
-    work.mkdir()
-    specs = {}
-    for spec in (manifest.encoder, manifest.decoder):
-        quantize_dynamic(
-            staging / spec.file, work / spec.file, per_channel=False, weight_type=QuantType.QInt8,
-            extra_options={"EnableSubgraph": True},
-        )
-    store_weights(work, [manifest.encoder.file, manifest.decoder.file])
-    for spec in (manifest.encoder, manifest.decoder):
-        specs[spec.file] = GraphSpec(spec.file, spec.inputs, spec.outputs, file_sha256(work / spec.file))
-    quantized = Manifest.from_dict({
-        **manifest.to_dict(),
-        "graphs": {
-            "encoder": {**specs[manifest.encoder.file].to_dict(), "io": manifest.to_dict()["graphs"]["encoder"]["io"]},
-            "decoder": {**specs[manifest.decoder.file].to_dict(), "io": manifest.to_dict()["graphs"]["decoder"]["io"]},
-        },
-        "weights": weights_spec(work).__dict__,
-    })
-    for extra in staging.iterdir():  # tokenizer and generation defaults, so the int8 graphs load on their own
-        if extra.is_file() and extra.suffix != ".onnx" and extra.name != WEIGHTS_FILE:
-            shutil.copy(extra, work / extra.name)
-    quantized.write(work)
+    def quantize(src: Path, dst: Path) -> None:
+        quantize_dynamic(src, dst, per_channel=False, weight_type=QuantType.QInt8,
+                         extra_options={"EnableSubgraph": True})
+
+    quantized, work = rewrite_graphs(staging, manifest, quantize, "int8")
     fidelity = measure_fidelity(staging, work, fidelity_steps)
     quantized = Manifest.from_dict({**quantized.to_dict(), "quantization": {"weights": "int8", "method": METHOD,
                                                                           "fidelity": fidelity}})
-    for name in (manifest.encoder.file, manifest.decoder.file, WEIGHTS_FILE):
-        (work / name).replace(staging / name)
-    shutil.rmtree(work)
+    replace_graphs(work, staging, manifest)
     return quantized
+
+
+def rewrite_graphs(staging: Path, manifest: Manifest, convert: Callable[[Path, Path], None],
+                   name: str) -> tuple[Manifest, Path]:
+    """``convert(src, dst)`` each graph of ``staging`` into ``staging/_<name>``, gather its weights into a
+    weights.bin there and write a loadable export beside them; returns its manifest and that directory
+    (see :func:`replace_graphs` to move the new graphs into place)."""
+    from .exporter import graph_spec
+
+    work = staging / f"_{name}"
+    work.mkdir()
+    files = (manifest.encoder.file, manifest.decoder.file)
+    for file in files:
+        convert(staging / file, work / file)
+    store_weights(work, list(files))
+    d = manifest.to_dict()
+    encoder, decoder = graph_spec(work / manifest.encoder.file), graph_spec(work / manifest.decoder.file)
+    dtype = decoder.tensor(manifest.decoder_io.past_self_key[0]).dtype  # the caches' element type
+    rewritten = Manifest.from_dict({
+        **d,
+        "dtype": dtype,
+        "graphs": {"encoder": {**encoder.to_dict(), "io": d["graphs"]["encoder"]["io"]},
+                   "decoder": {**decoder.to_dict(), "io": d["graphs"]["decoder"]["io"]}},
+        "weights": weights_spec(work).__dict__,
+    })
+    for extra in staging.iterdir():  # tokenizer and generation defaults, so the new graphs load on their own
+        if extra.is_file() and extra.suffix != ".onnx" and extra.name != WEIGHTS_FILE:
+            shutil.copy(extra, work / extra.name)
+    rewritten.write(work)
+    return rewritten, work
+
+
+def replace_graphs(work: Path, staging: Path, manifest: Manifest) -> None:
+    """Move the rewritten graphs and their weights.bin from ``work`` over those in ``staging``."""
+    for file in (manifest.encoder.file, manifest.decoder.file, WEIGHTS_FILE):
+        (work / file).replace(staging / file)
+    shutil.rmtree(work)
 
 
 def measure_fidelity(fp32_dir: Path, int8_dir: Path, steps: int) -> dict:

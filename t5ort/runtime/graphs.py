@@ -111,7 +111,8 @@ class T5Graphs:
         self.provider = provider
         self._device = "cuda" if provider == "cuda" else "cpu"
         self._device_id = device_id
-        self._dtype = _NUMPY_DTYPES[manifest.dtype]
+        self._dtype = _NUMPY_DTYPES[manifest.dtype]  # of the caches; the logits are float32 (manifest-declared)
+        self._logits_dtype = np.dtype(manifest.decoder.tensor(manifest.decoder_io.logits).dtype)
         options = _session_options(threads)
         providers = _providers(provider, device_id)
         self._check_weights(directory)
@@ -223,8 +224,8 @@ class T5Graphs:
             binding.bind_output(io.logits, "cpu")
         else:
             expected = (*decoder_input_ids.shape, self.manifest.geometry.vocab_size)
-            if out.shape != expected or out.dtype != self._dtype or not out.flags.c_contiguous:
-                raise ValueError(f"out must be a C-contiguous {np.dtype(self._dtype).name} array of shape "
+            if out.shape != expected or out.dtype != self._logits_dtype or not out.flags.c_contiguous:
+                raise ValueError(f"out must be a C-contiguous {self._logits_dtype.name} array of shape "
                                  f"{expected}, got {out.dtype} {out.shape}.")
             binding.bind_output(io.logits, "cpu", 0, out.dtype, list(out.shape), out.ctypes.data)
         for name in self._present_self:
