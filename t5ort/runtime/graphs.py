@@ -124,29 +124,24 @@ class T5Graphs:
         self._past_cross = [n for pair in zip(io.past_cross_key, io.past_cross_value) for n in pair]
         self._present_self = [n for pair in zip(io.present_self_key, io.present_self_value) for n in pair]
 
-    def _check_weights(self, directory: Path) -> None:
-        """The shared weights file (if the export has one) exists and, with verify, has its recorded checksum."""
-        weights = self.manifest.weights
-        if weights is None:
-            return
-        path = directory / weights.file
+    def _check_file(self, path: Path, sha256: str | None, what: str) -> None:
+        """``path`` exists and, with verify, has the checksum recorded in the manifest."""
         if not path.is_file():
-            raise ArtifactError(f"{path}: weights file missing; re-export the model with `t5ort export`.")
-        if self._verify and weights.sha256 and file_sha256(path) != weights.sha256:
+            raise ArtifactError(f"{path}: {what} missing; re-export the model with `t5ort export`.")
+        if self._verify and sha256 and file_sha256(path) != sha256:
             raise ArtifactError(
                 f"{path}: checksum differs from the one recorded in t5ort.json: the file was changed or "
                 "damaged; re-export the model (or load with verify=False to skip this check)."
             )
 
+    def _check_weights(self, directory: Path) -> None:
+        """The shared weights file, where the export has one (older-style graphs hold their weights inline)."""
+        if self.manifest.weights is not None:
+            self._check_file(directory / self.manifest.weights.file, self.manifest.weights.sha256, "weights file")
+
     def _open(self, directory: Path, spec: GraphSpec, options, providers) -> ort.InferenceSession:
         path = directory / spec.file
-        if not path.is_file():
-            raise ArtifactError(f"{path}: graph file missing; re-export the model with `t5ort export`.")
-        if self._verify and spec.sha256 and file_sha256(path) != spec.sha256:
-            raise ArtifactError(
-                f"{path}: checksum differs from the one recorded in t5ort.json: the file was changed or "
-                "damaged; re-export the model (or load with verify=False to skip this check)."
-            )
+        self._check_file(path, spec.sha256, "graph file")
         try:
             session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
