@@ -23,15 +23,13 @@ from ..runtime.manifest import Manifest
 FP16_ATOL = 2e-2
 FP16_REL_TOL = 1e-2
 _FP32_NODES = re.compile(r"/layer\.\d+/Add$|layer_norm/|/DenseReluDense/wo/")
+METHOD = ("onnxruntime convert_float_to_float16; residual adds, RMSNorms and feed-forward output projections "
+          "(wo) kept in float32; float32 logits, float16 caches")
 
 
 def fp32_nodes(graph) -> list[str]:
     """Names of the nodes that must stay float32: residual adds, RMSNorms, feed-forward outputs."""
     return [node.name for node in graph.node if _FP32_NODES.search(node.name)]
-
-
-METHOD = ("onnxruntime convert_float_to_float16; residual adds, RMSNorms and feed-forward output projections "
-          "(wo) kept in float32; float32 logits, float16 caches")
 
 
 def to_fp16(staging: Path, manifest: Manifest, torch_model, steps: int) -> Manifest:
