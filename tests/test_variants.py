@@ -167,3 +167,20 @@ def test_input_shorter_than_the_global_block(built_variants, length):
     res = v.runtime.generate(input_ids=ids, max_new_tokens=6)
     np.testing.assert_array_equal(res.sequences, ref["sequences"])
     np.testing.assert_allclose(res.logits, ref["logits"], rtol=0, atol=tolerance(ref["logits"]))
+
+
+def test_fp16_export_of_every_variant_matches_fp32(variant, tmp_path):
+    """The fp16 conversion finds its float32 islands in every variant's graphs and passes the export's
+    parity gate against PyTorch fp32 (2e-2 + 1e-2 x max|logit|); teacher-forced on the fp32 greedy tokens,
+    its logits stay within that bound of the fp32 ones (free-running greedy may flip near-ties)."""
+    from t5ort.export.fp16 import FP16_ATOL, FP16_REL_TOL
+    from variants import SOURCES
+
+    t5ort.export(variant.checkpoint, tmp_path / "fp16", dtype="float16")
+    half = t5ort.load(tmp_path / "fp16")
+    assert half.manifest.dtype == "float16"
+    ids, mask = variant.runtime.encode_texts(SOURCES)
+    fp32 = variant.runtime.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8)
+    scored = half.score(input_ids=ids, attention_mask=mask, target_ids=fp32.sequences[:, 1:])
+    bound = FP16_ATOL + FP16_REL_TOL * float(np.abs(fp32.logits).max())
+    np.testing.assert_allclose(scored.logits, fp32.logits, rtol=0, atol=bound)
