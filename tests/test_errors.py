@@ -164,6 +164,15 @@ def test_cuda_without_cuda_provider_is_an_error_not_a_fallback(sp_export):
         t5ort.load(sp_export, provider="cuda")
 
 
+def test_cuda_provider_options_keep_fp32_matmuls_exact(monkeypatch):
+    """TF32 (onnxruntime's CUDA default on Ampere and later) would break fp32 parity: t5ort turns it off."""
+    from t5ort.runtime import graphs
+
+    monkeypatch.setattr(graphs.ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    cuda, cpu = graphs._providers("cuda", 1)
+    assert cuda == ("CUDAExecutionProvider", {"device_id": 1, "use_tf32": 0}) and cpu == "CPUExecutionProvider"
+
+
 def test_step_refuses_an_out_buffer_of_the_wrong_shape_or_type(sp_runtime):
     graphs = sp_runtime.graphs
     ids, mask = sp_runtime.encode_texts(["a b c"])

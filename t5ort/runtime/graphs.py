@@ -90,7 +90,9 @@ def _providers(provider: str, device_id: int) -> list:
             f"(available: {available}). Install onnxruntime-gpu in place of onnxruntime "
             "(pip uninstall -y onnxruntime && pip install onnxruntime-gpu), or use provider='cpu'."
         )
-    return [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
+    # TF32 (onnxruntime's default on Ampere and later) rounds fp32 matrix products to 10-bit mantissas,
+    # which would break the fp32 parity contract with PyTorch.
+    return [("CUDAExecutionProvider", {"device_id": device_id, "use_tf32": 0}), "CPUExecutionProvider"]
 
 
 class T5Graphs:
