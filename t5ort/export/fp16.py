@@ -49,7 +49,7 @@ def to_fp16(staging: Path, manifest: Manifest, torch_model, steps: int) -> Manif
 
 
 def convert_graph(src: Path, dst: Path, keep_float32: list[str]) -> None:
-    """Write the graph at ``src`` (weights loaded from beside it) as float16 to ``dst`` (weights inline).
+    """Write the graph at ``src`` (weights loaded from beside it) as float16 to ``dst``.
 
     ``keep_float32``: graph inputs/outputs that keep their float32 type.
     """
@@ -63,7 +63,8 @@ def convert_graph(src: Path, dst: Path, keep_float32: list[str]) -> None:
                          "the graph does not look like optimum's T5 export.")
     half = convert_float_to_float16(model, keep_io_types=keep_float32, node_block_list=blocked)
     drop_fp16_round_trips(half.graph)
-    onnx.save(half, str(dst))
+    large = half.ByteSize() > 1 << 30  # protobuf caps a file at 2 GiB; store_weights gathers the data after
+    onnx.save(half, str(dst), save_as_external_data=large, location=dst.name + ".data")
 
 
 def drop_fp16_round_trips(graph) -> int:

@@ -31,7 +31,8 @@ def quantize_int8(staging: Path, manifest: Manifest, fidelity_steps: int = 32) -
 
     def quantize(src: Path, dst: Path) -> None:
         quantize_dynamic(src, dst, per_channel=False, weight_type=QuantType.QInt8,
-                         extra_options={"EnableSubgraph": True})
+                         extra_options={"EnableSubgraph": True},
+                         use_external_data_format=True)  # no 2 GiB protobuf cap; store_weights gathers it
 
     quantized, work = rewrite_graphs(staging, manifest, quantize, "int8")
     fidelity = measure_fidelity(staging, work, fidelity_steps)
