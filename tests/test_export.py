@@ -138,3 +138,18 @@ def test_weights_are_stored_once(sp_export, sp_checkpoint):
     stored = sum(length for _, length in regions)
     assert stored <= checkpoint_bytes
     assert (sp_export / "weights.bin").stat().st_size < 1.1 * checkpoint_bytes
+
+
+def test_storing_the_weights_again_keeps_them(sp_export, tmp_path):
+    """store_weights over graphs that already read weights.bin writes a fresh file before replacing it."""
+    import shutil
+
+    from t5ort.export.weights import store_weights
+
+    d = tmp_path / "copy"
+    shutil.copytree(sp_export, d)
+    before = t5ort.load(d).generate(["a b c"], max_new_tokens=4).logits
+    store_weights(d, ["encoder_model.onnx", "decoder_with_past_model.onnx"])
+    after = t5ort.load(d, verify=False).generate(["a b c"], max_new_tokens=4).logits
+    np.testing.assert_array_equal(after, before)
+    assert not list(d.glob(".weights.bin*"))

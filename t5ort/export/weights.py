@@ -46,7 +46,8 @@ def store_weights(directory: Path, graph_files: list[str]) -> int:
     regions: dict[tuple, tuple[int, int]] = {}  # (dtype, dims, sha256) -> (offset, length)
     old_files: set[Path] = set()
     models = []
-    with open(directory / WEIGHTS_FILE, "wb") as out:
+    partial = directory / f".{WEIGHTS_FILE}.partial"  # graphs may still read an older weights.bin while this is written
+    with open(partial, "wb") as out:
         for name in graph_files:
             path = directory / name
             model = onnx.load(str(path), load_external_data=False)
@@ -68,6 +69,7 @@ def store_weights(directory: Path, graph_files: list[str]) -> int:
                 set_external_data(tensor, WEIGHTS_FILE, offset=offset, length=length)
                 tensor.ClearField("raw_data")
             models.append((path, model))
+    partial.replace(directory / WEIGHTS_FILE)
     for path, model in models:
         onnx.save(model, str(path))
     for old in old_files - {directory / WEIGHTS_FILE}:
