@@ -153,3 +153,22 @@ def test_storing_the_weights_again_keeps_them(sp_export, tmp_path):
     after = t5ort.load(d, verify=False).generate(["a b c"], max_new_tokens=4).logits
     np.testing.assert_array_equal(after, before)
     assert not list(d.glob(".weights.bin*"))
+
+
+def test_decoder_is_one_branch_free_graph_and_the_encoder_computes_cross_kv(sp_export, sp_runtime, sp_torch):
+    """No If node (every step runs the with-past graph); the encoder's cross keys/values equal PyTorch's."""
+    import onnx
+    import torch
+
+    graph = onnx.load(str(sp_export / "decoder_with_past_model.onnx"), load_external_data=False).graph
+    assert "If" not in {node.op_type for node in graph.node}
+    model, tokenizer = sp_torch
+    ids, mask = sp_runtime.encode_texts(["translate English to German: the small house"])
+    cross = sp_runtime.graphs.encode(ids, mask).cross_kv  # [key_0, value_0, key_1, ...]
+    with torch.no_grad():
+        hidden = model.get_encoder()(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask))[0]
+        for i, block in enumerate(model.decoder.block):
+            attention = block.layer[1].EncDecAttention
+            for j, linear in enumerate((attention.k, attention.v)):
+                expected = linear(hidden).view(1, -1, attention.n_heads, attention.key_value_proj_dim).transpose(1, 2)
+                np.testing.assert_allclose(cross[2 * i + j].numpy(), expected.numpy(), rtol=0, atol=1e-5)
