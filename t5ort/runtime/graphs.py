@@ -75,6 +75,10 @@ def _session_options(threads: int | None) -> ort.SessionOptions:
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Smaller, dynamically sized work blocks for the intra-op threads: a thread the OS delays no longer
+    # holds up the whole step. Measured side by side (t5-small shape, 2 threads, two runs): 0-7% faster
+    # in 11 of 12 workload/precision pairs; spinning on/off and ORT_ENABLE_EXTENDED changed nothing.
+    so.add_session_config_entry("session.dynamic_block_base", "4")
     return so
 
 
