@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from _model import NEW_TOKENS, T5_SMALL, checkpoint, current_t5ort_export, input_ids, say
+from _model import (NEW_TOKENS, T5_SMALL, checkpoint, current_t5ort_export, input_ids, ort_session_options,
+                    proc_status_mb, say)
 
 # ---- workloads -------------------------------------------------------------------------------------
 
@@ -174,14 +175,6 @@ def prepare(system: str, workdir: str) -> None:
 # ---- memory ------------------------------------------------------------------------------------------
 
 
-def proc_status_mb(key: str) -> float:
-    """VmRSS / VmHWM of this process in MB (from /proc/self/status)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def openblas_info() -> dict[str, str]:
     """numpy's OpenBLAS: the kernel it runs and its thread count (asked through ctypes; no threadpoolctl here)."""
     import ctypes
@@ -309,17 +302,12 @@ def pytorch_system(directory: Path, threads: int) -> System:
 
 
 def optimum_system(directory: Path, threads: int) -> System:
-    import onnxruntime as ort
     import torch
     from optimum.onnxruntime import ORTModelForSeq2SeqLM
 
     torch.set_num_threads(threads)  # generate()'s own tensor work (logits processors, stacking)
-    so = ort.SessionOptions()  # as t5ort sets its sessions
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    model = ORTModelForSeq2SeqLM.from_pretrained(directory, provider="CPUExecutionProvider", session_options=so)
+    model = ORTModelForSeq2SeqLM.from_pretrained(directory, provider="CPUExecutionProvider",
+                                                 session_options=ort_session_options(threads))
     return HFGenerate(model)
 
 

@@ -67,6 +67,21 @@ def current_t5ort_export(directory: Path) -> bool:
     return path.is_file() and json.loads(path.read_text()).get("format_version") == FORMAT_VERSION
 
 
+def proc_status_mb(field: str) -> float:
+    """A field of /proc/self/status (VmRSS, VmHWM) in MB (2**20 bytes)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
+def ort_session_options(threads: int):
+    """onnxruntime session options exactly as t5ort's runtime sets them, for the peers' and bare sessions."""
+    from t5ort.runtime.graphs import session_options
+
+    return session_options(threads)
+
+
 def input_ids(batch: int = 1) -> np.ndarray:
     """The benchmark input: ``batch`` rows of SOURCE_LENGTH seeded random token ids in [3, 32000), int64 [batch, L]."""
     return np.random.default_rng(0).integers(3, 32000, size=(batch, SOURCE_LENGTH), dtype=np.int64)

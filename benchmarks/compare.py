@@ -16,8 +16,9 @@ step:
   return_dict_in_generate=True)``, ``torch.set_num_threads(threads)``;
 - ``Optimum``: ``ORTModelForSeq2SeqLM`` (optimum-onnx) on optimum's own export
   (encoder + merged decoder), the same ``generate`` call, ONNX Runtime sessions
-  with ``threads`` intra-op threads, sequential, full graph optimisation (as
-  t5ort's), optimum's default IO binding (off on the CPU);
+  with exactly t5ort's session options (``threads`` intra-op threads, sequential,
+  full graph optimisation, dynamic work blocks), optimum's default IO binding
+  (off on the CPU);
 - ``CT2 fp32`` / ``CT2 int8``: CTranslate2 ``Translator(intra_threads=threads,
   inter_threads=1, compute_type="float32"/"int8")`` on its conversion of the
   checkpoint (``quantization=None``/``"int8"``),

@@ -16,9 +16,9 @@ The same seeded checkpoint, exported twice:
   pasts and the encoder's cross keys/values), and one ``weights.bin`` holding
   each distinct tensor of both graphs once, memory-mapped by ONNX Runtime.
 
-What is measured, with ONNX Runtime directly (``threads`` intra-op threads, one
-inter-op thread, sequential execution, full graph optimisation, as t5ort's
-runtime sets it). MB are 2**20 bytes; memory is also given as a ratio to the
+What is measured, with ONNX Runtime directly (the session options t5ort's
+runtime sets: ``threads`` intra-op threads, one inter-op thread, sequential
+execution, full graph optimisation, dynamic work blocks). MB are 2**20 bytes; memory is also given as a ratio to the
 checkpoint's weights (the size of its ``model.safetensors``):
 
 - size on disk: every file the layout reads (graphs and their external data);
@@ -70,7 +70,9 @@ from _model import (
     machine,
     markdown_table,
     median_ms,
+    ort_session_options,
     other_cpu_meter,
+    proc_status_mb,
     say,
 )
 
@@ -137,12 +139,7 @@ def layout_files(workdir: Path) -> dict[str, Files]:
 
 def session(path: Path, threads: int) -> ort.InferenceSession:
     """A CPU session with the options t5ort's runtime uses."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), sess_options=ort_session_options(threads), providers=["CPUExecutionProvider"])
 
 
 # ---- decoding ----------------------------------------------------------------
@@ -228,23 +225,15 @@ def generate(layout: Layout, ids: np.ndarray, mask: np.ndarray) -> tuple[float, 
 # ---- memory ------------------------------------------------------------------
 
 
-def status_kb(field: str) -> int:
-    """A field of /proc/self/status in kB (VmRSS, VmHWM)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
-
-
 def layout_memory(files: Files, threads: int) -> dict[str, float]:
     """RSS growth and peak growth in MB after loading the layout, then after one decode; run in a fresh process."""
-    before = status_kb("VmRSS")
+    before = proc_status_mb("VmRSS")
     layout = load_layout(files, threads)  # alive until the memory is read
-    loaded = dict(load_rss_mb=status_kb("VmRSS") - before, load_peak_mb=status_kb("VmHWM") - before)
+    loaded = dict(load_rss_mb=proc_status_mb("VmRSS") - before, load_peak_mb=proc_status_mb("VmHWM") - before)
     ids = input_ids()
     generate(layout, ids, np.ones_like(ids))
-    decoded = dict(decode_rss_mb=status_kb("VmRSS") - before, decode_peak_mb=status_kb("VmHWM") - before)
-    return {k: kb * 1024 / MB for k, kb in {**loaded, **decoded}.items()}
+    decoded = dict(decode_rss_mb=proc_status_mb("VmRSS") - before, decode_peak_mb=proc_status_mb("VmHWM") - before)
+    return {**loaded, **decoded}
 
 
 def fresh_process_memory(files: Files, threads: int) -> dict[str, float]:

@@ -68,7 +68,8 @@ def _shape(shape) -> tuple:
     return tuple(d if isinstance(d, int) else None for d in shape)
 
 
-def _session_options(threads: int | None) -> ort.SessionOptions:
+def session_options(threads: int | None) -> ort.SessionOptions:
+    """The options of every t5ort session (benchmarks give the peers' onnxruntime sessions the same)."""
     so = ort.SessionOptions()
     if threads is not None:
         so.intra_op_num_threads = threads
@@ -119,7 +120,7 @@ class T5Graphs:
         self._device_id = device_id
         self._dtype = _NUMPY_DTYPES[manifest.dtype]  # of the caches; the logits are float32 (manifest-declared)
         self._logits_dtype = np.dtype(manifest.decoder.tensor(manifest.decoder_io.logits).dtype)
-        options = _session_options(threads)
+        options = session_options(threads)
         providers = _providers(provider, device_id)
         self._check_weights(directory)
         self.encoder_session = self._open(directory, manifest.encoder, options, providers)
