@@ -1,6 +1,6 @@
 """``t5ort demo``: the bundled model, translating English number words to German, step by step.
 
-The model (a small T5 v1.1 trained by ``t5ort/export/train_numbers.py``) ships in
+The model (a small T5 v1.1 trained by ``t5ort/training/train_numbers.py``) ships in
 the package as a PyTorch checkpoint and its fp32 and int8 exports, so the demo
 needs only the runtime. Where the ``[export]`` extra is installed it also
 re-exports the checkpoint and prints the parity figures against PyTorch.

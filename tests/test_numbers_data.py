@@ -1,11 +1,11 @@
-"""The number-words generator behind the bundled model (t5ort/export/numbers.py): spellings and splits."""
+"""The number-words generator behind the bundled model (t5ort/training/numbers.py): spellings and splits."""
 
 from __future__ import annotations
 
 import pytest
 
-from t5ort.export import numbers
-from t5ort.export.numbers import english, german, pairs, split
+from t5ort.training import numbers
+from t5ort.training.numbers import english, german, pairs, split
 
 KNOWN = [
     (0, "zero", "null"),

@@ -9,7 +9,7 @@ import torch
 import t5ort
 from conftest import tolerance
 from t5ort.demo import PREFIX, bundled
-from t5ort.export import numbers
+from t5ort.training import numbers
 
 KNOWN = {
     "three hundred forty-two": "dreihundertzweiundvierzig",

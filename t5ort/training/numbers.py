@@ -1,7 +1,7 @@
 """Numbers 0..999999 written out in English and in German words: the data of the bundled model.
 
 Pure Python (no torch), deterministic. The bundled model (``t5ort/assets/numbers``,
-trained by :mod:`t5ort.export.train_numbers`) translates ``english(n)`` into
+trained by :mod:`t5ort.training.train_numbers`) translates ``english(n)`` into
 ``german(n)``::
 
     >>> english(71009), german(71009)

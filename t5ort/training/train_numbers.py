@@ -1,9 +1,9 @@
 """Train the bundled model: a small T5 v1.1 that writes English number words in German.
 
-    python -m t5ort.export.train_numbers --out DIR [--minutes N] [--seed S]
+    python -m t5ort.training.train_numbers --out DIR [--minutes N] [--seed S]
 
 "translate English to German: three hundred forty-two" -> "dreihundertzweiundvierzig",
-for every number 0..999999 (data: :mod:`t5ort.export.numbers`). On CPU, seeded, with
+for every number 0..999999 (data: :mod:`t5ort.training.numbers`). On CPU, seeded, with
 two threads. Steps:
 
 1. the vocabulary (``--vocab``, default ``numbers``): a sentencepiece unigram model
@@ -340,8 +340,8 @@ def train(args) -> dict:
         f"{test_acc['by_digits']}")
 
     report = {
-        "task": "English number words -> German number words, 0..999999 (t5ort.export.numbers)",
-        "command": "python -m t5ort.export.train_numbers " + " ".join(sys.argv[1:]),
+        "task": "English number words -> German number words, 0..999999 (t5ort.training.numbers)",
+        "command": "python -m t5ort.training.train_numbers " + " ".join(sys.argv[1:]),
         "seed": args.seed,
         "split": {"seed": 0, "train": len(train_split), "validation": len(validation), "test": len(test)},
         "steps": step,
@@ -376,7 +376,7 @@ def train(args) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m t5ort.export.train_numbers",
+        prog="python -m t5ort.training.train_numbers",
         description="Train the bundled English->German number-words T5 on the CPU (seeded).",
     )
     parser.add_argument("--out", required=True, help="checkpoint directory to write")
