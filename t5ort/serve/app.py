@@ -1,0 +1,646 @@
+"""The HTTP layer: FastAPI routes, error bodies, request ids, the body cap, streaming. Knows nothing of ONNX.
+
+``create_app(runtime, config)`` returns the ASGI app. Its lifespan warms the model up and starts
+the scheduler's background thread, and stops it (finishing in-flight work) at shutdown, so the
+same app runs under ``t5ort serve`` (uvicorn), another ASGI server or a Ray Serve replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import io
+import json
+import logging
+import re
+import time
+import uuid
+from importlib import resources
+from typing import Any, AsyncIterator, Callable
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .config import ServeConfig
+from .metrics import ServeMetrics
+from .scheduler import (
+    DynamicBatcher, Failed, Finished, QueueFull, RowResult, Scheduler, ScoreFinished, ShuttingDown, TokenEvent,
+)
+from .schemas import (
+    CompletionRequest, ErrorResponse, GenerateRequest, GenerateResponse, ScoreRequest, ScoreResponse, StreamResponse,
+)
+from .validation import RequestError, TgiPlan, completion_plan, new_request_id, score_job, tgi_plan
+
+log = logging.getLogger("t5ort.serve")
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("t5ort_request_id", default="-")
+NPZ = "application/x-npz"
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_FAILED_STATUS = {"timeout": 504, "shutdown": 503, "invalid": 422, "internal": 500}
+
+
+class RequestIdFilter(logging.Filter):
+    """Gives every log record a ``request_id`` (the record's own, else the current request's, else "-")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            record.request_id = request_id_var.get()
+        return True
+
+
+# ---- per-request channel: worker thread -> event loop --------------------------------
+
+
+class AsyncChannel:
+    """The scheduler's :class:`~t5ort.serve.scheduler.Channel` for one request, read from the event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self._loop = loop
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        self._closed = True
+
+    def send(self, event) -> bool:
+        if self._closed:
+            return False
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
+        except RuntimeError:  # the loop is gone
+            self._closed = True
+            return False
+        return True
+
+    async def get(self):
+        return await self._queue.get()
+
+
+# ---- ASGI middleware: request id and body cap ---------------------------------------
+
+
+class RequestContext:
+    """Sets the request id (``x-request-id`` header or a new one) and refuses bodies over ``max_body_bytes``."""
+
+    def __init__(self, app, max_body_bytes: int):
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        given = headers.get(b"x-request-id", b"").decode("latin-1")
+        request_id = given if _REQUEST_ID.match(given) else new_request_id()
+        token = request_id_var.set(request_id)
+        scope.setdefault("state", {})["request_id"] = request_id
+
+        async def send_with_id(message):
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            body, too_big = await self._read_body(headers, receive)
+            if too_big:
+                response = _error_response(413, f"the request body is over this server's max_body_bytes="
+                                           f"{self.max_body_bytes}; send a smaller request.", "validation",
+                                           scope["path"], "body")
+                return await response(scope, receive, send_with_id)
+            replayed = False
+
+            async def replay():
+                nonlocal replayed
+                if not replayed:
+                    replayed = True
+                    return {"type": "http.request", "body": body, "more_body": False}
+                return await receive()
+
+            await self.app(scope, replay, send_with_id)
+        finally:
+            request_id_var.reset(token)
+
+    async def _read_body(self, headers, receive) -> tuple[bytes, bool]:
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
+            return b"", True
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return b"", False
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                return b"", True
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks), False
+
+
+# ---- error bodies ----------------------------------------------------------------------
+
+
+def _openai_route(path: str) -> bool:
+    return path.startswith("/v1/")
+
+
+def _error_response(status: int, message: str, error_type: str, path: str, field: str | None = None,
+                    headers: dict | None = None) -> JSONResponse:
+    """TGI's error body ``{"error", "error_type"}``, or OpenAI's ``{"error": {message, type, param, code}}`` on /v1."""
+    if _openai_route(path):
+        kind = {429: "rate_limit_exceeded", 404: "not_found_error", 413: "invalid_request_error"}.get(
+            status, "invalid_request_error" if status < 500 else "server_error")
+        body: dict = {"error": {"message": message, "type": kind, "param": field, "code": error_type}}
+    else:
+        body = {"error": message, "error_type": error_type}
+        if field:
+            body["field"] = field
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _loc(loc) -> str:
+    parts = [str(p) for p in loc if p != "body"]
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if p.isdigit() else (f".{p}" if out else p)
+    return out or "body"
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    messages, first = [], None
+    for err in exc.errors():
+        field = _loc(err.get("loc", ()))
+        if err.get("type") == "json_invalid":
+            messages.append(f"the body is not valid JSON ({err.get('ctx', {}).get('error', 'decode error')})")
+            field = "body"
+        elif err.get("type") == "missing" and field == "body":
+            messages.append("the body is missing: send a JSON object")
+        else:
+            messages.append(f"{field}: {err.get('msg', 'invalid')}")
+        first = first or field
+    return "; ".join(messages[:5]), first
+
+
+# ---- the app -------------------------------------------------------------------------
+
+
+class ServeState:
+    def __init__(self, runtime, config: ServeConfig, scheduler_factory):
+        self.runtime = runtime
+        self.config = config
+        self.metrics = ServeMetrics()
+        self.scheduler: Scheduler = scheduler_factory(runtime, config, self.metrics)
+        self.ready = False
+        self.started = time.time()
+
+
+def create_app(runtime, config: ServeConfig | None = None,
+               scheduler_factory: Callable[..., Scheduler] = DynamicBatcher) -> FastAPI:
+    """The ASGI app serving ``runtime`` (a loaded :class:`~t5ort.T5Runtime`) with ``config``'s limits.
+
+    ``scheduler_factory(runtime, config, metrics)`` builds the scheduler (dynamic batching by
+    default); the app talks to it only through ``submit(job, channel)``.
+    """
+    config = (config or ServeConfig()).validate()
+    if runtime.tokenizer is None:
+        raise ValueError(f"{runtime.directory} has no tokenizer; t5ort serve takes text and needs one: re-export "
+                         "the model with its tokenizer.")
+    state = ServeState(runtime, config, scheduler_factory)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await asyncio.to_thread(_warm_up, runtime)
+        state.scheduler.start()
+        state.ready = True
+        log.info("ready: %s, limits %s", runtime.directory, json.dumps(config.as_dict()))
+        try:
+            yield
+        finally:
+            state.ready = False
+            log.info("shutting down: finishing in-flight requests (grace %.0f s)", config.shutdown_grace)
+            await asyncio.to_thread(state.scheduler.stop, config.shutdown_grace)
+
+    app = FastAPI(title="t5ort serve", version=_version(), lifespan=lifespan,
+                  description="T5 with per-step log-probs, top-n alternatives and raw logits: TGI- and "
+                              "OpenAI-compatible routes, /score, /metrics and a /playground page.")
+    app.state.t5ort = state
+    app.add_middleware(RequestContext, max_body_bytes=config.max_body_bytes)
+    _install_error_handlers(app, state)
+    _install_routes(app, state)
+    return app
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def _warm_up(runtime) -> None:
+    runtime.generate(["warm up"], max_new_tokens=2, output_logits=False)
+
+
+def _install_error_handlers(app: FastAPI, state: ServeState) -> None:
+    def count(request: Request, status: int) -> None:
+        state.metrics.requests.labels(route=_route_label(request), status=str(status)).inc()
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation(request: Request, exc: RequestValidationError):
+        message, field = _validation_message(exc)
+        count(request, 422)
+        return _error_response(422, message, "validation", request.url.path, field)
+
+    @app.exception_handler(RequestError)
+    async def on_request_error(request: Request, exc: RequestError):
+        count(request, exc.status)
+        headers = {"Retry-After": str(exc.retry_after)} if getattr(exc, "retry_after", None) else None
+        return _error_response(exc.status, str(exc), exc.error_type, request.url.path, exc.field, headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(request: Request, exc: StarletteHTTPException):
+        count(request, exc.status_code)
+        message = {404: f"no route {request.url.path}; see /docs", 405: f"method {request.method} is not allowed on "
+                   f"{request.url.path}; see /docs"}.get(exc.status_code, str(exc.detail))
+        return _error_response(exc.status_code, message, "validation" if exc.status_code < 500 else "internal",
+                               request.url.path)
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(request: Request, exc: Exception):
+        log.exception("unexpected error: %s", exc)
+        count(request, 500)
+        return _error_response(500, f"internal error: {type(exc).__name__}", "internal", request.url.path)
+
+
+def _route_label(request: Request) -> str:
+    route = request.scope.get("route")
+    return getattr(route, "path", "unmatched")
+
+
+# ---- answers -----------------------------------------------------------------------------
+
+
+def _token(id_: int, text: str, logprob: float | None, special: bool) -> dict:
+    return {"id": id_, "text": text, "logprob": logprob, "special": special}
+
+
+def _alternatives(top) -> list[dict]:
+    return [_token(a.id, a.text, a.logprob, a.special) for a in top]
+
+
+def _tgi_details(plan: TgiPlan, runtime, row: RowResult, top_n: int) -> dict:
+    start = runtime.manifest.special_tokens.decoder_start_token_id
+    prefill = [{"id": start, "text": runtime.tokenizer.token_string(start), "logprob": None}] \
+        if plan.decoder_input_details else []
+    return {
+        "finish_reason": row.finish_reason,
+        "generated_tokens": len(row.ids),
+        "seed": plan.seed,
+        "prefill": prefill,
+        "tokens": [_token(*t) for t in zip(row.ids, row.texts, row.logprobs, row.specials)],
+        "top_tokens": [_alternatives(t) for t in row.top] if top_n else None,
+    }
+
+
+def _tgi_response(plan: TgiPlan, runtime, finished: Finished) -> dict:
+    rows = finished.rows
+    head = plan.inputs if plan.return_full_text else ""
+    out: dict[str, Any] = {"generated_text": head + rows[0].text}
+    if plan.details:
+        details = _tgi_details(plan, runtime, rows[0], plan.job.top_n)
+        if len(rows) > 1:  # other return sequences, in TGI's best_of_sequences shape
+            details["best_of_sequences"] = [
+                {"generated_text": head + r.text, **_tgi_details(plan, runtime, r, plan.job.top_n)} for r in rows[1:]
+            ]
+        out["details"] = details
+    return out
+
+
+def _npz(finished: Finished) -> bytes:
+    steps = max(len(r.ids) for r in finished.rows)
+    vocab = finished.rows[0].logits.shape[-1]
+    sequences = np.zeros((len(finished.rows), steps), np.int64)  # [rows, steps], pad 0 after a row's end
+    logits = np.zeros((len(finished.rows), steps, vocab), np.float32)  # [rows, steps, vocab], raw
+    logprobs = np.zeros((len(finished.rows), steps), np.float32)
+    for i, r in enumerate(finished.rows):
+        n = len(r.ids)
+        sequences[i, :n], logits[i, :n], logprobs[i, :n] = r.ids, r.logits[:n], r.logprobs
+    buffer = io.BytesIO()
+    np.savez(buffer, sequences=sequences, logits=logits, token_logprobs=logprobs)
+    return buffer.getvalue()
+
+
+def _sse(data: dict) -> bytes:
+    return b"data: " + json.dumps(data, ensure_ascii=False).encode() + b"\n\n"
+
+
+# ---- routes --------------------------------------------------------------------------
+
+
+def _install_routes(app: FastAPI, state: ServeState) -> None:  # noqa: C901 - one block of route functions
+    runtime, config, metrics = state.runtime, state.config, state.metrics
+
+    def request_id(request: Request) -> str:
+        return request.scope.get("state", {}).get("request_id") or new_request_id()
+
+    def done(request: Request, status: int) -> None:
+        metrics.requests.labels(route=_route_label(request), status=str(status)).inc()
+
+    def submit(job) -> AsyncChannel:
+        channel = AsyncChannel(asyncio.get_running_loop())
+        try:
+            state.scheduler.submit(job, channel)
+        except QueueFull as exc:
+            metrics.failures.labels(reason="overloaded").inc()
+            error = RequestError(None, f"Model is overloaded: {exc}", 429, "overloaded")
+            error.retry_after = exc.retry_after
+            raise error from exc
+        except ShuttingDown as exc:
+            raise RequestError(None, str(exc), 503, "shutdown") from exc
+        return channel
+
+    async def events(request: Request, channel: AsyncChannel, deadline: float) -> AsyncIterator:
+        """The channel's events until the final one; stops (closing the channel) if the client leaves."""
+        disconnect = asyncio.ensure_future(_wait_disconnect(request))
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                get = asyncio.ensure_future(channel.get())
+                finished, _ = await asyncio.wait({get, disconnect}, timeout=max(remaining, 0.0),
+                                                 return_when=asyncio.FIRST_COMPLETED)
+                if get not in finished:
+                    get.cancel()
+                    if disconnect in finished:
+                        return
+                    yield Failed("timeout", f"the request did not finish within {config.request_timeout:g} s")
+                    return
+                event = get.result()
+                yield event
+                if not isinstance(event, TokenEvent):
+                    return
+        finally:
+            channel.close()
+            disconnect.cancel()
+
+    async def final(request: Request, channel: AsyncChannel, job) -> Finished | ScoreFinished:
+        async for event in events(request, channel, job.deadline + 5.0):
+            if isinstance(event, Failed):
+                raise RequestError(None, event.message, _FAILED_STATUS[event.kind], event.kind)
+            if isinstance(event, (Finished, ScoreFinished)):
+                return event
+        raise RequestError(None, "the client went away", 499, "cancelled")
+
+    # ---- TGI ----
+
+    async def generate(request: Request, body: GenerateRequest):
+        want_npz = NPZ in request.headers.get("accept", "")
+        plan = tgi_plan(runtime, config, body, request_id(request), stream=False, want_logits=want_npz)
+        finished = await final(request, submit(plan.job), plan.job)
+        done(request, 200)
+        if want_npz:
+            return Response(_npz(finished), media_type=NPZ)
+        return JSONResponse(_tgi_response(plan, runtime, finished))
+
+    async def generate_stream(request: Request, body: GenerateRequest):
+        if body.parameters.decoder_input_details:
+            raise RequestError("parameters.decoder_input_details", "is not available when streaming (as TGI).")
+        plan = tgi_plan(runtime, config, body, request_id(request), stream=True)
+        channel = submit(plan.job)
+
+        async def sse() -> AsyncIterator[bytes]:
+            held = None
+            async for event in events(request, channel, plan.job.deadline + 5.0):
+                if isinstance(event, TokenEvent):
+                    if held is not None:
+                        yield _sse(held)
+                    held = {"index": event.step + 1, "token": _token(event.id, event.text, event.logprob,
+                                                                        event.special),
+                            "top_tokens": _alternatives(event.top), "generated_text": None, "details": None}
+                elif isinstance(event, Finished):
+                    row = event.rows[0]
+                    held["generated_text"] = (plan.inputs if plan.return_full_text else "") + row.text
+                    if plan.details:
+                        held["details"] = {"finish_reason": row.finish_reason, "generated_tokens": len(row.ids),
+                                           "seed": plan.seed, "input_length": event.input_length}
+                    yield _sse(held)
+                elif isinstance(event, Failed):
+                    if held is not None:
+                        yield _sse(held)
+                    yield _sse({"error": event.message, "error_type": event.kind})
+
+        done(request, 200)
+        return StreamingResponse(sse(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    stream_doc = {200: {"description": "server-sent events: one StreamResponse per token",
+                        "content": {"text/event-stream": {"schema": StreamResponse.model_json_schema()}}}}
+    errors_doc = {code: {"model": ErrorResponse, "description": what} for code, what in
+                  ((422, "invalid request (the error names the field)"), (413, "body or raw logits over budget"),
+                   (429, "queue full; see Retry-After"), (504, "request timeout"))}
+    app.post("/generate", tags=["TGI"], summary="Generate (TGI). Accept: application/x-npz returns raw logits",
+             responses={200: {"model": GenerateResponse,
+                              "content": {NPZ: {}}, "description": "the answer, or .npz with sequences, raw logits "
+                              "[rows, steps, vocab] and token_logprobs"}, **errors_doc})(generate)
+    app.post("/generate_stream", tags=["TGI"], summary="Generate, streamed as server-sent events (TGI)",
+             responses={**stream_doc, **errors_doc})(generate_stream)
+
+    @app.post("/", tags=["TGI"], summary="TGI's compat route: a list of one answer, or a stream with `stream: true`",
+              responses={200: {"model": list[GenerateResponse]}, **errors_doc})
+    async def compat(request: Request, body: GenerateRequest):
+        if body.stream:
+            return await generate_stream(request, body)
+        response = await generate(request, body)
+        if isinstance(response, JSONResponse):
+            return JSONResponse([json.loads(response.body)])
+        return response
+
+    @app.post("/logits", tags=["t5ort"], summary="Generate and return the raw per-step logits as .npz",
+              responses={200: {"content": {NPZ: {}}, "description": "np.load() gives sequences [rows, steps], "
+                               "logits [rows, steps, vocab] (raw) and token_logprobs [rows, steps]"}, **errors_doc})
+    async def logits(request: Request, body: GenerateRequest):
+        plan = tgi_plan(runtime, config, body, request_id(request), stream=False, want_logits=True)
+        finished = await final(request, submit(plan.job), plan.job)
+        done(request, 200)
+        return Response(_npz(finished), media_type=NPZ)
+
+    # ---- scoring ----
+
+    @app.post("/score", tags=["t5ort"], summary="Teacher-forced log-probs of targets given sources",
+              responses={200: {"model": ScoreResponse}, **errors_doc})
+    async def score(request: Request, body: ScoreRequest):
+        job = score_job(runtime, config, body, request_id(request))
+        result = await final(request, submit(job), job)
+        done(request, 200)
+        tok = runtime.tokenizer
+        return {"scores": [
+            {"total_logprob": total, "tokens": [{"id": t, "text": tok.token_string(t), "logprob": lp}
+                                                for t, lp in zip(ids, lps)]}
+            for ids, lps, total in zip(result.target_ids, result.token_logprobs, result.total_logprobs)
+        ]}
+
+    # ---- OpenAI ----
+
+    @app.post("/v1/completions", tags=["OpenAI"], summary="OpenAI completions (temperature 0: greedy)",
+              responses={**stream_doc, **errors_doc})
+    async def completions(request: Request, body: CompletionRequest):
+        plan = completion_plan(runtime, config, body, request_id(request))
+        channels = []
+        try:
+            for job in plan.jobs:
+                channels.append(submit(job))
+        except RequestError:
+            for c in channels:
+                c.close()
+            raise
+        completion_id = f"cmpl-{uuid.uuid4().hex[:24]}"
+        created = int(time.time())
+        if body.stream:
+            done(request, 200)
+            return StreamingResponse(
+                _completion_stream(request, plan, channels, events, completion_id, created, config.model_name),
+                media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        results = await asyncio.gather(*(final(request, c, j) for c, j in zip(channels, plan.jobs)))
+        choices, prompt_tokens, completion_tokens = [], 0, 0
+        for p, finished in enumerate(results):
+            prompt_tokens += finished.input_length
+            for j, row in enumerate(finished.rows):
+                completion_tokens += len(row.ids)
+                choices.append({"index": p * plan.n + j, "text": row.text,
+                                "logprobs": _openai_logprobs(row) if plan.logprobs is not None else None,
+                                "finish_reason": "length" if row.finish_reason == "length" else "stop"})
+        done(request, 200)
+        return {"id": completion_id, "object": "text_completion", "created": created, "model": config.model_name,
+                "choices": choices, "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                                              "total_tokens": prompt_tokens + completion_tokens}}
+
+    @app.get("/v1/models", tags=["OpenAI"], summary="The one model served")
+    async def models():
+        return {"object": "list", "data": [{"id": config.model_name, "object": "model", "created": int(state.started),
+                                            "owned_by": "t5ort"}]}
+
+    # ---- operations ----
+
+    @app.get("/health", tags=["operations"], summary="200 once the model is loaded and warmed up, else 503")
+    async def health():
+        if not state.ready:
+            return JSONResponse({"status": "starting"}, status_code=503)
+        return {"status": "ok"}
+
+    @app.get("/info", tags=["operations"], summary="Model geometry, dtype, parity figures, limits, version")
+    async def info():
+        m = runtime.manifest
+        return {
+            "model_id": config.model_name,
+            "model_dir": str(runtime.directory),
+            "model_type": m.model_type,
+            "dtype": m.dtype,
+            "quantization": m.quantization,
+            "geometry": {k: getattr(m.geometry, k) for k in m.geometry.__dataclass_fields__},
+            "parity": m.parity,
+            "limits": config.as_dict(),
+            "runtime_limits": {"max_input_tokens": runtime.limits.max_input_tokens,
+                               "max_new_tokens": runtime.limits.max_new_tokens,
+                               "max_result_bytes": runtime.limits.max_result_bytes},
+            "batching": type(state.scheduler).__name__,
+            "version": _version(),
+            "router": "t5ort",
+        }
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
+    async def prometheus():
+        metrics.queue_depth.set(state.scheduler.queue_depth)
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/playground", tags=["operations"], summary="A page to try the model: tokens shaded by probability",
+             response_class=HTMLResponse)
+    async def playground():
+        page = resources.files("t5ort.serve").joinpath("static/playground.html").read_text(encoding="utf-8")
+        return HTMLResponse(page)
+
+
+async def _wait_disconnect(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def _openai_logprobs(row: RowResult) -> dict:
+    """OpenAI's completions ``logprobs`` for the row's text tokens (EOS and other special tokens left out)."""
+    tokens, logprobs, tops, offsets, offset = [], [], [], [], 0
+    for text, lp, special, top in zip(row.texts, row.logprobs, row.specials, row.top):
+        if special:
+            continue
+        tokens.append(text)
+        logprobs.append(lp)
+        tops.append({a.text: a.logprob for a in top})
+        offsets.append(offset)
+        offset += len(text)
+    return {"tokens": tokens, "token_logprobs": logprobs, "top_logprobs": tops, "text_offset": offsets}
+
+
+async def _completion_stream(request, plan, channels, events, completion_id, created, model) -> AsyncIterator[bytes]:
+    """OpenAI's stream: one chunk per token per choice, then each choice's finish_reason, usage, [DONE]."""
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump(p: int, channel, job):
+        offsets = [0] * plan.n
+        async for event in events(request, channel, job.deadline + 5.0):
+            await queue.put((p, event, offsets))
+        await queue.put((p, None, None))
+
+    tasks = [asyncio.ensure_future(pump(p, c, j)) for p, (c, j) in enumerate(zip(channels, plan.jobs))]
+    open_, prompt_tokens, completion_tokens = len(tasks), 0, 0
+    try:
+        while open_:
+            p, event, offsets = await queue.get()
+            if event is None:
+                open_ -= 1
+                continue
+
+            def chunk(choice):
+                return _sse({"id": completion_id, "object": "text_completion", "created": created, "model": model,
+                             "choices": [choice]})
+
+            if isinstance(event, TokenEvent):
+                completion_tokens += 1
+                logprobs = None
+                if plan.logprobs is not None:
+                    if event.special:
+                        logprobs = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+                    else:
+                        logprobs = {"tokens": [event.text], "token_logprobs": [event.logprob],
+                                    "top_logprobs": [{a.text: a.logprob for a in event.top}],
+                                    "text_offset": [offsets[event.row]]}
+                offsets[event.row] += len(event.text)
+                if event.text or logprobs is not None:
+                    yield chunk({"index": p * plan.n + event.row, "text": event.text, "logprobs": logprobs,
+                                 "finish_reason": None})
+            elif isinstance(event, Finished):
+                prompt_tokens += event.input_length
+                for j, row in enumerate(event.rows):
+                    yield chunk({"index": p * plan.n + j, "text": "", "logprobs": None,
+                                 "finish_reason": "length" if row.finish_reason == "length" else "stop"})
+            elif isinstance(event, Failed):
+                yield _sse({"error": {"message": event.message, "type": "server_error", "param": None,
+                                      "code": event.kind}})
+        if plan.include_usage:
+            yield _sse({"id": completion_id, "object": "text_completion", "created": created, "model": model,
+                        "choices": [], "usage": {"prompt_tokens": prompt_tokens,
+                                                 "completion_tokens": completion_tokens,
+                                                 "total_tokens": prompt_tokens + completion_tokens}})
+        yield b"data: [DONE]\n\n"
+    finally:
+        for t in tasks:
+            t.cancel()
+        for c in channels:
+            c.close()

@@ -1,0 +1,66 @@
+"""The server's limits and settings: one frozen dataclass, checked before the server starts."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Limits and batching settings of ``t5ort serve``. The defaults are safe on a public port.
+
+    - ``max_batch_size``: requests run together as one ``generate`` (rows: requests x n).
+    - ``max_queue``: requests waiting for a batch; one more is answered 429 with Retry-After.
+    - ``max_input_tokens``, ``max_new_tokens``: per-request caps (tokens of the input, tokens generated).
+    - ``default_max_new_tokens``: what a request that names no ``max_new_tokens`` / ``max_tokens`` gets.
+    - ``max_top_n_tokens``: cap on TGI's ``top_n_tokens`` and OpenAI's ``logprobs``.
+    - ``max_return_sequences``: cap on ``n`` / ``num_return_sequences`` / ``num_beams``.
+    - ``max_body_bytes``: request bodies over this are refused with 413.
+    - ``max_logits_bytes``: budget of a raw-logits (.npz) answer, checked before any work.
+    - ``request_timeout``: seconds from arrival to the last token; a request over it is cancelled (504).
+    - ``batch_window_ms``: how long the batcher waits for compatible requests once one is waiting.
+    - ``shutdown_grace``: seconds in-flight requests get to finish after SIGTERM.
+    - ``model_name``: the name ``/v1/models`` lists and ``/v1/completions`` expects.
+    """
+
+    max_batch_size: int = 8
+    max_queue: int = 64
+    max_input_tokens: int = 512
+    max_new_tokens: int = 256
+    default_max_new_tokens: int = 20
+    max_top_n_tokens: int = 5
+    max_return_sequences: int = 4
+    max_body_bytes: int = 1 << 20
+    max_logits_bytes: int = 256 << 20
+    request_timeout: float = 60.0
+    batch_window_ms: float = 2.0
+    shutdown_grace: float = 30.0
+    model_name: str = "t5ort"
+
+    def validate(self) -> ServeConfig:
+        for name in ("max_batch_size", "max_queue", "max_input_tokens", "max_new_tokens", "default_max_new_tokens",
+                     "max_return_sequences", "max_body_bytes", "max_logits_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"ServeConfig.{name} must be an int >= 1, got {value!r}.")
+        if isinstance(self.max_top_n_tokens, bool) or not isinstance(self.max_top_n_tokens, int) \
+                or self.max_top_n_tokens < 0:
+            raise ValueError(f"ServeConfig.max_top_n_tokens must be an int >= 0, got {self.max_top_n_tokens!r}.")
+        if self.default_max_new_tokens > self.max_new_tokens:
+            raise ValueError(
+                f"ServeConfig.default_max_new_tokens ({self.default_max_new_tokens}) must not exceed "
+                f"max_new_tokens ({self.max_new_tokens})."
+            )
+        for name in ("request_timeout", "shutdown_grace"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"ServeConfig.{name} must be a number of seconds > 0, got {value!r}.")
+        if isinstance(self.batch_window_ms, bool) or not isinstance(self.batch_window_ms, (int, float)) \
+                or not self.batch_window_ms >= 0:
+            raise ValueError(f"ServeConfig.batch_window_ms must be >= 0, got {self.batch_window_ms!r}.")
+        if not isinstance(self.model_name, str) or not self.model_name:
+            raise ValueError(f"ServeConfig.model_name must be a non-empty string, got {self.model_name!r}.")
+        return self
+
+    def as_dict(self) -> dict:
+        return asdict(self)
