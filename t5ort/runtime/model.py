@@ -73,6 +73,12 @@ class T5Runtime:
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise TypeError(f"texts[{i}] must be a str, got {type(t).__name__}.")
+            if not t.isascii() and any("\ud800" <= c <= "\udfff" for c in t):
+                position = next(j for j, c in enumerate(t) if "\ud800" <= c <= "\udfff")
+                raise ValueError(
+                    f"texts[{i}] holds a lone UTF-16 surrogate ({t[position]!r} at character {position}), which "
+                    "is not valid Unicode text; decode the bytes properly or drop that character."
+                )
         if not texts:
             raise ValueError("texts is empty: pass at least one string.")
         rows = self.tokenizer.encode_batch(texts)
