@@ -174,6 +174,64 @@ def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=positive_int, default=None, help="onnxruntime intra-op threads")
 
 
+# ---- t5ort serve -----------------------------------------------------------------
+
+
+def cmd_serve(args) -> int:
+    import t5ort
+    from .serve import ServeConfig, create_app
+    from .serve.server import configure_logging, run
+
+    config = ServeConfig(
+        max_batch_size=args.max_batch_size, max_queue=args.max_queue, max_input_tokens=args.max_input_tokens,
+        max_new_tokens=args.max_new_tokens, default_max_new_tokens=min(20, args.max_new_tokens),
+        max_top_n_tokens=args.max_top_n_tokens, request_timeout=args.request_timeout,
+        batch_window_ms=args.batch_window_ms, shutdown_grace=args.shutdown_grace,
+        model_name=args.model_name or Path(args.out_dir).resolve().name,
+    ).validate()
+    progress = Progress(args.quiet)
+    configure_logging(args.log_level)
+    progress(f"loading {args.out_dir}")
+    runtime = t5ort.load(args.out_dir, provider=args.provider, threads=args.threads,
+                         max_input_tokens=args.max_input_tokens, max_new_tokens=args.max_new_tokens)
+    app = create_app(runtime, config)
+    limits = ", ".join(f"{k}={v}" for k, v in config.as_dict().items())
+    progress(f"limits: {limits}")
+    progress(f"serving {config.model_name!r} on http://{args.host}:{args.port} (docs: /docs, playground: /playground)")
+    return run(app, host=args.host, port=args.port, shutdown_grace=config.shutdown_grace, log_level=args.log_level)
+
+
+def add_serve_parser(sub) -> None:
+    from .serve.config import ServeConfig
+
+    d = ServeConfig()
+    p = sub.add_parser("serve", help="HTTP server: TGI- and OpenAI-compatible routes, /score, /metrics, /playground")
+    p.add_argument("out_dir", help="an export written by `t5ort export`")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-batch-size", type=positive_int, default=d.max_batch_size,
+                   help=f"requests batched into one generate (default {d.max_batch_size})")
+    p.add_argument("--max-queue", type=positive_int, default=d.max_queue,
+                   help=f"waiting requests; more are answered 429 (default {d.max_queue})")
+    p.add_argument("--max-input-tokens", type=positive_int, default=d.max_input_tokens,
+                   help=f"per request (default {d.max_input_tokens})")
+    p.add_argument("--max-new-tokens", type=positive_int, default=d.max_new_tokens,
+                   help=f"per request (default {d.max_new_tokens})")
+    p.add_argument("--max-top-n-tokens", type=int, default=d.max_top_n_tokens,
+                   help=f"cap on top_n_tokens / logprobs (default {d.max_top_n_tokens})")
+    p.add_argument("--request-timeout", type=float, default=d.request_timeout,
+                   help=f"seconds until a request is cancelled (default {d.request_timeout:g})")
+    p.add_argument("--batch-window-ms", type=float, default=d.batch_window_ms,
+                   help=f"wait for compatible requests this long once one waits (default {d.batch_window_ms:g})")
+    p.add_argument("--shutdown-grace", type=float, default=d.shutdown_grace,
+                   help=f"seconds in-flight requests get after SIGTERM (default {d.shutdown_grace:g})")
+    p.add_argument("--model-name", default=None, help="name for /v1/models (default: OUT_DIR's name)")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+    p.add_argument("--quiet", action="store_true", help="no start-up messages")
+    add_runtime_arguments(p)
+    p.set_defaults(run=cmd_serve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="t5ort", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -230,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="FILE.png", help="draw the top-K probabilities of the first input (matplotlib)")
     p.add_argument("--quiet", action="store_true", help="no progress messages")
     p.set_defaults(run=cmd_demo)
+    add_serve_parser(sub)
     return parser
 
 
