@@ -158,6 +158,7 @@ def _error_response(status: int, message: str, error_type: str, path: str, field
                     headers: dict | None = None) -> JSONResponse:
     """TGI's error body ``{"error", "error_type"}``, or OpenAI's ``{"error": {message, type, param, code}}`` on /v1."""
     if _openai_route(path):
+        status = 400 if status == 422 else status  # OpenAI answers invalid requests with 400
         kind = {429: "rate_limit_exceeded", 404: "not_found_error", 413: "invalid_request_error"}.get(
             status, "invalid_request_error" if status < 500 else "server_error")
         body: dict = {"error": {"message": message, "type": kind, "param": field, "code": error_type}}
@@ -168,27 +169,35 @@ def _error_response(status: int, message: str, error_type: str, path: str, field
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+_TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list", "none", "tuple"}
+
+
 def _loc(loc) -> str:
-    parts = [str(p) for p in loc if p != "body"]
+    """``("body", "parameters", "stop", 0)`` -> ``parameters.stop[0]``; union member tags left out."""
     out = ""
-    for p in parts:
+    for p in loc:
+        p = str(p)
+        if p == "body" or p in _TYPE_TAGS or "[" in p or "-" in p:
+            continue
         out += f"[{p}]" if p.isdigit() else (f".{p}" if out else p)
     return out or "body"
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
-    messages, first = [], None
+    """One message per field at fault (for a union, the member's own complaint if it has one), first field."""
+    by_field: dict[str, str] = {}
     for err in exc.errors():
         field = _loc(err.get("loc", ()))
         if err.get("type") == "json_invalid":
-            messages.append(f"the body is not valid JSON ({err.get('ctx', {}).get('error', 'decode error')})")
-            field = "body"
+            field, message = "body", f"the body is not valid JSON ({err.get('ctx', {}).get('error', 'decode error')})"
         elif err.get("type") == "missing" and field == "body":
-            messages.append("the body is missing: send a JSON object")
+            message = "the body is missing: send a JSON object"
         else:
-            messages.append(f"{field}: {err.get('msg', 'invalid')}")
-        first = first or field
-    return "; ".join(messages[:5]), first
+            message = f"{field}: {err.get('msg', 'invalid')}"
+        if field not in by_field or (err.get("type") == "value_error" and "Value error" not in by_field[field]):
+            by_field[field] = message
+    first = next(iter(by_field), None)
+    return "; ".join(list(by_field.values())[:5]), first
 
 
 # ---- the app -------------------------------------------------------------------------
@@ -613,6 +622,7 @@ async def _completion_stream(request, plan, channels, events, completion_id, cre
 
             if isinstance(event, TokenEvent):
                 completion_tokens += 1
+                text = "" if event.special else event.text
                 logprobs = None
                 if plan.logprobs is not None:
                     if event.special:
@@ -621,9 +631,9 @@ async def _completion_stream(request, plan, channels, events, completion_id, cre
                         logprobs = {"tokens": [event.text], "token_logprobs": [event.logprob],
                                     "top_logprobs": [{a.text: a.logprob for a in event.top}],
                                     "text_offset": [offsets[event.row]]}
-                offsets[event.row] += len(event.text)
-                if event.text or logprobs is not None:
-                    yield chunk({"index": p * plan.n + event.row, "text": event.text, "logprobs": logprobs,
+                offsets[event.row] += len(text)
+                if text or logprobs is not None:
+                    yield chunk({"index": p * plan.n + event.row, "text": text, "logprobs": logprobs,
                                  "finish_reason": None})
             elif isinstance(event, Finished):
                 prompt_tokens += event.input_length

@@ -505,10 +505,12 @@ class DynamicBatcher:
                 if lv.job.want_logits:
                     row.logits.append(logits[b].copy())
                 reason = None
-                if event.finished[b]:
-                    reason = "eos_token" if token in self._eos else "stop_sequence"
+                if event.finished[b] and token in self._eos:
+                    reason = "eos_token"
                 elif event.step + 1 >= lv.job.max_new_tokens:
                     reason = "length"
+                elif event.finished[b]:
+                    reason = "stop_sequence"
                 self._push(lv, r, row, event.step, token, logprob, top, reason, now)
 
     def _alternative(self, token: int, logprob: float) -> Alternative:
