@@ -69,16 +69,30 @@ def _shape(shape) -> tuple:
 
 
 def session_options(threads: int | None) -> ort.SessionOptions:
-    """The options of every t5ort session (benchmarks give the peers' onnxruntime sessions the same)."""
+    """The options of every t5ort session, the encoder's and the decoder's alike (benchmarks give the
+    peers' onnxruntime sessions the same)."""
     so = ort.SessionOptions()
     if threads is not None:
         so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Intra-op threads block instead of spinning when they run out of work: one policy for both sessions.
+    # Each session owns its pool, and a spinning pool keeps burning a core for tens of ms after its run
+    # (about 50 ms of CPU in the 100 ms after a generate): the encoder's threads spin on the cores the
+    # decoder's threads need, every idle runtime in a process (server workers, tests) keeps its pools
+    # busy, and other processes lose those cores. Measured side by side (benchmarks/thread_pools.py;
+    # t5-small shape, 2 threads, 32 forced tokens, three runs, with other processes busy on the 2 cores):
+    # generate took 0.23-0.60x the ms/step of onnxruntime's default (spinning on both) at greedy batch 1,
+    # ragged batch 16 and beam 4 in fp32 and int8, and 0.76-1.79x a bare decoder loop (against
+    # 1.8-5.2x). Spinning off on the encoder only (0.78-1.06x the default), session.force_spinning_stop
+    # on the encoder or both (0.74-1.0x), and onnxruntime's global thread pools (0.85-0.95x; process-wide
+    # state that must be set before the first session) were all far slower. Not re-measured on an idle machine, where the
+    # issue that asked for this saw spinning off on both slightly slower than on the encoder only.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     # Smaller, dynamically sized work blocks for the intra-op threads: a thread the OS delays no longer
     # holds up the whole step. Measured side by side (t5-small shape, 2 threads, two runs): 0-7% faster
-    # in 11 of 12 workload/precision pairs; spinning on/off and ORT_ENABLE_EXTENDED changed nothing.
+    # in 11 of 12 workload/precision pairs; ORT_ENABLE_EXTENDED changed nothing.
     so.add_session_config_entry("session.dynamic_block_base", "4")
     return so
 

@@ -289,7 +289,13 @@ def load(
     """Load an export written by ``t5ort export``.
 
     - ``provider``: ``"cpu"`` or ``"cuda"`` (needs onnxruntime-gpu; never falls back silently).
-    - ``threads``: ONNX Runtime intra-op threads (None: onnxruntime's default, one per physical core).
+    - ``threads``: ONNX Runtime intra-op threads of each of the runtime's two sessions (encoder and
+      decoder, which one call runs in turn, never at once; None: onnxruntime's default, one per
+      physical core). Idle threads block rather than spin, so a loaded runtime that is not running
+      costs no CPU, and calls sharing one runtime share its threads. Runtimes that run at the same
+      time (several in one process, or one per server worker or process) each have their own: give
+      each about (cores / runtimes running at once) threads so that together they do not
+      oversubscribe the cores.
     - ``verify``: check each graph file's sha256 against the manifest (about 1 s per GB).
     - ``max_input_tokens``, ``max_new_tokens``: caps for every request (None: no cap); a
       request over a cap is refused before any work.
