@@ -109,7 +109,8 @@ def test_generate_details_equal_the_library(server, rt):
     text = PREFIX + NUMBERS[0]
     r = post(server, "/generate", {"inputs": text, "parameters": {"details": True, "top_n_tokens": 3,
                                                                  "max_new_tokens": 12,
-                                                                 "decoder_input_details": True}})
+                                                                 "decoder_input_details": True,
+                                                                 "entropy": True}})
     assert r.status_code == 200, r.text
     body = r.json()
     want = rt.generate([text], max_new_tokens=12)
@@ -125,6 +126,7 @@ def test_generate_details_equal_the_library(server, rt):
     np.testing.assert_allclose(np.exp([[t["logprob"] for t in step] for step in d["top_tokens"]]), probs[0, :n],
                                atol=ATOL)
     assert "".join(t["text"] for t in d["tokens"] if not t["special"]) == body["generated_text"]
+    np.testing.assert_allclose(d["entropy"], want.entropy()[0, :n], atol=ATOL)
     assert r.headers["x-request-id"] in server.log.read_text()  # log lines carry the request id
 
 

@@ -317,6 +317,7 @@ def _tgi_details(plan: TgiPlan, runtime, row: RowResult, top_n: int) -> dict:
         "prefill": prefill,
         "tokens": [_token(*t) for t in zip(row.ids, row.texts, row.logprobs, row.specials)],
         "top_tokens": [_alternatives(t) for t in row.top] if top_n else None,
+        **({"entropy": list(row.entropies)} if row.entropies is not None else {}),
     }
 
 
@@ -434,6 +435,8 @@ def _install_routes(app: FastAPI, state: ServeState) -> None:  # noqa: C901 - on
                     held = {"index": event.step + 1, "token": _token(event.id, event.text, event.logprob,
                                                                         event.special),
                             "top_tokens": _alternatives(event.top), "generated_text": None, "details": None}
+                    if event.entropy is not None:
+                        held["entropy"] = event.entropy
                 elif isinstance(event, Finished):
                     row = event.rows[0]
                     held["generated_text"] = (plan.inputs if plan.return_full_text else "") + row.text

@@ -53,6 +53,7 @@ class GenerateJob:
     want_logits: bool = False
     deadline: float = float("inf")  # time.monotonic() by which the last token must be out
     arrived: float = field(default_factory=time.monotonic)
+    entropy: bool = False  # also send each step's entropy (nats) of the next-token distribution
 
     @property
     def options_dict(self) -> dict[str, Any]:
@@ -122,6 +123,7 @@ class TokenEvent:
     logprob: float  # log-softmax of the raw logits at this token
     top: tuple[Alternative, ...]  # the job's top_n most likely tokens, best first
     finish_reason: str | None = None  # set on the row's last token: eos_token, stop_sequence or length
+    entropy: float | None = None  # nats, under the raw logits, when the job asked for it
 
 
 @dataclass(frozen=True, eq=False)
@@ -135,6 +137,7 @@ class RowResult:
     text: str  # the decoded output, special tokens skipped
     logits: np.ndarray | None = None  # float32 [steps, vocab], raw, when the job asked for them
     sequence_score: float | None = None  # beam search: the length-normalised score that ranked it
+    entropies: tuple[float, ...] | None = None  # per step, nats, when the job asked for them
 
 
 @dataclass(frozen=True, eq=False)
@@ -291,6 +294,12 @@ class RowText:
         return piece, False
 
 
+def _entropy(logits: np.ndarray, lse: float) -> float:
+    """Entropy (nats) of softmax(logits) for one row [vocab], given its logsumexp."""
+    logp = logits - lse
+    return float(-(np.exp(logp) * logp).sum())
+
+
 def _top_ids(logits: np.ndarray, k: int) -> np.ndarray:
     """The ``k`` largest logits' ids per row, best first: [rows, k]."""
     k = min(k, logits.shape[-1])
@@ -320,6 +329,7 @@ class _Row:
     logprobs: list[float] = field(default_factory=list)
     top: list[tuple[Alternative, ...]] = field(default_factory=list)
     logits: list[np.ndarray] = field(default_factory=list)
+    entropies: list[float] = field(default_factory=list)
     finish_reason: str | None = None
 
 
@@ -504,6 +514,7 @@ class DynamicBatcher:
                                 for t in top_ids[b, : lv.job.top_n])
                 if lv.job.want_logits:
                     row.logits.append(logits[b].copy())
+                entropy = _entropy(logits[b], lse[b]) if lv.job.entropy else None
                 reason = None
                 if event.finished[b] and token in self._eos:
                     reason = "eos_token"
@@ -511,7 +522,7 @@ class DynamicBatcher:
                     reason = "length"
                 elif event.finished[b]:
                     reason = "stop_sequence"
-                self._push(lv, r, row, event.step, token, logprob, top, reason, now)
+                self._push(lv, r, row, event.step, token, logprob, top, reason, now, entropy)
 
     def _alternative(self, token: int, logprob: float) -> Alternative:
         tokenizer = self.runtime.tokenizer
@@ -520,8 +531,10 @@ class DynamicBatcher:
         return Alternative(token, text, logprob, special)
 
     def _push(self, lv: _Live, r: int, row: _Row, step: int, token: int, logprob: float,
-              top: tuple[Alternative, ...], reason: str | None, now: float) -> None:
+              top: tuple[Alternative, ...], reason: str | None, now: float, entropy: float | None = None) -> None:
         text, special = row.text.push(token)
+        if entropy is not None:
+            row.entropies.append(entropy)
         row.ids.append(token)
         row.texts.append(text)
         row.specials.append(special)
@@ -532,7 +545,7 @@ class DynamicBatcher:
             lv.first_token_at = now
             self.metrics.ttft_seconds.observe(now - lv.job.arrived)
         self.metrics.generated_tokens.inc()
-        if not lv.entry.channel.send(TokenEvent(r, step, token, text, special, logprob, top, reason)):
+        if not lv.entry.channel.send(TokenEvent(r, step, token, text, special, logprob, top, reason, entropy)):
             lv.entry.gone = True
 
     def _done(self, lv: _Live, now: float) -> bool:
@@ -554,7 +567,8 @@ class DynamicBatcher:
         results = tuple(
             RowResult(tuple(row.ids), tuple(row.texts), tuple(row.specials), tuple(row.logprobs), tuple(row.top),
                       row.finish_reason or "length", row.text.text,
-                      np.stack(row.logits) if row.logits else None)
+                      np.stack(row.logits) if row.logits else None,
+                      entropies=tuple(row.entropies) if lv.job.entropy else None)
             for row in lv.rows
         )
         self._answer(lv.entry, results, lv.started, now)

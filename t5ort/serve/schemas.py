@@ -73,6 +73,8 @@ class GenerateParameters(_Strict):
     suppress_tokens: list[TokenId] | None = Field(None, description="t5ort: token ids never generated.")
     forced_bos_token_id: TokenId | None = Field(None, description="t5ort: force this first token.")
     forced_eos_token_id: TokenId | None = Field(None, description="t5ort: force EOS at the last step.")
+    entropy: bool = Field(False, description="t5ort: each step's entropy (nats) of the next-token distribution "
+                          "under the raw logits: `entropy` on stream events, `details.entropy` (greedy, sampling).")
 
 
 class GenerateRequest(_Strict):

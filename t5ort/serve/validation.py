@@ -153,7 +153,8 @@ def tgi_plan(runtime, config: ServeConfig, request: GenerateRequest, request_id:
     if want_logits:
         _logits_budget(runtime, config, max(rows, options.get("num_beams", 1)), max_new)
     now = time.monotonic()
-    job = GenerateJob(request_id, ids, key, max_new, top_n, want_logits, now + config.request_timeout, now)
+    job = GenerateJob(request_id, ids, key, max_new, top_n, want_logits, now + config.request_timeout, now,
+                      entropy=p.entropy)
     return TgiPlan(job, request.inputs, p.details, p.decoder_input_details, bool(p.return_full_text),
                    options.get("seed"))
 
