@@ -114,6 +114,9 @@ def start(model: StepModel, encoder_output, options: GenerationOptions, special:
           token_text=None, logits_out: np.ndarray | None = None) -> tuple[Strategy, Iterator[Step]]:
     """Set up a generation over ``encoder_output``: rows expanded for beams or return sequences,
     the strategy and processors ``options`` ask for. Returns the strategy and the steps to iterate."""
+    if options.speculative:
+        raise ValueError("speculative decoding (prompt_lookup_num_tokens, num_assistant_tokens) is only in "
+                         "generate(); stream() and this loop decode one token per step.")
     strategy = make_strategy(options, encoder_output.batch_size, special, token_text)
     expanded = model.expand(encoder_output, options.rows_per_input)
     processors = build_processors(options, special.eos_token_ids)

@@ -8,6 +8,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from . import speculative
 from .decoding import Special, decode, start
 from .graphs import T5Graphs
 from .manifest import Manifest, read_manifest
@@ -156,14 +157,27 @@ class T5Runtime:
         ``temperature``, ``top_k``, ``top_p``, ``logits_processor``, ``output_logits``,
         ``output_scores``... The result matches ``generate(output_logits=True,
         return_dict_in_generate=True)``.
+
+        Speculative greedy decoding (one input at a time; the result is plain greedy's,
+        see :mod:`t5ort.runtime.speculative`): ``prompt_lookup_num_tokens=K`` drafts from
+        the input, ``assistant=t5ort.load(DRAFT_DIR)`` from a smaller model with the same
+        vocabulary (``num_assistant_tokens``); ``result.speculation`` says what was kept.
         """
+        if "assistant_model" in options:
+            raise TypeError("t5ort names the draft runtime assistant=..., not assistant_model=.")
+        assistant = options.pop("assistant", None)
         opts = GenerationOptions.create(**options).validate(self.vocab_size)
         ids, mask = self._inputs(texts, input_ids, attention_mask)
         per_step = ids.shape[0] * opts.rows_per_input * opts.max_new_tokens * self.vocab_size * 4
         self.limits.check(ids, opts.max_new_tokens,
                           per_step * (opts.output_logits + opts.output_scores), "the raw logits and scores")
-        out = decode(self.graphs, self.graphs.encode(ids, mask), opts, self._special(opts), self.vocab_size,
-                     self._token_text())
+        speculation = None
+        if opts.speculative or assistant is not None:
+            out = speculative.run(self, ids, mask, opts, self._special(opts), assistant, self._token_text())
+            speculation = out.stats
+        else:
+            out = decode(self.graphs, self.graphs.encode(ids, mask), opts, self._special(opts), self.vocab_size,
+                         self._token_text())
         search = out.search
         return GenerationResult(
             sequences=search.sequences,
@@ -173,6 +187,7 @@ class T5Runtime:
             texts=self._decode_texts(search.sequences),
             sequences_scores=search.sequences_scores,
             beam_indices=search.beam_indices,
+            speculation=speculation,
         )
 
     def stream(

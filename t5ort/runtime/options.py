@@ -25,6 +25,14 @@ class GenerationOptions:
     bad_words_ids, min_new_tokens, forced_bos_token_id, forced_eos_token_id,
     suppress_tokens, the user's ``logits_processor`` list, then (sampling only)
     temperature, top_k, top_p, min_p, typical_p.
+
+    Speculative greedy decoding (batch 1; see :mod:`t5ort.runtime.speculative`):
+    ``prompt_lookup_num_tokens`` (draft up to this many tokens from the source and the
+    output so far, matching n-grams of up to ``max_matching_ngram_size`` tokens, default
+    2), or a draft runtime passed to ``generate(assistant=...)`` with
+    ``num_assistant_tokens`` (default 20) and ``num_assistant_tokens_schedule``
+    ("constant", the default, or transformers' "heuristic": +2 after a fully accepted
+    draft, -1 otherwise).
     """
 
     max_new_tokens: int = 20
@@ -50,6 +58,10 @@ class GenerationOptions:
     logits_processor: tuple[Callable[[np.ndarray, np.ndarray], np.ndarray], ...] = ()
     stopping_criteria: tuple[Callable[[np.ndarray, np.ndarray], Any], ...] = ()
     seed: int | None = None
+    prompt_lookup_num_tokens: int | None = None
+    max_matching_ngram_size: int | None = None
+    num_assistant_tokens: int | None = None
+    num_assistant_tokens_schedule: str | None = None
     output_logits: bool = True
     output_scores: bool = False
 
@@ -74,6 +86,15 @@ class GenerationOptions:
     @property
     def strategy(self) -> str:
         return "beam" if self.num_beams > 1 else "sample" if self.do_sample else "greedy"
+
+    @property
+    def prompt_lookup(self) -> bool:
+        return self.prompt_lookup_num_tokens is not None
+
+    @property
+    def speculative(self) -> bool:
+        """Any speculative-decoding option set (prompt lookup, or the draft model's)."""
+        return self.prompt_lookup or self.num_assistant_tokens is not None or self.num_assistant_tokens_schedule is not None
 
     @property
     def rows_per_input(self) -> int:
@@ -133,7 +154,26 @@ class GenerationOptions:
                 raise TypeError(f"{name} must be a list of callables (input_ids, scores) -> ..., got {value!r}.")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, Integral) or self.seed < 0):
             raise ValueError(f"seed must be a non-negative int or None, got {self.seed!r}.")
+        self._validate_speculation()
         return self
+
+    def _validate_speculation(self) -> None:
+        for name in ("prompt_lookup_num_tokens", "max_matching_ngram_size", "num_assistant_tokens"):
+            if getattr(self, name) is not None:
+                _int(self, name, low=1)
+        if self.max_matching_ngram_size is not None and not self.prompt_lookup:
+            raise ValueError("max_matching_ngram_size goes with prompt_lookup_num_tokens; pass both or neither.")
+        if self.num_assistant_tokens_schedule not in (None, "constant", "heuristic"):
+            raise ValueError(f"num_assistant_tokens_schedule must be 'constant' or 'heuristic', "
+                             f"got {self.num_assistant_tokens_schedule!r}.")
+        if self.prompt_lookup and (self.num_assistant_tokens is not None
+                                   or self.num_assistant_tokens_schedule is not None):
+            raise ValueError("prompt_lookup_num_tokens and num_assistant_tokens/num_assistant_tokens_schedule are "
+                             "two kinds of speculative decoding; pick one.")
+        if self.prompt_lookup and self.strategy != "greedy":
+            raise ValueError(f"prompt_lookup_num_tokens (speculative decoding) needs greedy decoding, got "
+                             f"{self.strategy} ({'num_beams > 1' if self.num_beams > 1 else 'do_sample=True'}); "
+                             "speculative sampling and beam search are not implemented.")
 
     def _validate_sampling(self) -> None:
         _real(self, "temperature", low=0.0, low_open=True)

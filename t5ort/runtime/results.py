@@ -9,6 +9,32 @@ import numpy as np
 from . import analysis
 
 
+@dataclass(frozen=True)
+class SpeculationStats:
+    """What speculative decoding did in one ``generate`` call.
+
+    - ``rounds``: draft-and-verify rounds (one verify pass each);
+    - ``drafted``: tokens proposed by the drafter, over all rounds;
+    - ``accepted``: drafted tokens emitted as they were (each round also emits one
+      token of the target's own, except when decoding stopped on a drafted token);
+    - ``decoder_passes``: passes of the target's decoder graph (rounds + ``redecided``);
+    - ``redecided``: near-tie steps decided again from a one-token pass;
+    - ``draft_passes``: passes of the draft model's decoder graph (0 for prompt lookup).
+    """
+
+    rounds: int
+    drafted: int
+    accepted: int
+    decoder_passes: int
+    redecided: int
+    draft_passes: int
+
+    @property
+    def acceptance_rate(self) -> float:
+        """accepted / drafted (0.0 when nothing was drafted)."""
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+
 @dataclass(frozen=True, eq=False)
 class GenerationResult:
     """What one ``generate`` call produced. Arrays are numpy; nothing is normalised.
@@ -28,6 +54,8 @@ class GenerationResult:
       length-normalised log-prob sums that ranked the hypotheses, as transformers.
     - ``beam_indices`` (beam search): int64 [N * num_return_sequences, steps], the
       row of ``logits``/``scores`` that produced each token; -1 after the hypothesis ended.
+    - ``speculation`` (speculative decoding: ``prompt_lookup_num_tokens`` or ``assistant``):
+      :class:`SpeculationStats`, what was drafted and kept; None otherwise.
 
     With beam search, ``logits`` and ``scores`` have one row per beam
     ([N * num_beams, steps, vocab]) and ``scores`` holds the processed log-probs,
@@ -41,6 +69,7 @@ class GenerationResult:
     texts: tuple[str, ...] | None
     sequences_scores: np.ndarray | None = None
     beam_indices: np.ndarray | None = None
+    speculation: SpeculationStats | None = None
 
     @property
     def num_steps(self) -> int:
