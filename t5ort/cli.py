@@ -174,6 +174,104 @@ def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=positive_int, default=None, help="onnxruntime intra-op threads")
 
 
+# ---- t5ort batch -----------------------------------------------------------------
+
+
+class BatchProgressBar:
+    """A tqdm bar on stderr (rows, tokens/s, ETA), shown only on a terminal, fed by the job's progress events."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.bar = None
+
+    def __call__(self, event) -> None:
+        if self.quiet:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=event.rows_total, initial=event.rows_done, unit="rows", desc="t5ort batch",
+                            disable=None, dynamic_ncols=True)
+        self.bar.update(event.rows_done - self.bar.n)
+        self.bar.set_postfix_str(f"{event.tokens_done / max(event.elapsed_s, 1e-9):.0f} tokens/s")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def cmd_batch(args) -> int:
+    from .corpus import JobSpec
+
+    spec = JobSpec(task=args.task, text_column=args.text_column, target_column=args.target_column,
+                   id_column=args.id_column, batch_size=args.batch_size, shard_rows=args.shard_rows,
+                   top_n=args.top_n, save_raw_logits=args.save_raw_logits,
+                   raw_logits_budget=int(args.raw_logits_budget_gb * 2**30), bucket=not args.no_bucket,
+                   generation=decoding_options(args) if args.task == "generate" else {})
+    if args.ray is not None:
+        from .ray import run_ray_job
+
+        if args.resume:
+            raise ValueError("--resume is for one-machine jobs; a Ray job writes its OUTPUT at once at the end.")
+        manifest = run_ray_job(args.out_dir, args.input, args.output, spec,
+                               address=None if args.ray == "local" else args.ray,
+                               workers=args.workers, threads=args.threads or 1)
+    else:
+        import t5ort
+        from .corpus import run_job
+
+        runtime = t5ort.load(args.out_dir, provider=args.provider, threads=args.threads)
+        bar = BatchProgressBar(args.quiet)
+        try:
+            manifest = run_job(runtime, args.input, args.output, spec, resume=args.resume, progress=bar)
+        finally:
+            bar.close()
+    counts, timings = manifest["counts"], manifest["timings"]
+    resumed = f", {counts['rows_resumed']} resumed" if counts.get("rows_resumed") else ""
+    print(f"{counts['rows']} rows in {counts['shards']} shards -> {args.output}{resumed}; "
+          f"{counts['tokens_this_run']} tokens in {timings['seconds']:.1f} s "
+          f"({timings['rows_per_s']} rows/s, {timings['tokens_per_s']} tokens/s); "
+          f"manifest {Path(args.output) / '_manifest.json'}")
+    return 0
+
+
+def add_batch_parser(sub) -> None:
+    p = sub.add_parser("batch", help="generate or score a whole corpus (JSONL/CSV/Parquet) into Parquet shards")
+    p.add_argument("out_dir", help="an export written by `t5ort export` (on Ray: a path every node has)")
+    p.add_argument("input", help="a .jsonl, .csv or .parquet file, or a folder of them")
+    p.add_argument("output", help="folder of Parquet shards to write (with _manifest.json)")
+    p.add_argument("--task", choices=["generate", "score"], default="generate")
+    p.add_argument("--text-column", default="src", help="input text column (default src)")
+    p.add_argument("--target-column", default="tgt", help="target text column for --task score (default tgt)")
+    p.add_argument("--id-column", default="id", help="row id column (default id; absent: the row number)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="rows per model call (default 32)")
+    p.add_argument("--shard-rows", type=positive_int, default=1024, help="rows per Parquet shard (default 1024)")
+    p.add_argument("--top-n", type=int, default=5, help="top-n alternatives per step as list columns (0: none)")
+    p.add_argument("--save-raw-logits", action="store_true", help="write every row's raw logits as .npy shards")
+    p.add_argument("--raw-logits-budget-gb", type=float, default=4.0,
+                   help="refuse --save-raw-logits before any work above this size (default 4 GiB)")
+    p.add_argument("--no-bucket", action="store_true", help="batch rows in input order (to measure bucketing)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted job in OUTPUT")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="run on Ray Data: a new local cluster, or ADDRESS (e.g. auto, ray://host:10001)")
+    p.add_argument("--workers", type=positive_int, default=2, help="Ray actors, each with its own runtime (default 2)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = p.add_argument_group("decoding (transformers' names; unset = transformers' defaults)")
+    g.add_argument("--max-new-tokens", type=positive_int, default=20)
+    g.add_argument("--min-new-tokens", type=int, default=0)
+    g.add_argument("--num-beams", type=positive_int)
+    g.add_argument("--num-return-sequences", type=positive_int)
+    g.add_argument("--do-sample", action="store_true")
+    g.add_argument("--temperature", type=float)
+    g.add_argument("--top-k", type=int)
+    g.add_argument("--top-p", type=float)
+    g.add_argument("--seed", type=int)
+    g.add_argument("--repetition-penalty", type=float)
+    g.add_argument("--no-repeat-ngram-size", type=int)
+    add_runtime_arguments(p)
+    p.set_defaults(run=cmd_batch)
+
+
 # ---- t5ort serve -----------------------------------------------------------------
 
 
@@ -288,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="FILE.png", help="draw the top-K probabilities of the first input (matplotlib)")
     p.add_argument("--quiet", action="store_true", help="no progress messages")
     p.set_defaults(run=cmd_demo)
+    add_batch_parser(sub)
     add_serve_parser(sub)
     return parser
 
