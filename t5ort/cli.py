@@ -120,6 +120,9 @@ def cmd_generate(args) -> int:
             raise ValueError("--stream prints tokens as they come; it does not combine with --top, --json or --save-logits.")
         return cmd_stream(runtime, args)
     need_logits = bool(args.top or args.save_logits)
+    speculation = speculation_options(args)
+    if speculation:
+        return cmd_generate_speculative(runtime, args, need_logits, speculation)
     result = runtime.generate(args.texts, output_logits=need_logits, **decoding_options(args))
     if args.save_logits:
         save_logits(Path(args.save_logits), result)
@@ -130,6 +133,55 @@ def cmd_generate(args) -> int:
         print(text if result.sequences_scores is None else f"{text}\t(score {result.sequences_scores[row]:.4f})")
         if args.top:
             print(step_table(runtime, result, row, args.top))
+            print()
+    return 0
+
+
+def speculation_options(args) -> dict:
+    """--prompt-lookup K [--max-matching-ngram-size N] or --assistant DIR [--num-assistant-tokens K]."""
+    import t5ort
+
+    if args.prompt_lookup is not None and args.assistant is not None:
+        raise ValueError("--prompt-lookup and --assistant are two kinds of speculative decoding; pick one.")
+    if args.max_matching_ngram_size is not None and args.prompt_lookup is None:
+        raise ValueError("--max-matching-ngram-size goes with --prompt-lookup K.")
+    if args.num_assistant_tokens is not None and args.assistant is None:
+        raise ValueError("--num-assistant-tokens goes with --assistant DIR.")
+    if args.prompt_lookup is not None:
+        options = {"prompt_lookup_num_tokens": args.prompt_lookup}
+        if args.max_matching_ngram_size is not None:
+            options["max_matching_ngram_size"] = args.max_matching_ngram_size
+        return options
+    if args.assistant is not None:
+        options = {"assistant": t5ort.load(args.assistant, provider=args.provider, threads=args.threads)}
+        if args.num_assistant_tokens is not None:
+            options["num_assistant_tokens"] = args.num_assistant_tokens
+        return options
+    return {}
+
+
+def cmd_generate_speculative(runtime, args, need_logits: bool, speculation: dict) -> int:
+    """Speculative greedy decoding runs one input at a time: one generate per text, each printed as it ends,
+    with what was drafted and kept on stderr."""
+    from .demo import step_table
+
+    if args.stream:
+        raise ValueError("--stream decodes one token per step; it does not combine with --prompt-lookup or --assistant.")
+    if len(args.texts) > 1 and (args.json or args.save_logits):
+        raise ValueError("--json and --save-logits with --prompt-lookup/--assistant take one text at a time.")
+    for text in args.texts:
+        result = runtime.generate([text], output_logits=need_logits, **decoding_options(args), **speculation)
+        stats = result.speculation
+        print(f"speculation: {stats.accepted} of {stats.drafted} drafted tokens kept; {stats.decoder_passes} "
+              f"decoder passes for {result.num_steps} tokens", file=sys.stderr, flush=True)
+        if args.save_logits:
+            save_logits(Path(args.save_logits), result)
+        if args.json:
+            print(json.dumps(result_json(runtime, result, args.top), ensure_ascii=False))
+            continue
+        print(result.texts[0])
+        if args.top:
+            print(step_table(runtime, result, 0, args.top))
             print()
     return 0
 
@@ -368,6 +420,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int)
     g.add_argument("--repetition-penalty", type=float)
     g.add_argument("--no-repeat-ngram-size", type=int)
+    g = p.add_argument_group("speculative greedy decoding (one text at a time; the result is plain greedy's)")
+    g.add_argument("--prompt-lookup", type=positive_int, metavar="K",
+                   help="draft up to K tokens by matching the output's last n-gram in the input")
+    g.add_argument("--max-matching-ngram-size", type=positive_int, metavar="N", help="with --prompt-lookup (default 2)")
+    g.add_argument("--assistant", metavar="DIR", help="a smaller export with the same vocabulary drafts greedily")
+    g.add_argument("--num-assistant-tokens", type=positive_int, metavar="K", help="with --assistant (default 20)")
     add_runtime_arguments(p)
     p.set_defaults(run=cmd_generate)
 

@@ -220,3 +220,18 @@ def test_assistant_with_another_vocabulary_is_refused(bundled, sp_runtime):
 def test_stream_refuses_speculation(bundled):
     with pytest.raises(ValueError, match="only in generate"):
         next(bundled.stream([nb.source(5)], prompt_lookup_num_tokens=3))
+
+
+def test_cli_prompt_lookup_and_assistant_print_plain_greedys_text(capsys):
+    from t5ort.cli import main
+
+    text = nb.source(342342)
+    assert main(["generate", str(ASSETS / "onnx"), text, "--threads", "1"]) == 0
+    plain = capsys.readouterr().out
+    for flags in (["--prompt-lookup", "4"], ["--assistant", str(ASSETS / "onnx"), "--num-assistant-tokens", "5"]):
+        assert main(["generate", str(ASSETS / "onnx"), text, "--threads", "1", *flags]) == 0
+        out = capsys.readouterr()
+        assert out.out == plain == nb.german(342342) + "\n"
+        assert "drafted tokens kept" in out.err
+    assert main(["generate", str(ASSETS / "onnx"), text, "--num-assistant-tokens", "3"]) != 0
+    assert "--num-assistant-tokens goes with --assistant DIR" in capsys.readouterr().err
