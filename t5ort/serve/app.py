@@ -204,6 +204,12 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 
 
 class ServeState:
+    """What the routes share: runtime, config, metrics, scheduler, readiness (``app.state.t5ort``).
+
+    ``startup()`` (warm-up, then the scheduler's thread) and ``shutdown()`` (finish in-flight work)
+    run in the app's lifespan; a host that runs no ASGI lifespan can call them itself.
+    """
+
     def __init__(self, runtime, config: ServeConfig, scheduler_factory):
         self.runtime = runtime
         self.config = config
@@ -211,6 +217,19 @@ class ServeState:
         self.scheduler: Scheduler = scheduler_factory(runtime, config, self.metrics)
         self.ready = False
         self.started = time.time()
+
+    async def startup(self) -> None:
+        if self.ready:
+            return
+        await asyncio.to_thread(_warm_up, self.runtime)
+        self.scheduler.start()
+        self.ready = True
+        log.info("ready: %s, limits %s", self.runtime.directory, json.dumps(self.config.as_dict()))
+
+    async def shutdown(self) -> None:
+        self.ready = False
+        log.info("shutting down: finishing in-flight requests (grace %.0f s)", self.config.shutdown_grace)
+        await asyncio.to_thread(self.scheduler.stop, self.config.shutdown_grace)
 
 
 def create_app(runtime, config: ServeConfig | None = None,
@@ -228,16 +247,11 @@ def create_app(runtime, config: ServeConfig | None = None,
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        await asyncio.to_thread(_warm_up, runtime)
-        state.scheduler.start()
-        state.ready = True
-        log.info("ready: %s, limits %s", runtime.directory, json.dumps(config.as_dict()))
+        await state.startup()
         try:
             yield
         finally:
-            state.ready = False
-            log.info("shutting down: finishing in-flight requests (grace %.0f s)", config.shutdown_grace)
-            await asyncio.to_thread(state.scheduler.stop, config.shutdown_grace)
+            await state.shutdown()
 
     app = FastAPI(title="t5ort serve", version=_version(), lifespan=lifespan,
                   description="T5 with per-step log-probs, top-n alternatives and raw logits: TGI- and "

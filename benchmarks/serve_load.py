@@ -1,0 +1,370 @@
+"""Load test on loopback: ``t5ort serve`` vs the library in-process vs a per-request Optimum FastAPI server.
+
+    python benchmarks/serve_load.py [--concurrency 1 4 16 64] [--duration 20] [--threads 2] [--json FILE]
+
+All three systems run the seeded t5-small-shaped checkpoint of ``_model.py`` (32128-token
+vocabulary, 6+6 layers) with ``--threads`` ONNX Runtime threads, one after the other in one run,
+on the same requests:
+
+- ``t5ort serve``: a real server process (dynamic batching, ``--max-batch-size 16``), requests to
+  ``POST /generate_stream`` with ``details: true`` (every token's log-prob); time to first token is
+  the first server-sent event;
+- ``library``: the same requests through ``rt.stream`` in this process, one call per request, from
+  as many threads as the concurrency (no batching: the server's overhead at concurrency 1);
+- ``optimum server``: ``benchmarks/optimum_server.py``, a FastAPI app calling
+  ``ORTModelForSeq2SeqLM.generate`` per request (per-token log-probs too); it cannot stream, so its
+  time to first token is its whole latency.
+
+The model is random, so it has no tokenizer: the served copy of the export gets a word-level
+tokenizer naming token i ``t{i}`` (inputs are such words; the Optimum server reads the same
+tokenizer file). Requests: seeded inputs of 8..32 tokens, output lengths drawn from 4/8/16/32/64
+(``min_new_tokens = max_new_tokens``, so every system generates exactly that many tokens).
+Closed loop: ``c`` clients each send their next request when the last one is answered, until the
+cell's request count (``max(12, 4c)``, at most 192) is sent or ``--duration`` seconds have passed.
+The load generator runs on the same CPUs as the servers; the CPU time other processes took during
+each cell is measured and printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from _model import (DEFAULT_WORKDIR, checkpoint, current_t5ort_export, machine, markdown_table,  # noqa: E402
+                    other_cpu_meter, say)
+
+LENGTHS = (4, 8, 16, 32, 64)
+SYSTEMS = ("t5ort serve", "library", "optimum server")
+
+
+@dataclass(frozen=True)
+class Request:
+    text: str
+    new_tokens: int
+
+
+@dataclass
+class Cell:
+    system: str
+    concurrency: int
+    requests: int
+    seconds: float
+    tokens: int
+    ttft: list
+    latency: list
+    other_cpu_s: float
+    errors: int = 0
+
+    def row(self) -> dict:
+        lat, ttft = np.array(self.latency) * 1000, np.array(self.ttft) * 1000
+        return {
+            "system": self.system, "concurrency": self.concurrency, "requests": self.requests,
+            "errors": self.errors, "requests_per_s": self.requests / self.seconds,
+            "tokens_per_s": self.tokens / self.seconds,
+            "ttft_p50_ms": float(np.percentile(ttft, 50)), "p50_ms": float(np.percentile(lat, 50)),
+            "p90_ms": float(np.percentile(lat, 90)), "p99_ms": float(np.percentile(lat, 99)),
+            "other_cpu_s": self.other_cpu_s, "seconds": self.seconds,
+        }
+
+
+def make_requests(n: int, seed: int = 0) -> list[Request]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        ids = rng.integers(3, 32000, size=int(rng.integers(8, 33)))
+        out.append(Request(" ".join(f"t{i}" for i in ids), int(rng.choice(LENGTHS))))
+    return out
+
+
+def cell_count(concurrency: int) -> int:
+    return min(192, max(12, 4 * concurrency))
+
+
+# ---- artifacts ---------------------------------------------------------------------------
+
+
+def word_tokenizer(path: Path, vocab_size: int) -> None:
+    """A word-level tokenizer.json: token i is ``t{i}`` (0, 1, 2: <pad>, </s>, <unk>), EOS appended."""
+    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, processors
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{f"t{i}": i for i in range(3, vocab_size)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.add_special_tokens([AddedToken(t, special=True) for t in ("<pad>", "</s>", "<unk>")])
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    tok.save(str(path))
+
+
+def prepare(workdir: Path) -> tuple[Path, Path, Path]:
+    """The t5ort export with a tokenizer (for serving), optimum's export, and the tokenizer file."""
+    ckpt = checkpoint(workdir)
+    export = workdir / "t5ort"
+    if not current_t5ort_export(export):
+        import t5ort
+
+        say(f"exporting {ckpt} with t5ort to {export}")
+        t5ort.export(ckpt, export, force=True, progress=lambda m: say(f"t5ort export: {m}"))
+    optimum = workdir / "optimum"
+    if not all((optimum / f).is_file() for f in ("encoder_model.onnx", "decoder_model_merged.onnx")):
+        say(f"exporting {ckpt} with optimum to {optimum}")
+        subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); import _compare_systems "
+                        "as cs; cs.prepare('optimum', sys.argv[2])", str(HERE), str(workdir)], check=True)
+    manifest = json.loads((export / "t5ort.json").read_text())
+    tokenizer = workdir / "serve-tokenizer.json"
+    word_tokenizer(tokenizer, manifest["geometry"]["vocab_size"])
+    served = workdir / "t5ort-serve"
+    shutil.rmtree(served, ignore_errors=True)
+    served.mkdir()
+    for f in export.iterdir():
+        if f.name != "t5ort.json":
+            (served / f.name).symlink_to(f.resolve())
+    shutil.copy(tokenizer, served / "tokenizer.json")
+    manifest["tokenizer"] = {**manifest["tokenizer"], "kind": "tokenizers", "file": "tokenizer.json"}
+    (served / "t5ort.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return served, optimum, tokenizer
+
+
+# ---- processes ---------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def proc_cpu(pid: int) -> float:
+    try:
+        rest = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(v) for v in rest[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+class ServerProcess:
+    def __init__(self, command: list[str], port: int):
+        import httpx
+
+        self.url = f"http://127.0.0.1:{port}"
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{command[:4]} did not start: {self.process.stderr.read().decode()[-2000:]}")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+# ---- clients -------------------------------------------------------------------------------
+
+
+async def _http_cell(url: str, route: str, stream: bool, requests: list[Request], concurrency: int,
+                     duration: float) -> tuple[float, int, list, list, int]:
+    import httpx
+
+    queue = list(reversed(requests))
+    ttft, latency, tokens, errors = [], [], 0, 0
+    start = time.perf_counter()
+
+    async def client(http):
+        nonlocal tokens, errors
+        while queue and time.perf_counter() - start < duration:
+            r = queue.pop()
+            body = {"inputs": r.text, "parameters": {"max_new_tokens": r.new_tokens, "min_new_tokens": r.new_tokens,
+                                                      "details": True}}
+            sent = time.perf_counter()
+            first = None
+            if stream:
+                count = 0
+                async with http.stream("POST", url + route, json=body) as response:
+                    if response.status_code != 200:
+                        errors += 1
+                        await response.aread()
+                        continue
+                    async for line in response.aiter_lines():
+                        if line.startswith("data:"):
+                            first = first or time.perf_counter()
+                            count += 1
+            else:
+                response = await http.post(url + route, json=body)
+                if response.status_code != 200:
+                    errors += 1
+                    continue
+                count = response.json()["details"]["generated_tokens"]
+            done = time.perf_counter()
+            ttft.append((first or done) - sent)
+            latency.append(done - sent)
+            tokens += count
+
+    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as http:
+        await asyncio.gather(*(client(http) for _ in range(concurrency)))
+    return time.perf_counter() - start, tokens, ttft, latency, errors
+
+
+def library_cell(rt, requests: list[Request], concurrency: int, duration: float):
+    lock = threading.Lock()
+    queue = list(reversed(requests))
+    ttft, latency, totals = [], [], [0]
+    start = time.perf_counter()
+
+    def client():
+        while True:
+            with lock:
+                if not queue or time.perf_counter() - start >= duration:
+                    return
+                r = queue.pop()
+            sent = time.perf_counter()
+            first, count = None, 0
+            for _event in rt.stream([r.text], max_new_tokens=r.new_tokens, min_new_tokens=r.new_tokens):
+                first = first or time.perf_counter()
+                count += 1
+            done = time.perf_counter()
+            with lock:
+                ttft.append(first - sent)
+                latency.append(done - sent)
+                totals[0] += count
+
+    threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - start, totals[0], ttft, latency, 0
+
+
+def run_cell(system: str, concurrency: int, requests: list[Request], duration: float, target) -> Cell:
+    meter = other_cpu_meter()
+    pid = getattr(target, "process", None)
+    pid = pid.pid if pid is not None else None
+    server_cpu = proc_cpu(pid) if pid else 0.0
+    if system == "library":
+        seconds, tokens, ttft, latency, errors = library_cell(target, requests, concurrency, duration)
+    else:
+        route, stream = ("/generate_stream", True) if system == "t5ort serve" else ("/generate", False)
+        seconds, tokens, ttft, latency, errors = asyncio.run(
+            _http_cell(target.url, route, stream, requests, concurrency, duration))
+    other = meter() - ((proc_cpu(pid) - server_cpu) if pid else 0.0)
+    cell = Cell(system, concurrency, len(latency), seconds, tokens, ttft, latency, other, errors)
+    r = cell.row()
+    say(f"{system:>15} c={concurrency:<3} {r['requests']:4d} req  {r['requests_per_s']:7.2f} req/s  "
+        f"{r['tokens_per_s']:8.1f} tok/s  ttft p50 {r['ttft_p50_ms']:7.1f} ms  p50 {r['p50_ms']:7.1f}  "
+        f"p99 {r['p99_ms']:7.1f} ms  (other CPU {other:.1f} s{f', {errors} errors' if errors else ''})")
+    return cell
+
+
+# ---- report --------------------------------------------------------------------------------
+
+
+def report(rows: list[dict], info: dict) -> str:
+    header = ["concurrency", "system", "requests", "req/s", "tokens/s", "TTFT p50 ms", "p50 ms", "p90 ms", "p99 ms",
+              "other CPU s"]
+    table = [[str(r["concurrency"]), r["system"], str(r["requests"]), f"{r['requests_per_s']:.2f}",
+              f"{r['tokens_per_s']:.0f}", f"{r['ttft_p50_ms']:.1f}" + (" (no stream)" if r["system"] ==
+                                                                        "optimum server" else ""),
+              f"{r['p50_ms']:.1f}", f"{r['p90_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['other_cpu_s']:.1f}"]
+             for r in sorted(rows, key=lambda r: (r["concurrency"], SYSTEMS.index(r["system"])))]
+    lines = [markdown_table(header, table), ""]
+    by = {(r["system"], r["concurrency"]): r for r in rows}
+    if ("t5ort serve", 1) in by and ("library", 1) in by:
+        s, lib = by["t5ort serve", 1], by["library", 1]
+        # per request: mean latency (the cell's wall time / requests at concurrency 1)
+        s_ms, lib_ms = 1000 * s["seconds"] / s["requests"], 1000 * lib["seconds"] / lib["requests"]
+        s_p50, lib_p50 = s["p50_ms"], lib["p50_ms"]
+        bound = lambda x: 1.05 * x + 1.0  # noqa: E731
+        met = s_ms <= bound(lib_ms) and s_p50 <= bound(lib_p50)
+        lines.append(f"- concurrency 1, server within 5% + 1 ms of the library: per request {s_ms:.1f} ms vs "
+                     f"{lib_ms:.1f} ms (bound {bound(lib_ms):.1f}), p50 {s_p50:.1f} vs {lib_p50:.1f} ms "
+                     f"(bound {bound(lib_p50):.1f}): **{'met' if met else 'not met'}**")
+    if ("t5ort serve", 16) in by and ("optimum server", 16) in by:
+        s, o = by["t5ort serve", 16], by["optimum server", 16]
+        ratio = s["requests_per_s"] / o["requests_per_s"]
+        met = ratio >= 3 and s["p99_ms"] <= o["p99_ms"]
+        lines.append(f"- concurrency 16, >= 3x the Optimum server's requests/s at no worse p99: {ratio:.2f}x, "
+                     f"p99 {s['p99_ms']:.0f} vs {o['p99_ms']:.0f} ms: **{'met' if met else 'not met'}**")
+    lines.append("")
+    lines.append("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds per cell at most (default 20)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--max-batch-size", type=int, default=16)
+    parser.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS))
+    parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
+    parser.add_argument("--json", type=Path, help="write every cell's figures here")
+    args = parser.parse_args()
+
+    started = time.perf_counter()
+    served, optimum, tokenizer = prepare(args.workdir)
+    requests = make_requests(max(cell_count(c) for c in args.concurrency))
+    rows = []
+    for system in args.systems:
+        say(f"starting {system}")
+        if system == "t5ort serve":
+            port = free_port()
+            target = ServerProcess([sys.executable, "-m", "t5ort.cli", "serve", str(served), "--port", str(port),
+                                    "--threads", str(args.threads), "--max-batch-size", str(args.max_batch_size),
+                                    "--max-queue", "512", "--max-new-tokens", str(max(LENGTHS)),
+                                    "--log-level", "warning", "--quiet"], port)
+        elif system == "optimum server":
+            port = free_port()
+            target = ServerProcess([sys.executable, str(HERE / "optimum_server.py"), str(optimum), str(tokenizer),
+                                    "--port", str(port), "--threads", str(args.threads)], port)
+        else:
+            import t5ort
+
+            target = t5ort.load(served, threads=args.threads)
+        try:
+            warm = make_requests(4, seed=1)
+            run_cell(system, 2, warm, 30, target)  # warm-up, not reported
+            for c in args.concurrency:
+                rows.append(run_cell(system, c, requests[: cell_count(c)], args.duration, target).row())
+        finally:
+            if isinstance(target, ServerProcess):
+                target.stop()
+    import fastapi
+    import onnxruntime  # noqa: F401
+    import optimum.version
+    import uvicorn
+
+    info = machine(args.threads, fastapi=fastapi.__version__, uvicorn=uvicorn.__version__,
+                   optimum=optimum.version.__version__)
+    print(report(rows, info))
+    say(f"done in {time.perf_counter() - started:.0f} s")
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows, "machine": info}, indent=2) + "\n")
+
+if __name__ == "__main__":
+    main()
