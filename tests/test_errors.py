@@ -70,6 +70,33 @@ def test_manifest_of_another_format_version(sp_export, tmp_path):
         t5ort.load(d)
 
 
+def test_format_2_export_without_the_self_attention_mask_is_refused(sp_export, tmp_path):
+    """A format-2 export (decoder without the self-attention mask) as the previous t5ort wrote it."""
+    d = copy_export(sp_export, tmp_path)
+    manifest = json.loads((d / "t5ort.json").read_text())
+    manifest["format_version"] = 2
+    del manifest["graphs"]["decoder"]["io"]["self_attention_mask"]
+    manifest["graphs"]["decoder"]["inputs"] = [t for t in manifest["graphs"]["decoder"]["inputs"]
+                                               if t["name"] != "attention_mask"]
+    (d / "t5ort.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match=r"format_version 2, but this t5ort reads format_version 3 \(format 2 "
+                                            r"decoders take no self-attention mask.*re-export.*--force"):
+        t5ort.load(d)
+
+
+def test_self_attention_mask_declared_with_the_wrong_axes(sp_export, tmp_path):
+    d = copy_export(sp_export, tmp_path)
+    manifest = json.loads((d / "t5ort.json").read_text())
+    for t in manifest["graphs"]["decoder"]["inputs"]:
+        if t["name"] == "attention_mask":
+            t["shape"] = ["batch_size", "decoder_sequence_length"]
+    (d / "t5ort.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match=r"'attention_mask' is int64 \['batch_size', 'decoder_sequence_length'\]; "
+                                            r"the self-attention mask must be int64 \[batch_size, "
+                                            r"'past_decoder_sequence_length \+ decoder_sequence_length'\]"):
+        t5ort.load(d)
+
+
 def test_unreadable_manifest(sp_export, tmp_path):
     d = copy_export(sp_export, tmp_path)
     (d / "t5ort.json").write_text("{ not json")

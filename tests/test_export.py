@@ -19,13 +19,16 @@ def test_manifest_records_geometry_tokens_graphs_and_parity(sp_export, sp_checkp
 
     config = AutoConfig.from_pretrained(sp_checkpoint)
     m = json.loads((sp_export / "t5ort.json").read_text())
-    assert m["format_version"] == 2
+    assert m["format_version"] == 3
     g = m["geometry"]
     assert (g["vocab_size"], g["d_model"], g["d_kv"], g["num_heads"]) == (config.vocab_size, 32, 12, 4)
     assert (g["num_layers"], g["num_decoder_layers"], g["tie_word_embeddings"]) == (3, 2, False)
     assert m["special_tokens"] == {"pad_token_id": 0, "eos_token_id": [1], "decoder_start_token_id": 0}
     dec = m["graphs"]["decoder"]
     assert dec["file"] == "decoder_with_past_model.onnx"
+    assert dec["io"]["self_attention_mask"] == "attention_mask"  # format 3: rows with different histories
+    assert {"name": "attention_mask", "dtype": "int64",
+            "shape": ["batch_size", "past_decoder_sequence_length + decoder_sequence_length"]} in dec["inputs"]
     enc = m["graphs"]["encoder"]
     assert enc["io"]["cross_key"] == ["present.0.encoder.key", "present.1.encoder.key"]
     names = {t["name"]: t for t in enc["outputs"]}

@@ -216,6 +216,7 @@ def _decoder_io(layers: int) -> DecoderIO:
     return DecoderIO(
         input_ids="input_ids",
         encoder_attention_mask="encoder_attention_mask",
+        self_attention_mask="attention_mask",  # configs.py adds it; optimum names it so in the with-past graph
         logits="logits",
         past_self_key=names("past_key_values", "decoder", "key"),
         past_self_value=names("past_key_values", "decoder", "value"),

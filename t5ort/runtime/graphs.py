@@ -14,8 +14,9 @@ and only each step's [N, vocab] logits come back to the host.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -47,11 +48,18 @@ class DecoderState:
     cross-attention keys/values); ``self_kv`` is the growing
     self-attention cache, [key_0, value_0, key_1, ...], each
     ``[batch, heads, past_len, d_kv]``.
+
+    ``self_mask`` int64 [batch, past_len]: which cached positions each row attends to
+    (0: padding of a row that joined a running batch late); None: all of them, as in
+    ``generate``, ``score`` and ``stream``. ``encoder``: the (padded) encoder output the
+    binding holds, kept where rows may join or leave (:meth:`T5Graphs.join`).
     """
 
     binding: ort.IOBinding
     self_kv: tuple[ort.OrtValue, ...]
     past_length: int
+    self_mask: np.ndarray | None = None
+    encoder: EncoderOutput | None = None
 
 
 def host_array(value: ort.OrtValue) -> np.ndarray:
@@ -210,7 +218,7 @@ class T5Graphs:
         empty = np.zeros((encoder_output.batch_size, g.num_heads, 0, g.d_kv), dtype=self._dtype)
         for name in self._past_self:  # the first step's cache: no positions yet
             binding.bind_cpu_input(name, empty)
-        return DecoderState(binding=binding, self_kv=(), past_length=0)
+        return DecoderState(binding=binding, self_kv=(), past_length=0, encoder=encoder_output)
 
     def step(self, tokens: np.ndarray, state: DecoderState,
              out: np.ndarray | None = None) -> tuple[np.ndarray, DecoderState]:
@@ -233,7 +241,14 @@ class T5Graphs:
         """
         io = self.manifest.decoder_io
         binding = state.binding
+        batch, new = decoder_input_ids.shape
         binding.bind_cpu_input(io.input_ids, np.ascontiguousarray(decoder_input_ids, dtype=np.int64))
+        if state.self_mask is None:  # every cached and new position attended
+            self_mask = None
+            binding.bind_cpu_input(io.self_attention_mask, np.ones((batch, state.past_length + new), np.int64))
+        else:  # [batch, past + new]: the new positions are always attended
+            self_mask = np.concatenate([state.self_mask, np.ones((batch, new), np.int64)], axis=1)
+            binding.bind_cpu_input(io.self_attention_mask, self_mask)
         for name, value in zip(self._past_self, state.self_kv):  # nothing to bind at the first step
             binding.bind_ortvalue_input(name, value)
         if out is None:
@@ -249,7 +264,7 @@ class T5Graphs:
         self.decoder_session.run_with_iobinding(binding)
         logits, *self_kv = binding.get_outputs()
         binding.clear_binding_outputs()
-        new_state = DecoderState(binding, tuple(self_kv), state.past_length + decoder_input_ids.shape[1])
+        new_state = replace(state, self_kv=tuple(self_kv), past_length=state.past_length + new, self_mask=self_mask)
         return host_array(logits) if out is None else out, new_state
 
     # ---- batch reshaping (beams, return sequences) ------------------------------
@@ -257,9 +272,10 @@ class T5Graphs:
     def _to_device(self, array: np.ndarray) -> ort.OrtValue:
         return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self._device, self._device_id)
 
-    def expand(self, encoder_output: EncoderOutput, times: int) -> EncoderOutput:
-        """Repeat every row ``times`` times (row i -> rows i*times .. i*times+times-1), once, before decoding."""
-        if times == 1:
+    def expand(self, encoder_output: EncoderOutput, times: int | Sequence[int]) -> EncoderOutput:
+        """Repeat every row ``times`` times (row i -> rows i*times .. i*times+times-1), once, before decoding.
+        ``times`` may also give each row its own count (in-flight batching: each member's beams or samples)."""
+        if np.all(np.asarray(times) == 1):
             return encoder_output
         cross_kv = tuple(self._to_device(np.repeat(host_array(value), times, axis=0))  # [batch*times, heads, src, d_kv]
                          for value in encoder_output.cross_kv)
@@ -271,7 +287,80 @@ class T5Graphs:
         if np.array_equal(source, np.arange(len(source))):
             return state
         kv = tuple(self._to_device(host_array(value)[source]) for value in state.self_kv)  # [rows, heads, past, d_kv]
-        return DecoderState(state.binding, kv, state.past_length)
+        return replace(state, self_kv=kv, self_mask=None if state.self_mask is None else state.self_mask[source])
+
+    # ---- in-flight batching: rows join and leave a running batch --------------------
+
+    def _rebind(self, encoder_output: EncoderOutput, self_kv: tuple[ort.OrtValue, ...], past_length: int,
+                self_mask: np.ndarray) -> DecoderState:
+        """A state over new rows: a fresh binding of ``encoder_output``, the given cache and mask."""
+        state = self.start(encoder_output)
+        return replace(state, self_kv=self_kv, past_length=past_length, self_mask=self_mask)
+
+    def join(self, state: DecoderState | None, encoder_output: EncoderOutput) -> DecoderState:
+        """``state``'s rows followed by ``encoder_output``'s rows, which have no history yet.
+
+        The new rows' self-attention cache is left-padded to the running rows' past length
+        (zeros, masked out: they attend only to what they feed from now on); the cross-attention
+        keys/values of both are padded to the longer source, with the encoder mask. T5's
+        position bias depends only on query-key distances, so a row gets the logits it would
+        get alone. ``state`` None: a batch of the new rows only.
+        """
+        if state is None:
+            return replace(self.start(encoder_output),
+                           self_mask=np.zeros((encoder_output.batch_size, 0), np.int64))
+        old, new = state.encoder, encoder_output
+        if old is None:
+            raise ValueError("join() needs a state made by start() or join() (it keeps the encoder output).")
+        width = max(old.attention_mask.shape[1], new.attention_mask.shape[1])
+        cross_kv = tuple(self._to_device(np.concatenate([_pad_axis(host_array(a), 2, width),
+                                                          _pad_axis(host_array(b), 2, width)]))
+                         for a, b in zip(old.cross_kv, new.cross_kv))  # [rows + new, heads, width, d_kv]
+        encoder_mask = np.concatenate([_pad_axis(old.attention_mask, 1, width),
+                                       _pad_axis(new.attention_mask, 1, width)])  # [rows + new, width]
+        past, rows = state.past_length, new.batch_size
+        self_mask = state.self_mask if state.self_mask is not None else np.ones((old.batch_size, past), np.int64)
+        self_mask = np.concatenate([self_mask, np.zeros((rows, past), np.int64)])  # [rows + new, past]
+        self_kv = ()
+        if state.self_kv:
+            self_kv = tuple(self._to_device(np.concatenate([host_array(v), np.zeros((rows, *v.shape()[1:]),
+                                                                                     self._dtype)]))
+                            for v in state.self_kv)  # [rows + new, heads, past, d_kv]
+        return self._rebind(EncoderOutput(cross_kv, encoder_mask), self_kv, past, self_mask)
+
+    def select(self, state: DecoderState, rows: np.ndarray) -> DecoderState:
+        """Only ``rows`` (int [kept], in the order given) of a running batch; the others are dropped.
+
+        Source positions that no kept row attends to (the tail of the cross-attention keys/values)
+        and cached positions that no kept row attends to (the leading columns) go too.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        if state.encoder is None:
+            raise ValueError("select() needs a state made by start() or join() (it keeps the encoder output).")
+        if len(rows) == 0:
+            raise ValueError("select() needs at least one row to keep.")
+        encoder_mask = state.encoder.attention_mask[rows]
+        width = int(np.flatnonzero(encoder_mask.any(axis=0)).max()) + 1  # right-padded sources
+        cross_kv = tuple(self._to_device(host_array(v)[rows, :, :width]) for v in state.encoder.cross_kv)
+        self_mask = (np.ones((len(rows), state.past_length), np.int64) if state.self_mask is None
+                     else state.self_mask[rows])
+        start = _leading_unused(self_mask)
+        self_kv = tuple(self._to_device(host_array(v)[rows, :, start:]) for v in state.self_kv)
+        return self._rebind(EncoderOutput(cross_kv, np.ascontiguousarray(encoder_mask[:, :width])), self_kv,
+                            state.past_length - start, np.ascontiguousarray(self_mask[:, start:]))
+
+    def unused_columns(self, state: DecoderState) -> int:
+        """Leading cached positions that no row attends to (what :meth:`compact` would drop)."""
+        return 0 if state.self_mask is None else _leading_unused(state.self_mask)
+
+    def compact(self, state: DecoderState) -> DecoderState:
+        """Drop the leading cached positions that every row has masked (after long rows left)."""
+        start = self.unused_columns(state)
+        if start == 0:
+            return state
+        self_kv = tuple(self._to_device(host_array(v)[:, :, start:]) for v in state.self_kv)  # [rows, heads, past', d_kv]
+        return replace(state, self_kv=self_kv, past_length=state.past_length - start,
+                       self_mask=np.ascontiguousarray(state.self_mask[:, start:]))
 
     # ---- speculative decoding ---------------------------------------------------
 
@@ -289,3 +378,18 @@ class T5Graphs:
         mask = getattr(state, "self_mask", None)  # [batch, past]
         changes = {} if mask is None else {"self_mask": mask[:, :past_length]}
         return dataclasses.replace(state, self_kv=kv, past_length=past_length, **changes)
+
+
+def _pad_axis(array: np.ndarray, axis: int, width: int) -> np.ndarray:
+    """``array`` zero-padded at the end of ``axis`` to ``width``."""
+    if array.shape[axis] == width:
+        return array
+    pad = [(0, 0)] * array.ndim
+    pad[axis] = (0, width - array.shape[axis])
+    return np.pad(array, pad)
+
+
+def _leading_unused(self_mask: np.ndarray) -> int:
+    """How many leading columns of a [rows, past] mask are 0 in every row."""
+    used = np.flatnonzero(self_mask.any(axis=0))
+    return int(used[0]) if len(used) else self_mask.shape[1]

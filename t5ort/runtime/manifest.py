@@ -5,6 +5,11 @@ guesses names from the graphs. Shapes keep the exporter's named dynamic axes
 (``batch_size``, ``encoder_sequence_length``, ``past_decoder_sequence_length``...)
 so the batch, the encoder length, the new decoder positions and the cached
 length stay apart.
+
+Format versions: 3 adds the decoder self-attention mask (``DecoderIO.self_attention_mask``,
+[batch_size, past_decoder_sequence_length + decoder_sequence_length]), which lets rows with
+different histories share a batch (in-flight batching). Older exports are refused with
+"re-export": their decoder graph has no such input, so nothing can upgrade them in place.
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ from typing import Any
 
 from .errors import ArtifactError
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+SELF_ATTENTION_AXIS = "past_decoder_sequence_length + decoder_sequence_length"
 MANIFEST_NAME = "t5ort.json"
 
 
@@ -111,10 +117,14 @@ class DecoderIO:
     Cache names are per decoder layer, in layer order. ``past_*`` are inputs,
     ``present_*`` outputs; ``self`` is the growing self-attention cache (empty at
     the first step) and ``cross`` the encoder's cross-attention keys/values.
+    ``self_attention_mask``: int64 [batch_size, past_decoder_sequence_length +
+    decoder_sequence_length], 1 where a row attends to a cached or new position, 0 at
+    padding (a row that joined a running batch late sits left-padded in the cache).
     """
 
     input_ids: str
     encoder_attention_mask: str
+    self_attention_mask: str
     logits: str
     past_self_key: tuple[str, ...]
     past_self_value: tuple[str, ...]
@@ -243,9 +253,11 @@ def read_manifest(directory: str | Path) -> Manifest:
         raise ArtifactError(f"{path}: unreadable manifest ({exc}); re-export the model with `t5ort export`.") from exc
     version = raw.get("format_version") if isinstance(raw, dict) else None
     if version != FORMAT_VERSION:
+        older = (f" (format {version} decoders take no self-attention mask, which format {FORMAT_VERSION} "
+                 "needs for in-flight batching)") if isinstance(version, int) and version < FORMAT_VERSION else ""
         raise ArtifactError(
-            f"{path}: format_version {version!r}, but this t5ort reads format_version {FORMAT_VERSION}; "
-            "re-export the model with this version of `t5ort export`."
+            f"{path}: format_version {version!r}, but this t5ort reads format_version {FORMAT_VERSION}{older}; "
+            f"re-export the model with this version of `t5ort export` (t5ort export CHECKPOINT {directory} --force)."
         )
     try:
         manifest = Manifest.from_dict(raw)
@@ -277,6 +289,17 @@ def check_manifest(m: Manifest, path: Path) -> None:
                     raise ArtifactError(
                         f"{path}: tensor {name!r} is not in the signature of {graph.file}; re-export the model."
                     )
+    _check_self_attention_mask(m, path)
+
+
+def _check_self_attention_mask(m: Manifest, path: Path) -> None:
+    """The decoder's self-attention mask spans the cached and the new positions: its own named axis."""
+    spec = m.decoder.tensor(m.decoder_io.self_attention_mask)
+    if spec.dtype != "int64" or len(spec.shape) != 2 or spec.shape[1] != SELF_ATTENTION_AXIS:
+        raise ArtifactError(
+            f"{path}: decoder input {spec.name!r} is {spec.dtype} {list(spec.shape)}; the self-attention mask must "
+            f"be int64 [batch_size, {SELF_ATTENTION_AXIS!r}]; re-export the model."
+        )
 
 
 def _check_geometry(m: Manifest, path: Path) -> None:
