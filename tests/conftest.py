@@ -123,5 +123,43 @@ def sp_torch(sp_checkpoint):
 
 
 def tolerance(reference: np.ndarray) -> float:
-    """The project's fp32 parity bound: 1e-4 plus 2e-6 times the largest logit magnitude."""
+    """The absolute rule's bound: 1e-4 plus 2e-6 times the largest logit magnitude (for non-logit values
+    compared at the logits' scale, e.g. processed scores); logits go through :func:`assert_logits_match`."""
     return 1e-4 + 2e-6 * float(np.abs(reference).max())
+
+
+def assert_logits_match(ours: np.ndarray, reference: np.ndarray, float64: np.ndarray | None = None, *,
+                        atol: float = 1e-4, rel_tol: float = 2e-6, mask: np.ndarray | None = None) -> None:
+    """The one rule every test uses to judge t5ort's raw logits against transformers': the export gate's.
+
+    Passes when ``max|ours - reference| <= atol + rel_tol * max|logit|`` (reference: PyTorch fp32), or,
+    given the float64 logits of the same tokens, when t5ort's distance to them is at most k times
+    PyTorch fp32's own (:mod:`t5ort.export.parity`): t5ort is judged against what float32 can do at all.
+    ``mask`` (bool, broadcast over the last axis) selects the positions compared.
+    """
+    from t5ort.export.parity import compare
+
+    assert ours.shape == reference.shape, (ours.shape, reference.shape)
+    if mask is not None:
+        ours, reference = ours[mask], reference[mask]
+        float64 = None if float64 is None else float64[mask]
+    c = compare(ours, reference, float64, atol=atol, rel_tol=rel_tol)
+    assert c.passed, (
+        f"raw logits differ from PyTorch fp32 by {c.max_abs_diff:.3g} > {c.tolerance:.3g}"
+        + ("" if float64 is None else f", and from float64 by {c.max_abs_diff_vs_float64:.3g} > bound "
+           f"{c.float64_bound:.3g} ({c.k:g} x fp32's own {c.fp32_max_abs_diff_vs_float64:.3g})"))
+
+
+@pytest.fixture(scope="session")
+def ill_checkpoint(tmp_path_factory) -> Path:
+    """T5 v1.1-like activations (feed-forward outputs > 65504, logits near 60): see variants.build_ill_conditioned."""
+    from variants import build_ill_conditioned
+
+    ckpt = tmp_path_factory.mktemp("ill_ckpt") / "model"
+    build_ill_conditioned(ckpt)
+    return ckpt
+
+
+@pytest.fixture(scope="session")
+def ill_export(ill_checkpoint, tmp_path_factory) -> Path:
+    return _export(ill_checkpoint, tmp_path_factory, "ill_export")

@@ -36,7 +36,12 @@ def test_manifest_records_geometry_tokens_graphs_and_parity(sp_export, sp_checkp
     assert dec["io"]["past_self_key"] == ["past_key_values.0.decoder.key", "past_key_values.1.decoder.key"]
     names = {t["name"]: t for t in dec["inputs"]}
     assert names["past_key_values.0.decoder.key"]["shape"] == ["batch_size", 4, "past_decoder_sequence_length", 12]
-    assert m["parity"]["steps"] == 8 and 0 <= m["parity"]["max_abs_diff"] <= m["parity"]["tolerance"]
+    p = m["parity"]
+    assert p["steps"] == 8 and 0 <= p["max_abs_diff"] <= p["tolerance"] and p["passed_by"] == "absolute"
+    assert 0 < p["max_abs_diff_vs_float64"] < 1e-4 and 0 < p["fp32_max_abs_diff_vs_float64"] < 1e-4
+    assert p["ratio"] == pytest.approx(p["max_abs_diff_vs_float64"] / p["fp32_max_abs_diff_vs_float64"])
+    assert set(p) >= {"k", "floor", "float64_bound", "float64_reference", "rule", "tokens"}
+    assert len(m["source"]["checkpoint_sha256"]) == 64
     assert sorted(p.name for p in sp_export.iterdir()) == [
         "decoder_with_past_model.onnx", "encoder_model.onnx", "generation_config.json", "t5ort.json", "tokenizer.json",
         "weights.bin",
@@ -73,9 +78,12 @@ def test_failure_at_any_stage_leaves_previous_out_dir_and_no_temp(sp_checkpoint,
     assert leftovers(tmp_path) == []
 
 
-def test_parity_failure_aborts_the_export(sp_checkpoint, tmp_path):
+def test_parity_failure_aborts_the_export(sp_checkpoint, tmp_path, monkeypatch):
+    from t5ort.export import parity
+
+    monkeypatch.setattr(parity, "K", 0.0)  # with atol=0 and rel_tol=0: no rule can pass
     out = tmp_path / "out"
-    with pytest.raises(ParityError, match="above the tolerance"):
+    with pytest.raises(ParityError, match="above the absolute tolerance .* above the bound"):
         t5ort.export(sp_checkpoint, out, atol=0.0, rel_tol=0.0)
     assert not out.exists() and leftovers(tmp_path) == []
 

@@ -171,6 +171,37 @@ def build_umt5(directory: Path) -> None:
            tie_word_embeddings=False)
 
 
+def build_ill_conditioned(directory: Path) -> None:
+    """T5 v1.1-like activations: feed-forward outputs past 65504 in two residual dimensions, logits near 60.
+
+    Real T5 v1.1 / Flan-T5 / mT5 checkpoints carry a few huge residual dimensions (which is why
+    transformers keeps ``wo`` in fp32); on them PyTorch fp32 is itself ~1e-3 away from float64.
+    Here every feed-forward output projection writes 40000x larger values into dimensions 0 and 1,
+    and the head is scaled 2.5x. Seeded (4 encoder / 3 decoder layers, d_model 64, 32 buckets up to
+    distance 128, gated-GELU, untied head). Measured: max |FF output| 7.9e4, max |logit| 57.6,
+    PyTorch fp32 1.1e-3 from float64 on the export gate's inputs.
+    """
+    import transformers
+
+    tokenizer = sentencepiece_tokenizer(directory)
+    torch.manual_seed(1)
+    config = transformers.T5Config(vocab_size=len(tokenizer), d_model=64, num_heads=4, d_kv=16, d_ff=128,
+                                   num_layers=4, num_decoder_layers=3, relative_attention_num_buckets=32,
+                                   relative_attention_max_distance=128, feed_forward_proj="gated-gelu",
+                                   tie_word_embeddings=False, **COMMON)
+    model = transformers.T5ForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if name.endswith("DenseReluDense.wo"):
+                module.weight[[0, 1]] *= ILL_WO_SCALE
+        model.lm_head.weight *= 2.5
+    _save(model, tokenizer, directory)
+
+
+ILL_WO_SCALE = 4e4
+ILL_CONDITIONED = Variant("t5-v1.1-ill", build_ill_conditioned,
+                          "T5 v1.1-like activations: FF outputs > 65504, logits near 60, 4 enc / 3 dec")
+
 VARIANTS = {
     v.name: v
     for v in [
@@ -191,7 +222,7 @@ LONG_NEW_TOKENS = 64
 def build(name: str, directory: Path) -> Path:
     """Build variant ``name`` into ``directory`` (created) and return it."""
     directory = Path(directory)
-    VARIANTS[name].build(directory)
+    (ILL_CONDITIONED if name == ILL_CONDITIONED.name else VARIANTS[name]).build(directory)
     return directory
 
 

@@ -43,7 +43,7 @@ SUPPORTED_MODEL_TYPES = ("t5", "mt5", "longt5", "umt5")
 ENCODER_FILE = "encoder_model.onnx"
 DECODER_FILE = "decoder_with_past_model.onnx"
 TASK = "text2text-generation-with-past"
-QUANTIZE = (None, "int8")
+QUANTIZE = (None, "int8", "int4")
 DTYPES = ("float32", "float16")
 
 
@@ -67,7 +67,7 @@ def export_model(
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r} is not supported; use one of {DTYPES}.")
     if dtype == "float16" and quantize:
-        raise ValueError("dtype='float16' and quantize='int8' exclude each other: choose one.")
+        raise ValueError(f"dtype='float16' and quantize={quantize!r} exclude each other: choose one.")
     if out_dir.exists() and not force:
         raise ExportError(f"{out_dir} already exists; choose another OUT_DIR or pass force=True (--force) to replace it.")
     if check_steps < 1:
@@ -83,16 +83,22 @@ def export_model(
         manifest = _build_manifest(torch_model, tokenizer, staging, source=str(model))
         check_manifest(manifest, staging / MANIFEST_NAME)
         manifest.write(staging)
-        say(f"checking {check_steps} decoding steps against PyTorch")
-        from .check import check_parity
+        say(f"checking {check_steps} decoding steps against PyTorch fp32 and float64")
+        from . import parity as gate
 
-        parity = check_parity(torch_model, staging, steps=check_steps, atol=atol, rel_tol=rel_tol)
+        parity = gate.gate_parity(torch_model, staging, steps=check_steps, atol=atol, rel_tol=rel_tol, k=gate.K,
+                                  say=say)
         manifest = Manifest.from_dict({**manifest.to_dict(), "parity": parity})
         if quantize == "int8":
             say("quantizing weights to int8 and measuring its fidelity against fp32")
             from .quantize import quantize_int8
 
             manifest = quantize_int8(staging, manifest)
+        if quantize == "int4":
+            say("quantizing weights to 4 bits and measuring its fidelity against fp32")
+            from .quantize import quantize_int4
+
+            manifest = quantize_int4(staging, manifest)
         if dtype == "float16":
             say(f"converting to float16 and checking {check_steps} steps against PyTorch fp32")
             from .fp16 import to_fp16
@@ -108,16 +114,27 @@ def export_model(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    say(f"wrote {out_dir} (fp32 graphs vs PyTorch: max |logit diff| {parity['max_abs_diff']:.2e} "
-        f"<= {parity['tolerance']:.2e})")
+    say(f"wrote {out_dir} ({_parity_summary(parity)})")
     if "fidelity" in manifest.quantization:
         fidelity = manifest.quantization["fidelity"]
-        say(f"int8 vs fp32: top-1 agreement {fidelity['top1_agreement']:.1%}, "
+        say(f"{manifest.quantization['weights']} vs fp32: top-1 agreement {fidelity['top1_agreement']:.1%}, "
             f"max |logit diff| {fidelity['max_abs_diff_vs_fp32']:.3g} over {fidelity['steps']} teacher-forced steps")
     if "parity_fp16" in manifest.quantization:
         half = manifest.quantization["parity_fp16"]
         say(f"fp16 graphs vs PyTorch fp32: max |logit diff| {half['max_abs_diff']:.2e} <= {half['tolerance']:.2e}")
     return manifest
+
+
+def _parity_summary(parity: dict) -> str:
+    """One line on what the gate measured and by which rule it passed."""
+    fp32 = f"fp32 graphs vs PyTorch fp32: max |logit diff| {parity['max_abs_diff']:.2e}"
+    if parity.get("max_abs_diff_vs_float64") is None:
+        return f"{fp32} <= {parity['tolerance']:.2e}; no float64 reference: {parity.get('float64_missing')}"
+    vs64 = (f"vs float64 {parity['max_abs_diff_vs_float64']:.2e}, PyTorch fp32's own "
+            f"{parity['fp32_max_abs_diff_vs_float64']:.2e}, ratio {parity['ratio']:.2f}")
+    if parity["passed_by"] == "absolute":
+        return f"{fp32} <= {parity['tolerance']:.2e}; {vs64}"
+    return f"{fp32}; {vs64} <= k = {parity['k']:g}"
 
 
 def _check_disk_space(torch_model, where: Path) -> None:
@@ -291,10 +308,26 @@ def _build_manifest(torch_model, tokenizer, staging: Path, source: str) -> Manif
             "onnxruntime": onnxruntime.__version__,
             "task": TASK,
             "export_id": uuid.uuid4().hex,
+            "checkpoint_sha256": checkpoint_fingerprint(torch_model),
         },
         weights=weights_spec(staging),
     )
 
+
+
+def checkpoint_fingerprint(torch_model) -> str:
+    """sha256 over the model's state dict (names, dtypes, shapes, bytes, in name order): `t5ort check`
+    compares it to tell the export's own checkpoint from another."""
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(torch_model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        digest.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _replace_dir(staging: Path, out_dir: Path) -> None:

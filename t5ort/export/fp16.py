@@ -34,7 +34,7 @@ def fp32_nodes(graph) -> list[str]:
 
 def to_fp16(staging: Path, manifest: Manifest, torch_model, steps: int) -> Manifest:
     """Replace the fp32 graphs in ``staging`` by fp16 ones checked against PyTorch fp32 (FP16_ATOL, FP16_REL_TOL)."""
-    from .check import check_parity
+    from .parity import check_parity
     from .quantize import replace_graphs, rewrite_graphs
 
     def convert(src: Path, dst: Path) -> None:

@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 
 from ..runtime.manifest import Manifest
-from .check import check_inputs
+from .parity import check_inputs
 from .weights import WEIGHTS_FILE, store_weights, weights_spec
 
 METHOD = "onnxruntime quantize_dynamic: int8 weights (QInt8), one scale per weight tensor, float32 activations"
