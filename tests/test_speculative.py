@@ -182,6 +182,7 @@ def test_prompt_lookup_drafts_from_the_source():
     np.testing.assert_array_equal(lookup.propose(np.array([0, 4, 5]), 10), [6, 7, 4])  # first match of [4, 5]
     lookup.accepted(np.array([0, 4, 5, 6, 7, 4]), 3, 3)  # the source was followed up to position 6
     np.testing.assert_array_equal(lookup.propose(np.array([0, 4, 5, 6, 7, 4, 5]), 10), [8])  # the next [4, 5]
+    lookup = PromptLookup(np.array([9, 4, 5, 6, 7, 4, 5, 8]), num_tokens=3, max_ngram=2)  # a new output
     np.testing.assert_array_equal(lookup.propose(np.array([0, 3, 2]), 10), [])  # no match anywhere
     np.testing.assert_array_equal(lookup.propose(np.array([0, 3, 2, 3]), 1), [2])  # the output's own n-gram
 

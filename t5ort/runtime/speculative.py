@@ -70,45 +70,45 @@ class PromptLookup:
 
     Like transformers' ``prompt_lookup_num_tokens``/``max_matching_ngram_size``
     (n-grams from ``max_matching_ngram_size`` down to 1, the first size that matches
-    wins), with the source tokens searched first. The source is searched from the
-    position where the previous accepted draft ended (outputs that copy the input
-    follow it left to right), then from its start; the output so far, from its end.
+    wins), with the source tokens searched first. In the source, the first match at
+    or after the point where the last accepted draft ended wins (an output that copies
+    its input follows it left to right), else the first match; in the output so far,
+    the latest. n-grams are indexed once (the source) or as tokens come (the output),
+    so a proposal costs a few dictionary look-ups.
     """
 
     def __init__(self, source_ids: np.ndarray, num_tokens: int, max_ngram: int):
-        self.source = np.asarray(source_ids, dtype=np.int64)
+        self.source = [int(t) for t in source_ids]
         self.num_tokens, self.max_ngram = num_tokens, max_ngram
-        self.cursor = 0  # in the source: where the last accepted draft came from
+        self.source_index = self._index(self.source, {}, 0)
+        self.output_index: dict[tuple[int, ...], list[int]] = {}
+        self.indexed = 0  # output tokens whose n-grams are indexed
+        self.cursor = 0  # in the source: where the last accepted draft ended
+        self._from_source: int | None = None
 
-    def _continuation(self, haystack: np.ndarray, gram: np.ndarray, limit: int, start: int, latest: bool):
-        n = len(gram)
-        if len(haystack) <= n:
-            return None
-        windows = np.lib.stride_tricks.sliding_window_view(haystack[:-1] if latest else haystack, n)
-        hits = np.flatnonzero((windows == gram).all(axis=1))
-        if latest:
-            hits = hits[::-1]
-        else:
-            hits = np.concatenate([hits[hits >= start], hits[hits < start]])
-        for hit in hits:
-            follow = haystack[hit + n: hit + n + limit]
-            if len(follow):
-                return hit + n, follow
-        return None
+    def _index(self, tokens: list[int], index: dict, first: int) -> dict:
+        """Record, for every n-gram ending at position >= ``first``, where its continuation starts (ascending)."""
+        for end in range(max(first, 1), len(tokens) + 1):
+            for n in range(1, min(self.max_ngram, end) + 1):
+                index.setdefault(tuple(tokens[end - n: end]), []).append(end)
+        return index
 
     def propose(self, sequence: np.ndarray, limit: int) -> np.ndarray:
         limit = min(limit, self.num_tokens)
-        output = sequence[1:]  # the decoder start token is in no source
         self._from_source = None
+        output = sequence[1:].tolist()  # the decoder start token is in no source
+        self._index(output, self.output_index, self.indexed + 1)
+        self.indexed = len(output)
         for n in range(min(self.max_ngram, len(output)), 0, -1):
-            gram = output[-n:]
-            found = self._continuation(self.source, gram, limit, self.cursor - n, latest=False)
-            if found is not None:
-                self._from_source = found[0]
-                return found[1]
-            found = self._continuation(output, gram, limit, 0, latest=True)
-            if found is not None:
-                return found[1]
+            gram = tuple(output[-n:])
+            starts = [s for s in self.source_index.get(gram, ()) if s < len(self.source)]
+            if starts and limit > 0:
+                start = next((s for s in starts if s >= self.cursor), starts[0])
+                self._from_source = start
+                return np.asarray(self.source[start: start + limit], dtype=np.int64)
+            starts = [s for s in self.output_index.get(gram, ()) if s < len(output)]
+            if starts and limit > 0:
+                return np.asarray(output[starts[-1]: starts[-1] + limit], dtype=np.int64)
         return np.empty(0, dtype=np.int64)
 
     def accepted(self, sequence: np.ndarray, drafted: int, kept: int) -> None:
