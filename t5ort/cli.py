@@ -333,6 +333,7 @@ def cmd_serve(args) -> int:
     from .serve.server import configure_logging, run
 
     config = ServeConfig(
+        batching=args.batching, max_batch_rows=args.max_batch_rows, max_batch_tokens=args.max_batch_tokens,
         max_batch_size=args.max_batch_size, max_queue=args.max_queue, max_input_tokens=args.max_input_tokens,
         max_new_tokens=args.max_new_tokens, default_max_new_tokens=min(20, args.max_new_tokens),
         max_top_n_tokens=args.max_top_n_tokens, request_timeout=args.request_timeout,
@@ -359,8 +360,15 @@ def add_serve_parser(sub) -> None:
     p.add_argument("out_dir", help="an export written by `t5ort export`")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--batching", choices=["inflight", "dynamic", "none"], default=d.batching,
+                   help="inflight: requests join and leave the running batch at every step (default); dynamic: "
+                        "compatible requests run as one batch until its longest ends; none: one at a time")
+    p.add_argument("--max-batch-rows", type=positive_int, default=d.max_batch_rows,
+                   help=f"in-flight: decoder rows in the running batch (default {d.max_batch_rows})")
+    p.add_argument("--max-batch-tokens", type=positive_int, default=d.max_batch_tokens,
+                   help=f"in-flight: cache budget, rows x the longest max_new_tokens (default {d.max_batch_tokens})")
     p.add_argument("--max-batch-size", type=positive_int, default=d.max_batch_size,
-                   help=f"requests batched into one generate (default {d.max_batch_size})")
+                   help=f"dynamic: requests batched into one generate (default {d.max_batch_size})")
     p.add_argument("--max-queue", type=positive_int, default=d.max_queue,
                    help=f"waiting requests; more are answered 429 (default {d.max_queue})")
     p.add_argument("--max-input-tokens", type=positive_int, default=d.max_input_tokens,
@@ -380,6 +388,93 @@ def add_serve_parser(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no start-up messages")
     add_runtime_arguments(p)
     p.set_defaults(run=cmd_serve)
+
+
+# ---- t5ort check -----------------------------------------------------------------
+
+
+def check_line(item) -> str:
+    """One input and strategy of `t5ort check`: sequences, the three logit figures, the verdict."""
+    figures = f"max |logit diff| vs fp32 {item.max_abs_diff_vs_fp32:.2e}"
+    if item.max_abs_diff_vs_float64 is not None:
+        figures += (f", vs float64 {item.max_abs_diff_vs_float64:.2e} (PyTorch fp32's own "
+                    f"{item.fp32_max_abs_diff_vs_float64:.2e}, ratio {item.ratio:.2f})")
+    if item.passed:
+        verdict = "pass"
+    else:
+        why = [] if item.sequences_equal else ["sequences differ"]
+        if item.logits_passed_by is None:
+            bound = f"{item.tolerance:.2e}" + ("" if item.float64_bound is None else
+                                               f" and float64 bound {item.float64_bound:.2e}")
+            why.append(f"logits beyond the tolerance {bound}")
+        verdict = "FAIL (" + "; ".join(why) + ")"
+    equal = "yes" if item.sequences_equal else "NO"
+    return f"  {item.strategy:<8} sequences equal: {equal:<3}  {figures}  {verdict}"
+
+
+def cmd_check(args) -> int:
+    from .export import check
+
+    if args.texts and args.inputs:
+        raise ValueError("pass input texts or --inputs FILE, not both.")
+    texts = list(args.texts) or None
+    if args.inputs:
+        path = Path(args.inputs)
+        if not path.is_file():
+            raise FileNotFoundError(f"--inputs {path}: no such file; pass a text file with one input per line.")
+        texts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not texts:
+            raise ValueError(f"--inputs {path}: the file holds no input (one input per line, blank lines skipped).")
+    result = check(args.out_dir, args.checkpoint, texts, num_beams=args.num_beams,
+                   max_new_tokens=args.max_new_tokens, progress=Progress(args.quiet or args.json))
+    if args.json:
+        print(json.dumps(result.to_dict(), ensure_ascii=False))
+        return 0 if result.passed else 1
+    shown = None
+    for item in result.inputs:
+        if item.index != shown:
+            shown = item.index
+            print(f"input {item.index + 1}: " + (repr(item.text) if item.text is not None else "(token ids)"))
+        print(check_line(item))
+    passed = sum(item.passed for item in result.inputs)
+    rule = f"within {result.atol:g} + {result.rel_tol:g} x max|logit| of fp32"
+    rule += (f", or within k = {result.k:g} x PyTorch fp32's own distance to float64" if result.float64_missing is None
+             else f"; no float64 reference ({result.float64_missing})")
+    print(f"{'PASS' if result.passed else 'FAIL'}: {passed} of {len(result.inputs)} checks passed ({rule})")
+    return 0 if result.passed else 1
+
+
+class IntermixedParser(argparse.ArgumentParser):
+    """A subcommand parser whose positionals may follow its options (``check OUT --checkpoint DIR TEXT``):
+    Python < 3.12's argparse gives a ``nargs="*"`` positional nothing once an option came between."""
+
+    _inner = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._inner:
+            return super().parse_known_args(args, namespace)
+        self._inner = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inner = False
+
+
+def add_check_parser(sub) -> None:
+    default_class, sub._parser_class = sub._parser_class, IntermixedParser
+    try:
+        p = sub.add_parser("check", help="re-check an export against its PyTorch checkpoint on your own inputs")
+    finally:
+        sub._parser_class = default_class
+    p.add_argument("out_dir", help="an export written by `t5ort export`")
+    p.add_argument("texts", nargs="*", help="input texts (default: the export gate's two random check inputs)")
+    p.add_argument("--checkpoint", required=True, help="the PyTorch checkpoint directory the export was made from")
+    p.add_argument("--inputs", metavar="FILE", help="a text file with one input per line")
+    p.add_argument("--num-beams", type=positive_int, default=1, help="also check beam search with B beams")
+    p.add_argument("--max-new-tokens", type=positive_int, default=20)
+    p.add_argument("--json", action="store_true", help="print one JSON object (exit code as without)")
+    p.add_argument("--quiet", action="store_true", help="no progress messages")
+    p.set_defaults(run=cmd_check)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -447,6 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_demo)
     add_batch_parser(sub)
     add_serve_parser(sub)
+    add_check_parser(sub)
     return parser
 
 

@@ -369,7 +369,8 @@ def test_operations_routes(server):
 
 @pytest.fixture(scope="module")
 def tight(tmp_path_factory):
-    s = Server(tmp_path_factory.mktemp("tight") / "server.log", "--max-batch-size", "1", "--max-queue", "2",
+    s = Server(tmp_path_factory.mktemp("tight") / "server.log", "--max-batch-size", "1", "--max-batch-rows", "1",
+               "--max-queue", "2",
                "--max-new-tokens", "3000", "--request-timeout", "1.5")
     yield s
     s.stop()

@@ -27,6 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .config import ServeConfig
+from .inflight import make_scheduler
 from .metrics import ServeMetrics
 from .scheduler import (
     DynamicBatcher, Failed, Finished, QueueFull, RowResult, Scheduler, ScoreFinished, ShuttingDown, TokenEvent,
@@ -233,11 +234,12 @@ class ServeState:
 
 
 def create_app(runtime, config: ServeConfig | None = None,
-               scheduler_factory: Callable[..., Scheduler] = DynamicBatcher) -> FastAPI:
+               scheduler_factory: Callable[..., Scheduler] = make_scheduler) -> FastAPI:
     """The ASGI app serving ``runtime`` (a loaded :class:`~t5ort.T5Runtime`) with ``config``'s limits.
 
-    ``scheduler_factory(runtime, config, metrics)`` builds the scheduler (dynamic batching by
-    default); the app talks to it only through ``submit(job, channel)``.
+    ``scheduler_factory(runtime, config, metrics)`` builds the scheduler (by default the one
+    ``config.batching`` names: in-flight, dynamic or none); the app talks to it only through
+    ``submit(job, channel)``.
     """
     config = (config or ServeConfig()).validate()
     if runtime.tokenizer is None:

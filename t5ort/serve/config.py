@@ -9,7 +9,12 @@ from dataclasses import asdict, dataclass
 class ServeConfig:
     """Limits and batching settings of ``t5ort serve``. The defaults are safe on a public port.
 
-    - ``max_batch_size``: requests run together as one ``generate`` (rows: requests x n).
+    - ``batching``: ``"inflight"`` (the default: requests join and leave the running decode batch at
+      every step, :mod:`t5ort.serve.inflight`), ``"dynamic"`` (compatible requests collected within
+      ``batch_window_ms`` run as one call until the longest ends) or ``"none"`` (one request at a time).
+    - ``max_batch_size``: dynamic batching: requests run together as one ``generate`` (rows: requests x n).
+    - ``max_batch_rows``, ``max_batch_tokens``: in-flight batching: decoder rows in the running batch, and
+      its cache budget in positions (rows x the longest max_new_tokens among them); what does not fit waits.
     - ``max_queue``: requests waiting for a batch; one more is answered 429 with Retry-After.
     - ``max_input_tokens``, ``max_new_tokens``: per-request caps (tokens of the input, tokens generated).
     - ``default_max_new_tokens``: what a request that names no ``max_new_tokens`` / ``max_tokens`` gets.
@@ -23,7 +28,10 @@ class ServeConfig:
     - ``model_name``: the name ``/v1/models`` lists and ``/v1/completions`` expects.
     """
 
+    batching: str = "inflight"
     max_batch_size: int = 8
+    max_batch_rows: int = 32
+    max_batch_tokens: int = 8192
     max_queue: int = 64
     max_input_tokens: int = 512
     max_new_tokens: int = 256
@@ -38,7 +46,9 @@ class ServeConfig:
     model_name: str = "t5ort"
 
     def validate(self) -> ServeConfig:
-        for name in ("max_batch_size", "max_queue", "max_input_tokens", "max_new_tokens", "default_max_new_tokens",
+        if self.batching not in ("inflight", "dynamic", "none"):
+            raise ValueError(f"ServeConfig.batching must be 'inflight', 'dynamic' or 'none', got {self.batching!r}.")
+        for name in ("max_batch_size", "max_batch_rows", "max_batch_tokens", "max_queue", "max_input_tokens", "max_new_tokens", "default_max_new_tokens",
                      "max_return_sequences", "max_body_bytes", "max_logits_bytes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
