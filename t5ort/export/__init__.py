@@ -91,4 +91,8 @@ def check(
                      k=parity.K if k is None else k, progress=progress)
 
 
+# ``t5ort.export`` names the function export() (t5ort/__init__.py imports it over the package name),
+# so the check is reachable from it too: t5ort.export.check(...) and `from t5ort.export import check` alike.
+export.check = check
+
 __all__ = ["check", "export"]
