@@ -1,0 +1,130 @@
+"""Ray adapters on a real local cluster on 127.0.0.1 with 2 CPUs, started by this module.
+
+- Ray Data: ``t5ort batch --ray`` (the library call in this process, and the CLI in another
+  process joining the cluster by its address, as against a `ray start --head` cluster) writes the
+  rows the one-machine job writes;
+- Ray Serve: 2 replicas answer as one plain server does, and both replicas serve requests.
+
+One cluster for the whole module; it is stopped at the end and no Ray process is left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+ray = pytest.importorskip("ray")
+
+import t5ort  # noqa: E402
+from t5ort.corpus import CorpusError, JobSpec, run_job  # noqa: E402
+from t5ort.demo import bundled  # noqa: E402
+from t5ort.ray import run_ray_job  # noqa: E402
+from t5ort.training.numbers import german, source  # noqa: E402
+
+MODEL = bundled("onnx")
+GEN = {"max_new_tokens": 12}
+FLOATS = ["token_logprobs", "top_logprobs"]
+
+
+def ray_processes(marker: str) -> list[str]:
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if marker in line and "ps -eo" not in line]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A local cluster on 127.0.0.1 with 2 CPUs, in its own temp dir; yields its address for other processes."""
+    temp_dir = f"/tmp/t5ort-ray-{os.getpid()}"
+    ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, _temp_dir=temp_dir,
+             log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": str(Path(t5ort.__file__).parents[1])}})
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+        deadline = time.monotonic() + 20
+        while ray_processes(temp_dir) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        left = ray_processes(temp_dir)
+        assert not left, f"Ray processes left behind: {left}"
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("corpus") / "in.jsonl"
+    numbers = [n * 7919 % 1_000_000 if n % 3 else n for n in range(40)]
+    path.write_text("".join(json.dumps({"id": i, "src": source(n), "tgt": german(n)}) + "\n"
+                            for i, n in enumerate(numbers)))
+    return path
+
+
+def flat(column) -> np.ndarray:
+    array = column.combine_chunks()
+    while pa.types.is_list(array.type):
+        array = array.flatten()
+    return array.to_numpy()
+
+
+def assert_same_rows(ray_table, local_table):
+    """Every column equal; float columns to float noise (Ray forms its own batches, so padding differs)."""
+    ray_table, local_table = ray_table.sort_by("id"), local_table.sort_by("id")
+    assert ray_table.schema.remove_metadata().equals(local_table.schema.remove_metadata())
+    for name in local_table.column_names:
+        if name in FLOATS:  # same list lengths, values to 1e-4
+            assert [len(v) for v in ray_table.column(name).to_pylist()] == \
+                [len(v) for v in local_table.column(name).to_pylist()], name
+            np.testing.assert_allclose(flat(ray_table.column(name)), flat(local_table.column(name)),
+                                       atol=1e-4, rtol=1e-5, err_msg=name)
+        else:
+            assert ray_table.column(name).to_pylist() == local_table.column(name).to_pylist(), name
+
+
+def test_ray_data_job_equals_the_local_job(cluster, corpus, tmp_path):
+    spec = JobSpec(shard_rows=10, batch_size=4, top_n=3, generation=GEN)
+    local = run_job(t5ort.load(MODEL, threads=1), corpus, tmp_path / "local", spec)
+    manifest = run_ray_job(MODEL, corpus, tmp_path / "ray", spec, workers=2, threads=1)
+    assert_same_rows(pq.read_table(tmp_path / "ray"), pq.read_table(tmp_path / "local"))
+    assert manifest["counts"]["rows"] == 40
+    assert manifest["counts"]["tokens_this_run"] == local["counts"]["tokens_this_run"]
+    assert manifest["engine"]["workers"] == 2 and manifest["model"] == local["model"]
+    assert json.loads((tmp_path / "ray" / "_manifest.json").read_text()) == manifest
+    assert not list(tmp_path.glob(".ray*"))
+
+
+def test_ray_data_refuses_before_any_work(cluster, corpus, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": 1, "src": "one"}\n{"id": 2, "src": 2}\n')
+    with pytest.raises(CorpusError, match=r"bad\.jsonl line 2: column 'src' holds int 2"):
+        run_ray_job(MODEL, bad, tmp_path / "out", JobSpec())
+    no_id = tmp_path / "no_id.jsonl"
+    no_id.write_text('{"src": "one"}\n')
+    with pytest.raises(CorpusError, match="no id column 'id'; a Ray job needs one"):
+        run_ray_job(MODEL, no_id, tmp_path / "out", JobSpec())
+    with pytest.raises(CorpusError, match="is for one-machine jobs"):
+        run_ray_job(MODEL, corpus, tmp_path / "out", JobSpec(save_raw_logits=True))
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_batch_on_a_running_cluster(cluster, corpus, tmp_path):
+    """`t5ort batch --ray ADDRESS` in its own process, scoring, against the one-machine job."""
+    spec = JobSpec(task="score", shard_rows=16, batch_size=8)
+    run_job(t5ort.load(MODEL, threads=1), corpus, tmp_path / "local", spec)
+    done = subprocess.run(
+        [sys.executable, "-m", "t5ort.cli", "batch", str(MODEL), str(corpus), str(tmp_path / "ray"), "--task", "score",
+         "--shard-rows", "16", "--batch-size", "8", "--ray", cluster, "--workers", "2"],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(Path(t5ort.__file__).parents[1])})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.startswith(f"40 rows in ") and "tokens/s" in done.stdout
+    ray_table, local_table = pq.read_table(tmp_path / "ray"), pq.read_table(tmp_path / "local")
+    np.testing.assert_allclose(ray_table.sort_by("id").column("total_logprob").to_numpy(),
+                               local_table.column("total_logprob").to_numpy(), atol=1e-4)
+    assert ray_table.sort_by("id").column("target_ids").to_pylist() == local_table.column("target_ids").to_pylist()
