@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SOURCES, tolerance
+from conftest import SOURCES, assert_logits_match, tolerance
 
 BATCHES = {"batch1": SOURCES[:1], "padded_batch": SOURCES}
 
@@ -41,7 +41,7 @@ def test_beam_search_matches_transformers(sp_runtime, sp_torch, batch, case):
     np.testing.assert_allclose(res.sequences_scores, ref.sequences_scores.numpy(), rtol=0, atol=1e-4)
     assert res.logits.shape == logits.shape == (len(texts) * case["num_beams"], logits.shape[1], sp_runtime.vocab_size)
     print(f"{batch} {case}: max |raw logit diff| = {np.abs(res.logits - logits).max():.3g}")
-    np.testing.assert_allclose(res.logits, logits, rtol=0, atol=tolerance(logits))
+    assert_logits_match(res.logits, logits)
     finite = np.isfinite(scores)
     np.testing.assert_array_equal(np.isfinite(res.scores), finite)
     np.testing.assert_allclose(res.scores[finite], scores[finite], rtol=0, atol=tolerance(logits))

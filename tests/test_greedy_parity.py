@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SOURCES, tolerance
+from conftest import SOURCES, assert_logits_match, tolerance
 
 
 def hf_generate(model, tokenizer, texts, **kwargs):
@@ -41,7 +41,7 @@ def test_greedy_matches_transformers(sp_runtime, sp_torch, batch, min_new_tokens
     assert res.logits.shape == logits.shape == (len(texts), seq.shape[1] - 1, sp_runtime.vocab_size)
     diff = np.abs(res.logits - logits).max()
     print(f"{batch} min_new_tokens={min_new_tokens}: max |raw logit diff| = {diff:.3g}")
-    np.testing.assert_allclose(res.logits, logits, rtol=0, atol=tolerance(logits))
+    assert_logits_match(res.logits, logits)
     np.testing.assert_allclose(res.scores, scores, rtol=0, atol=tolerance(logits))
     assert list(res.texts) == decoded
 
@@ -58,7 +58,7 @@ def test_rows_finish_at_different_steps_and_get_padding(sp_runtime, sp_torch):
     assert (res.sequences[0, first + 2:] == 0).all()
     np.testing.assert_array_equal(res.sequences, seq)
     # The logits of finished rows are still what the model computes on the pad tokens.
-    np.testing.assert_allclose(res.logits[0, first + 1:], logits[0, first + 1:], rtol=0, atol=tolerance(logits))
+    assert_logits_match(res.logits[0, first + 1:], logits[0, first + 1:])
 
 
 def test_token_logprobs_are_log_softmax_of_raw_logits(sp_runtime):
@@ -110,7 +110,7 @@ def test_byte_model_matches_transformers_and_decodes_like_byt5(byte_export, byte
     seq, logits, _, decoded = hf_generate(model, tokenizer, texts, max_new_tokens=10)
     res = t5ort.load(byte_export).generate(texts, max_new_tokens=10)
     np.testing.assert_array_equal(res.sequences, seq)
-    np.testing.assert_allclose(res.logits, logits, rtol=0, atol=tolerance(logits))
+    assert_logits_match(res.logits, logits)
     assert list(res.texts) == decoded
     # The byte tokenizer itself, on text with multi-byte characters.
     rt = t5ort.load(byte_export)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers.generation import logits_process as hf
 
-from conftest import SOURCES, tolerance
+from conftest import SOURCES, assert_logits_match, tolerance
 from t5ort.runtime import processors as ours
 
 RNG = np.random.default_rng(0)
@@ -76,7 +76,7 @@ def test_processors_in_generate_match_transformers(sp_runtime, sp_torch, case, n
     res = sp_runtime.generate(SOURCES, max_new_tokens=10, num_beams=num_beams, output_scores=True, **case)
     np.testing.assert_array_equal(res.sequences, ref.sequences.numpy())
     logits = torch.stack(ref.logits, 1).numpy()
-    np.testing.assert_allclose(res.logits, logits, rtol=0, atol=tolerance(logits))
+    assert_logits_match(res.logits, logits)
     scores = torch.stack(ref.scores, 1).numpy()
     finite = np.isfinite(scores)
     np.testing.assert_array_equal(np.isfinite(res.scores), finite)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import tolerance
+from conftest import assert_logits_match
 from variants import (
     BATCHES,
     LONG_INPUT_TOKENS,
@@ -99,7 +99,7 @@ def test_greedy_matches_transformers(variant, batch):
     assert res.logits.shape == ref["logits"].shape == (len(texts), res.num_steps, variant.runtime.vocab_size)
     diff = np.abs(res.logits - ref["logits"]).max()
     print(f"{variant.name} greedy {batch}: max |raw logit diff| = {diff:.3g}")
-    np.testing.assert_allclose(res.logits, ref["logits"], rtol=0, atol=tolerance(ref["logits"]))
+    assert_logits_match(res.logits, ref["logits"])
     assert list(res.texts) == ref["texts"]
 
 
@@ -117,7 +117,7 @@ def test_beam_search_matches_transformers(variant, batch):
     diff = np.abs(res.logits - ref["logits"]).max()
     print(f"{variant.name} beam-3 {batch}: max |raw logit diff| = {diff:.3g}, "
           f"max |sequences_scores diff| = {np.abs(res.sequences_scores - ref['sequences_scores']).max():.3g}")
-    np.testing.assert_allclose(res.logits, ref["logits"], rtol=0, atol=tolerance(ref["logits"]))
+    assert_logits_match(res.logits, ref["logits"])
     assert list(res.texts) == ref["texts"]
 
 
@@ -131,7 +131,7 @@ def test_score_matches_transformers(variant, batch):
     assert res.logits.shape == logits.shape
     diff = np.abs(res.logits - logits).max()
     print(f"{variant.name} score {batch}: max |raw logit diff| = {diff:.3g}")
-    np.testing.assert_allclose(res.logits, logits, rtol=0, atol=tolerance(logits))
+    assert_logits_match(res.logits, logits)
 
 
 def test_some_rows_finish_early(built_variants):
@@ -154,7 +154,7 @@ def test_long_input_matches_transformers(built_variants):
     np.testing.assert_array_equal(res.sequences, ref["sequences"])
     diff = np.abs(res.logits - ref["logits"]).max()
     print(f"{v.name} long input {LONG_INPUT_TOKENS} -> {LONG_NEW_TOKENS}: max |raw logit diff| = {diff:.3g}")
-    np.testing.assert_allclose(res.logits, ref["logits"], rtol=0, atol=tolerance(ref["logits"]))
+    assert_logits_match(res.logits, ref["logits"])
 
 
 @pytest.mark.parametrize("length", [1, 3, 4, 9])
@@ -166,7 +166,7 @@ def test_input_shorter_than_the_global_block(built_variants, length):
     ref = hf_generate(v.model, input_ids=ids, max_new_tokens=6)
     res = v.runtime.generate(input_ids=ids, max_new_tokens=6)
     np.testing.assert_array_equal(res.sequences, ref["sequences"])
-    np.testing.assert_allclose(res.logits, ref["logits"], rtol=0, atol=tolerance(ref["logits"]))
+    assert_logits_match(res.logits, ref["logits"])
 
 
 def test_fp16_export_of_every_variant_matches_fp32(variant, tmp_path):
