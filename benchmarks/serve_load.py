@@ -284,7 +284,7 @@ def run_cell(system: str, concurrency: int, requests: list[Request], duration: f
 # ---- report --------------------------------------------------------------------------------
 
 
-def report(rows: list[dict], info: dict) -> str:
+def report(rows: list[dict], info: dict, paired: dict | None = None) -> str:
     header = ["concurrency", "system", "requests", "req/s", "tokens/s", "TTFT p50 ms", "p50 ms", "p90 ms", "p99 ms",
               "other CPU s"]
     table = [[str(r["concurrency"]), r["system"], str(r["requests"]), f"{r['requests_per_s']:.2f}",
@@ -294,7 +294,20 @@ def report(rows: list[dict], info: dict) -> str:
              for r in sorted(rows, key=lambda r: (r["concurrency"], SYSTEMS.index(r["system"])))]
     lines = [markdown_table(header, table), ""]
     by = {(r["system"], r["concurrency"]): r for r in rows}
-    if ("t5ort serve", 1) in by and ("library", 1) in by:
+    batches = [f"{r['concurrency']}: {r['mean_batch']:.1f}" for r in rows if "mean_batch" in r]
+    if batches:
+        lines.append("- t5ort serve's mean batch size (requests), by concurrency: " + ", ".join(batches))
+    if paired:
+        bound = 1.05 * paired["library_median_ms"] + 1.0
+        met = paired["server_median_ms"] <= bound
+        lines.append(f"- concurrency 1, server within 5% + 1 ms of the library ({paired['pairs']} requests, each "
+                     f"through both back to back): median {paired['server_median_ms']:.1f} ms vs "
+                     f"{paired['library_median_ms']:.1f} ms (bound {bound:.1f}), median paired difference "
+                     f"{paired['median_difference_ms']:+.1f} ms, ratio {paired['median_ratio']:.3f}: "
+                     f"**{'met' if met else 'not met'}**; CPU time per request (median; 10 ms clock ticks): "
+                     f"server process {paired['server_cpu_ms_per_request']:.0f} ms, library "
+                     f"{paired['library_cpu_ms_per_request']:.0f} ms")
+    elif ("t5ort serve", 1) in by and ("library", 1) in by:
         s, lib = by["t5ort serve", 1], by["library", 1]
         # per request: mean latency (the cell's wall time / requests at concurrency 1)
         s_ms, lib_ms = 1000 * s["seconds"] / s["requests"], 1000 * lib["seconds"] / lib["requests"]
@@ -315,12 +328,67 @@ def report(rows: list[dict], info: dict) -> str:
     return "\n".join(lines)
 
 
+def start_system(system: str, args, served: Path, optimum: Path, tokenizer: Path):
+    if system == "t5ort serve":
+        port = free_port()
+        window = ["--batch-window-ms", str(args.batch_window_ms)] if args.batch_window_ms is not None else []
+        return ServerProcess([sys.executable, "-m", "t5ort.cli", "serve", str(served), "--port", str(port),
+                              "--threads", str(args.threads), "--max-batch-size", str(args.max_batch_size),
+                              "--max-queue", "512", "--max-new-tokens", str(max(LENGTHS)), "--log-level", "warning",
+                              "--quiet", *window], port)
+    if system == "optimum server":
+        port = free_port()
+        return ServerProcess([sys.executable, str(HERE / "optimum_server.py"), str(optimum), str(tokenizer),
+                              "--port", str(port), "--threads", str(args.threads)], port)
+    import t5ort
+
+    return t5ort.load(served, threads=args.threads)
+
+
+def server_batches(server: ServerProcess) -> tuple[float, float]:
+    """(requests batched, batches) so far, from the server's /metrics."""
+    import re
+
+    import httpx
+
+    text = httpx.get(server.url + "/metrics").text
+    value = lambda name: float(re.search(rf"^{name} (\S+)$", text, re.M).group(1))  # noqa: E731
+    return value("t5ort_batch_size_sum"), value("t5ort_batch_size_count")
+
+
+def paired_overhead(server: ServerProcess, rt, requests: list[Request]) -> dict:
+    """Concurrency 1, the same request through the server and the library back to back, 16 pairs:
+    the server's own overhead, measured so that background load drifts hit both sides alike."""
+    served, library, served_cpu, library_cpu = [], [], [], []
+    pid = server.process.pid
+    for r in requests:
+        cpu = proc_cpu(pid)
+        served.append(asyncio.run(_http_cell(server.url, "/generate_stream", True, [r], 1, 60))[3][0])
+        served_cpu.append(proc_cpu(pid) - cpu)  # the server process's CPU time for the request
+        t = os.times()
+        library.append(library_cell(rt, [r], 1, 60)[3][0])
+        library_cpu.append(os.times().user + os.times().system - t.user - t.system)
+    served_ms, library_ms = 1000 * np.array(served), 1000 * np.array(library)
+    out = {"pairs": len(requests), "server_median_ms": float(np.median(served_ms)),
+           "library_median_ms": float(np.median(library_ms)),
+           "median_difference_ms": float(np.median(served_ms - library_ms)),
+           "median_ratio": float(np.median(served_ms / library_ms)),
+           "server_cpu_ms_per_request": 1000 * float(np.median(served_cpu)),
+           "library_cpu_ms_per_request": 1000 * float(np.median(library_cpu))}
+    say(f"paired, concurrency 1: server {out['server_median_ms']:.1f} ms, library {out['library_median_ms']:.1f} ms "
+        f"(median difference {out['median_difference_ms']:+.1f} ms, ratio {out['median_ratio']:.3f}); CPU time per "
+        f"request: server process {out['server_cpu_ms_per_request']:.0f} ms, library "
+        f"{out['library_cpu_ms_per_request']:.0f} ms")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--duration", type=float, default=20.0, help="seconds per cell at most (default 20)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-batch-size", type=int, default=16)
+    parser.add_argument("--batch-window-ms", type=float, default=None, help="t5ort serve's (default: its own)")
     parser.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS))
     parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
     parser.add_argument("--json", type=Path, help="write every cell's figures here")
@@ -329,29 +397,26 @@ def main() -> None:
     started = time.perf_counter()
     served, optimum, tokenizer = prepare(args.workdir)
     requests = make_requests(max(cell_count(c) for c in args.concurrency))
-    rows = []
-    for system in args.systems:
-        say(f"starting {system}")
-        if system == "t5ort serve":
-            port = free_port()
-            target = ServerProcess([sys.executable, "-m", "t5ort.cli", "serve", str(served), "--port", str(port),
-                                    "--threads", str(args.threads), "--max-batch-size", str(args.max_batch_size),
-                                    "--max-queue", "512", "--max-new-tokens", str(max(LENGTHS)),
-                                    "--log-level", "warning", "--quiet"], port)
-        elif system == "optimum server":
-            port = free_port()
-            target = ServerProcess([sys.executable, str(HERE / "optimum_server.py"), str(optimum), str(tokenizer),
-                                    "--port", str(port), "--threads", str(args.threads)], port)
-        else:
-            import t5ort
-
-            target = t5ort.load(served, threads=args.threads)
-        try:
-            warm = make_requests(4, seed=1)
-            run_cell(system, 2, warm, 30, target)  # warm-up, not reported
-            for c in args.concurrency:
-                rows.append(run_cell(system, c, requests[: cell_count(c)], args.duration, target).row())
-        finally:
+    targets = {}
+    try:
+        for system in args.systems:  # all started up front; idle ones take no CPU (threads block, no spinning)
+            say(f"starting {system}")
+            targets[system] = start_system(system, args, served, optimum, tokenizer)
+            run_cell(system, 2, make_requests(4, seed=1), 30, targets[system])  # warm-up, not reported
+        paired = None
+        if "t5ort serve" in targets and "library" in targets:
+            paired = paired_overhead(targets["t5ort serve"], targets["library"], make_requests(16, seed=2))
+        rows = []
+        for c in args.concurrency:  # the systems take turns at each level, so background load hits all alike
+            for system in args.systems:
+                batches = server_batches(targets[system]) if system == "t5ort serve" else None
+                row = run_cell(system, c, requests[: cell_count(c)], args.duration, targets[system]).row()
+                if batches is not None:
+                    after = server_batches(targets[system])
+                    row["mean_batch"] = (after[0] - batches[0]) / max(after[1] - batches[1], 1)
+                rows.append(row)
+    finally:
+        for target in targets.values():
             if isinstance(target, ServerProcess):
                 target.stop()
     import fastapi
@@ -361,10 +426,10 @@ def main() -> None:
 
     info = machine(args.threads, fastapi=fastapi.__version__, uvicorn=uvicorn.__version__,
                    optimum=optimum.version.__version__)
-    print(report(rows, info))
+    print(report(rows, info, paired))
     say(f"done in {time.perf_counter() - started:.0f} s")
     if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "machine": info}, indent=2) + "\n")
+        args.json.write_text(json.dumps({"rows": rows, "paired": paired, "machine": info}, indent=2) + "\n")
 
 if __name__ == "__main__":
     main()
