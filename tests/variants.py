@@ -171,7 +171,7 @@ def build_umt5(directory: Path) -> None:
            tie_word_embeddings=False)
 
 
-def build_ill_conditioned(directory: Path) -> None:
+def build_ill_conditioned(directory: Path, model_type: str = "t5") -> None:
     """T5 v1.1-like activations: feed-forward outputs past 65504 in two residual dimensions, logits near 60.
 
     Real T5 v1.1 / Flan-T5 / mT5 checkpoints carry a few huge residual dimensions (which is why
@@ -183,13 +183,15 @@ def build_ill_conditioned(directory: Path) -> None:
     """
     import transformers
 
+    names = {"t5": ("T5Config", "T5ForConditionalGeneration"), "umt5": ("UMT5Config", "UMT5ForConditionalGeneration")}
+    config_class, model_class = names[model_type]
     tokenizer = sentencepiece_tokenizer(directory)
     torch.manual_seed(1)
-    config = transformers.T5Config(vocab_size=len(tokenizer), d_model=64, num_heads=4, d_kv=16, d_ff=128,
-                                   num_layers=4, num_decoder_layers=3, relative_attention_num_buckets=32,
-                                   relative_attention_max_distance=128, feed_forward_proj="gated-gelu",
-                                   tie_word_embeddings=False, **COMMON)
-    model = transformers.T5ForConditionalGeneration(config).eval()
+    config = getattr(transformers, config_class)(
+        vocab_size=len(tokenizer), d_model=64, num_heads=4, d_kv=16, d_ff=128, num_layers=4, num_decoder_layers=3,
+        relative_attention_num_buckets=32, relative_attention_max_distance=128, feed_forward_proj="gated-gelu",
+        tie_word_embeddings=False, **COMMON)
+    model = getattr(transformers, model_class)(config).eval()
     with torch.no_grad():
         for name, module in model.named_modules():
             if name.endswith("DenseReluDense.wo"):
@@ -201,6 +203,9 @@ def build_ill_conditioned(directory: Path) -> None:
 ILL_WO_SCALE = 4e4
 ILL_CONDITIONED = Variant("t5-v1.1-ill", build_ill_conditioned,
                           "T5 v1.1-like activations: FF outputs > 65504, logits near 60, 4 enc / 3 dec")
+ILL_CONDITIONED_UMT5 = Variant("umt5-ill", functools.partial(build_ill_conditioned, model_type="umt5"),
+                               "the same recipe on UMT5 (a position bias in every layer)")
+ILL_VARIANTS = {v.name: v for v in (ILL_CONDITIONED, ILL_CONDITIONED_UMT5)}
 
 VARIANTS = {
     v.name: v
@@ -222,7 +227,7 @@ LONG_NEW_TOKENS = 64
 def build(name: str, directory: Path) -> Path:
     """Build variant ``name`` into ``directory`` (created) and return it."""
     directory = Path(directory)
-    (ILL_CONDITIONED if name == ILL_CONDITIONED.name else VARIANTS[name]).build(directory)
+    (ILL_VARIANTS.get(name) or VARIANTS[name]).build(directory)
     return directory
 
 
