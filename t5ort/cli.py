@@ -324,6 +324,36 @@ def add_batch_parser(sub) -> None:
     p.set_defaults(run=cmd_batch)
 
 
+def add_serve_ray_arguments(p) -> None:
+    g = p.add_argument_group("Ray Serve (the same app as replicas behind Ray Serve's HTTP proxy on --host:--port)")
+    g.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="serve with Ray Serve: on a new local cluster, or on the cluster at ADDRESS")
+    g.add_argument("--replicas", type=positive_int, default=None, help="fixed number of replicas (default 1)")
+    g.add_argument("--min-replicas", type=int, default=None, help="autoscale from this many replicas")
+    g.add_argument("--max-replicas", type=positive_int, default=None, help="autoscale up to this many replicas")
+    g.add_argument("--target-ongoing-requests", type=float, default=4.0,
+                   help="autoscaling target of requests in flight per replica (default 4)")
+
+
+def cmd_serve_ray(args, config, progress) -> int:
+    """`t5ort serve --ray`: replicas of the same app (their own runtime and batcher each) on Ray Serve."""
+    from .ray import run_serve, serve_deployment
+
+    autoscaling = None
+    if args.min_replicas is not None or args.max_replicas is not None:
+        if args.replicas is not None:
+            raise ValueError("--replicas is a fixed count and --min-replicas/--max-replicas autoscale; pass one kind.")
+        low = 1 if args.min_replicas is None else args.min_replicas
+        autoscaling = {"min_replicas": low, "max_replicas": args.max_replicas or max(low, 1),
+                       "target_ongoing_requests": args.target_ongoing_requests}
+    load = {"provider": args.provider, "max_input_tokens": args.max_input_tokens, "max_new_tokens": args.max_new_tokens}
+    app = serve_deployment(args.out_dir, config, threads=args.threads or 1, load_options=load,
+                           num_replicas=args.replicas or 1, autoscaling=autoscaling)
+    scale = f"autoscaling {autoscaling}" if autoscaling else f"{args.replicas or 1} replica(s)"
+    progress(f"serving {config.model_name!r} on http://{args.host}:{args.port} with Ray Serve, {scale}")
+    return run_serve(app, host=args.host, port=args.port, address=None if args.ray == "local" else args.ray)
+
+
 # ---- t5ort serve -----------------------------------------------------------------
 
 
@@ -342,6 +372,8 @@ def cmd_serve(args) -> int:
     ).validate()
     progress = Progress(args.quiet)
     configure_logging(args.log_level)
+    if args.ray is not None:
+        return cmd_serve_ray(args, config, progress)
     progress(f"loading {args.out_dir}")
     runtime = t5ort.load(args.out_dir, provider=args.provider, threads=args.threads,
                          max_input_tokens=args.max_input_tokens, max_new_tokens=args.max_new_tokens)
@@ -386,6 +418,7 @@ def add_serve_parser(sub) -> None:
     p.add_argument("--model-name", default=None, help="name for /v1/models (default: OUT_DIR's name)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
     p.add_argument("--quiet", action="store_true", help="no start-up messages")
+    add_serve_ray_arguments(p)
     add_runtime_arguments(p)
     p.set_defaults(run=cmd_serve)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -128,3 +129,95 @@ def test_cli_batch_on_a_running_cluster(cluster, corpus, tmp_path):
     np.testing.assert_allclose(ray_table.sort_by("id").column("total_logprob").to_numpy(),
                                local_table.column("total_logprob").to_numpy(), atol=1e-4)
     assert ray_table.sort_by("id").column("target_ids").to_pylist() == local_table.column("target_ids").to_pylist()
+
+
+# ---- Ray Serve -------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, process=None, timeout: float = 90) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode}")
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} not healthy after {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def plain_server(tmp_path_factory):
+    """`t5ort serve` as a real process on a free loopback port (the reference)."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("plain") / "server.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "t5ort.cli", "serve", str(MODEL), "--port", str(port), "--threads", "1", "--quiet"],
+            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(Path(t5ort.__file__).parents[1])})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, process)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+REQUESTS = [
+    ("/generate", {"inputs": "translate English to German: three hundred forty-two",
+                   "parameters": {"details": True, "top_n_tokens": 3, "max_new_tokens": 12}}),
+    ("/generate", {"inputs": "translate English to German: seventy-one thousand nine",
+                   "parameters": {"details": True, "max_new_tokens": 12, "num_beams": 3}}),
+    ("/score", {"pairs": [{"source": "translate English to German: nineteen", "target": t} for t in ("neunzehn", "neun")]}),
+    ("/v1/completions", {"model": "onnx", "prompt": "translate English to German: five hundred thousand one",
+                         "max_tokens": 12, "logprobs": 2, "temperature": 0}),
+]
+
+
+def test_ray_serve_two_replicas_answer_as_one_server(cluster, plain_server, tmp_path):
+    """`t5ort serve --ray ADDRESS --replicas 2` as a real process: same answers as `t5ort serve`, both replicas used."""
+    import httpx
+
+    from t5ort.ray import REPLICA_HEADER
+
+    port = free_port()
+    with open(tmp_path / "ray-serve.log", "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "t5ort.cli", "serve", str(MODEL), "--ray", cluster, "--replicas", "2",
+             "--port", str(port), "--threads", "1"],
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(Path(t5ort.__file__).parents[1])})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, process)
+        for route, body in REQUESTS:
+            want = httpx.post(plain_server + route, json=body, timeout=30)
+            got = httpx.post(url + route, json=body, timeout=30)
+            assert want.status_code == got.status_code == 200, (route, want.text, got.text)
+            want, got = want.json(), got.json()
+            for volatile in ("id", "created"):
+                want.pop(volatile, None), got.pop(volatile, None)
+            assert got == want, route
+        bad = httpx.post(url + "/generate", json={"inputs": "x", "parameters": {"max_new_tokens": 0}}, timeout=30)
+        assert bad.status_code == 422 and "max_new_tokens" in bad.json()["error"]  # same validation: a 4xx, JSON
+        replicas = {httpx.post(url + "/generate", json=REQUESTS[0][1], timeout=30).headers[REPLICA_HEADER]
+                    for _ in range(16)}
+        assert len(replicas) == 2  # both replicas served (chance of one taking all 16 by luck: 2 x 2**-16)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0, (tmp_path / "ray-serve.log").read_text()[-3000:]
+    from ray import serve
+
+    assert "t5ort" not in serve.status().applications  # the deployment went with the process
