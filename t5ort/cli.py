@@ -431,7 +431,7 @@ def check_line(item) -> str:
     figures = f"max |logit diff| vs fp32 {item.max_abs_diff_vs_fp32:.2e}"
     if item.max_abs_diff_vs_float64 is not None:
         figures += (f", vs float64 {item.max_abs_diff_vs_float64:.2e} (PyTorch fp32's own "
-                    f"{item.fp32_max_abs_diff_vs_float64:.2e}, ratio {item.ratio:.2f})")
+                    f"{item.fp32_max_abs_diff_vs_float64:.2e}, ratio {item.ratio:.3g})")
     if item.passed:
         verdict = "pass"
     else:
