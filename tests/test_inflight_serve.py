@@ -204,3 +204,30 @@ def test_server_random_requests_at_random_times_equal_generate_alone(rt, tmp_pat
         assert shared > 1.5, "requests did not share the running batch"
     finally:
         assert server.stop() == 0
+
+
+@pytest.mark.parametrize("batching", ["dynamic", "none"])
+def test_server_other_batching_modes_answer_concurrent_requests_alone_equal(rt, tmp_path, batching):
+    httpx = pytest.importorskip("httpx")
+    from test_serve import Server
+
+    server = Server(tmp_path / "server.log", "--batching", batching)
+    try:
+        info = httpx.get(server.url + "/info").json()
+        assert "DynamicBatcher" in str(info) and f"'batching': '{batching}'" in str(info), info
+        texts = [PREFIX + n for n in NUMBERS[:6]]
+
+        def one(text):
+            return httpx.post(server.url + "/generate", json={"inputs": text, "parameters": {
+                "max_new_tokens": 10, "details": True}}, timeout=60).json()
+
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(one, texts))
+        for text, answer in zip(texts, answers):
+            want = rt.generate([text], max_new_tokens=10)
+            n = len(answer["details"]["tokens"])
+            assert [t["id"] for t in answer["details"]["tokens"]] == want.sequences[0, 1:1 + n].tolist()
+        if batching == "none":  # one request per batch
+            assert server.metric("t5ort_batch_size_sum") == server.metric("t5ort_batch_size_count") >= 6
+    finally:
+        assert server.stop() == 0

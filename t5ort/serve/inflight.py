@@ -168,6 +168,12 @@ class InflightScheduler(DynamicBatcher):
 
     def _admit_waiting(self) -> None:
         waiting = self.queue.peek()
+        now = time.monotonic()
+        gone = [e for e in waiting if e.channel.closed or now > e.job.deadline]
+        if gone:  # answered at once (timeout) or dropped, even while the batch is full
+            self.queue.remove(gone)
+            self._admit(gone)
+            waiting = [e for e in waiting if e not in gone]
         if not waiting:
             self._waited_steps = 0
             return
@@ -226,12 +232,18 @@ class InflightScheduler(DynamicBatcher):
         return self.main.prepare(job.input_ids, tag=entry, max_new_tokens=job.max_new_tokens, **options)
 
     def _score(self, entries: list[Entry]) -> None:
+        """One ``runtime.score`` for the waiting score jobs; a failure answers them alone."""
         try:
             self._run_score(entries)
         except (ValueError, TypeError, MemoryError) as exc:
             for entry in entries:
                 entry.channel.send(Failed("invalid", str(exc)))
             self.metrics.failures.labels(reason="invalid").inc(len(entries))
+        except Exception as exc:  # noqa: BLE001 - the running generations go on
+            log.exception("score failed: %s", exc, extra={"request_id": "-"})
+            for entry in entries:
+                entry.channel.send(Failed("internal", f"scoring failed: {type(exc).__name__}: {exc}"))
+            self.metrics.failures.labels(reason="internal").inc(len(entries))
 
     # ---- stepping and delivery ------------------------------------------------------
 

@@ -1,0 +1,312 @@
+"""Load test of in-flight batching: ``t5ort serve --batching inflight|dynamic|none`` vs the per-request Optimum server.
+
+    python benchmarks/inflight_load.py [--concurrency 1 4 16 64] [--rates 2 4 8 16] [--duration 20] [--threads 2]
+    python benchmarks/inflight_load.py --policy [--rates ...]   # admission policies, scheduler in-process
+
+The seeded t5-small-shaped checkpoint of ``_model.py`` served as ``benchmarks/serve_load.py`` serves it
+(its export, word-level tokenizer, client code and the Optimum server are reused from there), on the
+same requests for every system, one system after the other in one run:
+
+- mixed output lengths: 4, 8, 16, 32, 64 or 128 new tokens (``min_new_tokens = max_new_tokens``);
+- closed loop at each ``--concurrency`` (each client sends its next request when answered);
+- open loop: Poisson arrivals at each ``--rates`` (requests/s) for ``--duration`` s, whatever the answers;
+- t5ort serve streams (``/generate_stream``, time to first token = first event); the Optimum server
+  cannot stream, so its TTFT is its whole latency.
+
+Reported per cell: requests/s, tokens/s, TTFT p50/p99, latency p50/p99, the CPU seconds other processes
+took, and per system the server's peak RSS (VmHWM) after its cells. Idle TTFT is the concurrency-1
+TTFT p50 of the same system; an open-loop rate counts as sustained while the answered requests/s stay
+within 10% of the offered rate.
+
+``--policy`` drives the in-flight scheduler in-process (no HTTP) with Poisson arrivals and compares
+admission policies: eager (admit whatever fits at every step) and TGI's (admit only once waiting >=
+1.2 x running or the oldest waited 20 steps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import serve_load as sl  # noqa: E402
+from _model import DEFAULT_WORKDIR, machine, markdown_table, other_cpu_meter, say  # noqa: E402
+
+LENGTHS = (4, 8, 16, 32, 64, 128)
+SYSTEMS = ("inflight", "dynamic", "none", "optimum server")
+
+
+def make_requests(n: int, seed: int = 0) -> list[sl.Request]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        ids = rng.integers(3, 32000, size=int(rng.integers(8, 33)))
+        out.append(sl.Request(" ".join(f"t{i}" for i in ids), int(rng.choice(LENGTHS))))
+    return out
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def _open_loop(url: str, route: str, stream: bool, requests: list[sl.Request], rate: float, duration: float,
+                     seed: int = 0):
+    """Poisson arrivals at ``rate``/s for ``duration`` s (or until the requests run out); waits for all answers."""
+    import httpx
+
+    rng = np.random.default_rng(seed)
+    ttft, latency, tokens, errors = [], [], [0], [0]
+
+    async def one(http, r):
+        body = {"inputs": r.text, "parameters": {"max_new_tokens": r.new_tokens, "min_new_tokens": r.new_tokens,
+                                                  "details": True}}
+        sent = time.perf_counter()
+        first, count = None, 0
+        try:
+            if stream:
+                async with http.stream("POST", url + route, json=body) as response:
+                    if response.status_code != 200:
+                        errors[0] += 1
+                        await response.aread()
+                        return
+                    async for line in response.aiter_lines():
+                        if line.startswith("data:"):
+                            first = first or time.perf_counter()
+                            count += 1
+            else:
+                response = await http.post(url + route, json=body)
+                if response.status_code != 200:
+                    errors[0] += 1
+                    return
+                count = response.json()["details"]["generated_tokens"]
+        except httpx.HTTPError:
+            errors[0] += 1
+            return
+        done = time.perf_counter()
+        ttft.append((first or done) - sent)
+        latency.append(done - sent)
+        tokens[0] += count
+
+    limits = httpx.Limits(max_connections=1024, max_keepalive_connections=256)
+    start = time.perf_counter()
+    async with httpx.AsyncClient(timeout=600, limits=limits) as http:
+        tasks, at = [], 0.0
+        for r in requests:
+            at += float(rng.exponential(1.0 / rate))
+            if at > duration:
+                break
+            await asyncio.sleep(max(0.0, start + at - time.perf_counter()))
+            tasks.append(asyncio.create_task(one(http, r)))
+        offered = len(tasks)
+        await asyncio.gather(*tasks)
+    return time.perf_counter() - start, offered, tokens[0], ttft, latency, errors[0]
+
+
+def _row(system, kind, load, seconds, requests, tokens, ttft, latency, errors, other, offered=None) -> dict:
+    ttft_ms, lat_ms = np.array(ttft) * 1000, np.array(latency) * 1000
+    pct = (lambda a, q: float(np.percentile(a, q)) if len(a) else float("nan"))  # noqa: E731
+    return {"system": system, "kind": kind, "load": load, "requests": requests, "offered": offered,
+            "errors": errors, "seconds": seconds, "requests_per_s": requests / seconds, "tokens_per_s": tokens / seconds,
+            "ttft_p50_ms": pct(ttft_ms, 50), "ttft_p99_ms": pct(ttft_ms, 99), "p50_ms": pct(lat_ms, 50),
+            "p99_ms": pct(lat_ms, 99), "other_cpu_s": other}
+
+
+def run_system(system: str, args, served: Path, optimum: Path, tokenizer: Path, requests) -> tuple[list[dict], float]:
+    port = sl.free_port()
+    if system == "optimum server":
+        command = [sys.executable, str(HERE / "optimum_server.py"), str(optimum), str(tokenizer), "--port", str(port),
+                   "--threads", str(args.threads)]
+    else:
+        command = [sys.executable, "-m", "t5ort.cli", "serve", str(served), "--port", str(port), "--threads",
+                   str(args.threads), "--batching", system, "--max-batch-size", "16", "--max-batch-rows",
+                   str(args.max_batch_rows), "--max-queue", "1024", "--max-new-tokens", str(max(LENGTHS)),
+                   "--request-timeout", "600", "--log-level", "warning", "--quiet"]
+    say(f"starting {system}")
+    target = sl.ServerProcess(command, port)
+    route, stream = ("/generate", False) if system == "optimum server" else ("/generate_stream", True)
+    rows = []
+    try:
+        asyncio.run(sl._http_cell(target.url, route, stream, make_requests(4, seed=1), 2, 60))  # warm-up
+        for c in args.concurrency:
+            meter, cpu = other_cpu_meter(), sl.proc_cpu(target.process.pid)
+            cell = requests[: sl.cell_count(c)]
+            seconds, tokens, ttft, latency, errors = asyncio.run(
+                sl._http_cell(target.url, route, stream, cell, c, args.duration))
+            other = meter() - (sl.proc_cpu(target.process.pid) - cpu)
+            rows.append(_row(system, "closed", c, seconds, len(latency), tokens, ttft, latency, errors, other))
+            _say(rows[-1])
+        for rate in args.rates:
+            meter, cpu = other_cpu_meter(), sl.proc_cpu(target.process.pid)
+            seconds, offered, tokens, ttft, latency, errors = asyncio.run(
+                _open_loop(target.url, route, stream, requests, rate, args.duration))
+            other = meter() - (sl.proc_cpu(target.process.pid) - cpu)
+            rows.append(_row(system, "poisson", rate, seconds, len(latency), tokens, ttft, latency, errors, other,
+                             offered))
+            _say(rows[-1])
+        rss = peak_rss_mb(target.process.pid)
+    finally:
+        target.stop()
+    return rows, rss
+
+
+def _say(r: dict) -> None:
+    load = f"c={r['load']}" if r["kind"] == "closed" else f"{r['load']:g}/s"
+    say(f"{r['system']:>15} {load:>7} {r['requests']:4d} req {r['requests_per_s']:6.2f} req/s {r['tokens_per_s']:7.1f} "
+        f"tok/s ttft p50 {r['ttft_p50_ms']:7.1f} p99 {r['ttft_p99_ms']:7.1f} ms, latency p50 {r['p50_ms']:7.1f} "
+        f"p99 {r['p99_ms']:7.1f} ms (other CPU {r['other_cpu_s']:.1f} s{f', {r['errors']} errors' if r['errors'] else ''})")
+
+
+def report(rows: list[dict], rss: dict[str, float], info: dict) -> str:
+    def fmt(r):
+        load = str(r["load"]) if r["kind"] == "closed" else f"{r['load']:g}/s"
+        ttft = f"{r['ttft_p50_ms']:.0f} / {r['ttft_p99_ms']:.0f}" + (" (no stream)" if r["system"] == "optimum server"
+                                                                   else "")
+        return [r["kind"], load, r["system"], str(r["requests"]), f"{r['requests_per_s']:.2f}",
+                f"{r['tokens_per_s']:.0f}", ttft, f"{r['p50_ms']:.0f}", f"{r['p99_ms']:.0f}", f"{r['other_cpu_s']:.1f}"]
+
+    header = ["loop", "load", "system", "requests", "req/s", "tokens/s", "TTFT p50 / p99 ms", "p50 ms", "p99 ms",
+              "other CPU s"]
+    order = sorted(rows, key=lambda r: (r["kind"], r["load"], SYSTEMS.index(r["system"])))
+    lines = [markdown_table(header, [fmt(r) for r in order]), ""]
+    lines.append("peak RSS under load (VmHWM of the server process): "
+                 + ", ".join(f"{s} {mb:.0f} MB" for s, mb in rss.items()))
+    by = {(r["system"], r["kind"], r["load"]): r for r in rows}
+    if ("inflight", "closed", 16) in by and ("dynamic", "closed", 16) in by:
+        i, d = by["inflight", "closed", 16], by["dynamic", "closed", 16]
+        ratio = i["tokens_per_s"] / d["tokens_per_s"]
+        met = ratio >= 2 and i["p99_ms"] <= d["p99_ms"]
+        lines.append(f"- concurrency 16: in-flight {ratio:.2f}x dynamic's tokens/s, p99 {i['p99_ms']:.0f} vs "
+                     f"{d['p99_ms']:.0f} ms (target >= 2x at no worse p99): **{'met' if met else 'not met'}**")
+    for system in SYSTEMS:
+        idle = by.get((system, "closed", 1))
+        rates = sorted(r["load"] for r in rows if r["system"] == system and r["kind"] == "poisson")
+        sustained = [x for x in rates if by[system, "poisson", x]["requests_per_s"] >= 0.9 * x
+                     and by[system, "poisson", x]["errors"] == 0]
+        if not rates:
+            continue
+        sat = f"sustains up to {max(sustained):g}/s" if sustained else f"saturated below {min(rates):g}/s"
+        line = f"- {system}: {sat}"
+        if idle and system != "optimum server":
+            within = [x for x in sustained if by[system, "poisson", x]["ttft_p50_ms"] <= 2 * idle["ttft_p50_ms"]]
+            line += (f"; idle TTFT p50 {idle['ttft_p50_ms']:.0f} ms; TTFT p50 within 2x idle at "
+                     f"{', '.join(f'{x:g}/s' for x in within) or 'no sustained rate'}")
+        lines.append(line)
+    lines.append("")
+    lines.append("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()))
+    return "\n".join(lines)
+
+
+# ---- admission policies, in-process ----------------------------------------------------------
+
+
+def policy_run(served: Path, threads: int, rates: list[float], duration: float) -> str:
+    import t5ort
+    from t5ort.serve.config import ServeConfig
+    from t5ort.serve.inflight import InflightScheduler
+    from t5ort.serve.metrics import ServeMetrics
+    from t5ort.serve.scheduler import Failed, Finished, GenerateJob, TokenEvent
+
+    rt = t5ort.load(served, threads=threads)
+
+    class Channel:
+        closed = False
+
+        def __init__(self):
+            self.sent, self.first, self.done, self.tokens = time.perf_counter(), None, None, 0
+            self.finished = threading.Event()
+
+        def send(self, event):
+            now = time.perf_counter()
+            if isinstance(event, TokenEvent):
+                self.first = self.first or now
+                self.tokens += 1
+            elif isinstance(event, (Finished, Failed)):
+                self.done = now
+                self.finished.set()
+            return True
+
+    policies = {"eager": {}, "TGI (1.2, 20 steps)": {"waiting_served_ratio": 1.2, "max_waiting_steps": 20}}
+    rows = []
+    requests = make_requests(4096)
+    for rate in rates:
+        for name, kwargs in policies.items():
+            scheduler = InflightScheduler(rt, ServeConfig(max_queue=4096, max_new_tokens=max(LENGTHS)).validate(),
+                                          ServeMetrics(), **kwargs)
+            scheduler.start()
+            rng = np.random.default_rng(0)
+            meter, channels, start, at = other_cpu_meter(), [], time.perf_counter(), 0.0
+            for i, r in enumerate(requests):
+                at += float(rng.exponential(1.0 / rate))
+                if at > duration:
+                    break
+                time.sleep(max(0.0, start + at - time.perf_counter()))
+                ids = rt.encode_texts([r.text])[0][0]
+                channel = Channel()
+                scheduler.submit(GenerateJob(f"r{i}", ids, (("min_new_tokens", r.new_tokens),), r.new_tokens), channel)
+                channels.append(channel)
+            for channel in channels:
+                channel.finished.wait(600)
+            seconds = time.perf_counter() - start
+            scheduler.stop(5)
+            ttft = [c.first - c.sent for c in channels]
+            latency = [c.done - c.sent for c in channels]
+            rows.append(_row(name, "poisson", rate, seconds, len(channels), sum(c.tokens for c in channels), ttft,
+                             latency, 0, meter()))
+            _say(rows[-1])
+    header = ["rate", "policy", "requests", "req/s", "tokens/s", "TTFT p50 / p99 ms", "p50 ms", "p99 ms", "other CPU s"]
+    table = [[f"{r['load']:g}/s", r["system"], str(r["requests"]), f"{r['requests_per_s']:.2f}",
+              f"{r['tokens_per_s']:.0f}", f"{r['ttft_p50_ms']:.0f} / {r['ttft_p99_ms']:.0f}", f"{r['p50_ms']:.0f}",
+              f"{r['p99_ms']:.0f}", f"{r['other_cpu_s']:.1f}"] for r in rows]
+    return markdown_table(header, table)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
+    parser.add_argument("--rates", type=float, nargs="+", default=[2, 4, 8, 16])
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds per cell at most (default 20)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--max-batch-rows", type=int, default=64)
+    parser.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS))
+    parser.add_argument("--policy", action="store_true", help="compare admission policies in-process instead")
+    parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
+    parser.add_argument("--json", type=Path, help="write every cell's figures here")
+    args = parser.parse_args()
+
+    started = time.perf_counter()
+    served, optimum, tokenizer = sl.prepare(args.workdir)
+    if args.policy:
+        print(policy_run(served, args.threads, args.rates, args.duration))
+        say(f"done in {time.perf_counter() - started:.0f} s")
+        return
+    requests = make_requests(4096)
+    rows, rss = [], {}
+    for system in args.systems:
+        system_rows, rss[system] = run_system(system, args, served, optimum, tokenizer, requests)
+        rows.extend(system_rows)
+    import fastapi
+    import optimum.version
+    import uvicorn
+
+    info = machine(args.threads, fastapi=fastapi.__version__, uvicorn=uvicorn.__version__,
+                   optimum=optimum.version.__version__)
+    print(report(rows, rss, info))
+    say(f"done in {time.perf_counter() - started:.0f} s")
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows, "peak_rss_mb": rss, "machine": info}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
