@@ -510,6 +510,86 @@ def add_check_parser(sub) -> None:
     p.set_defaults(run=cmd_check)
 
 
+# ---- t5ort bench -----------------------------------------------------------------
+
+
+def read_bench_inputs(path: Path) -> list:
+    """--inputs FILE: one text per line, or .jsonl with {"text": ...} or {"input_ids": [...]} per line."""
+    if not path.is_file():
+        raise FileNotFoundError(f"--inputs {path}: no such file.")
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        if path.suffix != ".jsonl":
+            rows.append(line)
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--inputs {path} line {number}: not JSON ({exc}).") from exc
+        if not isinstance(obj, dict) or ("text" in obj) == ("input_ids" in obj):
+            raise ValueError(f'--inputs {path} line {number}: expected an object with "text" or "input_ids".')
+        rows.append(obj.get("text", obj.get("input_ids")))
+    if not rows:
+        raise ValueError(f"--inputs {path}: no inputs in the file.")
+    if len({isinstance(r, str) for r in rows}) > 1:
+        raise ValueError(f"--inputs {path}: mixes texts and input_ids; use one kind.")
+    return rows
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+    return values
+
+
+def cmd_bench(args) -> int:
+    from . import bench
+
+    peers = None
+    if args.peers is not None:
+        peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+    result = bench.run(args.out_dirs, checkpoint=args.checkpoint, peers=peers,
+                       inputs=read_bench_inputs(Path(args.inputs)) if args.inputs else None,
+                       batch_sizes=args.batch_sizes, num_beams=args.num_beams, max_new_tokens=args.max_new_tokens,
+                       threads=args.threads, repeats=args.repeats, bare=args.bare, work_dir=args.work_dir,
+                       progress=Progress(args.quiet))
+    print(bench.format_table(result))
+    if args.json:
+        bench.write_json(result, args.json)
+    if args.plot:
+        bench.plot(result, args.plot)
+    return 0
+
+
+def add_bench_parser(sub) -> None:
+    p = sub.add_parser("bench", help="time exports (and with --checkpoint: PyTorch, Optimum, CTranslate2)")
+    p.add_argument("out_dirs", nargs="+", metavar="OUT_DIR", help="exports of one model (t5ort export)")
+    p.add_argument("--checkpoint", help="the PyTorch checkpoint directory, to time the peers on the same model")
+    p.add_argument("--peers", help="comma-separated, with --checkpoint: pytorch, optimum, ctranslate2, "
+                                   "ctranslate2-int8 (default pytorch,optimum,ctranslate2; those not installed are "
+                                   "skipped)")
+    p.add_argument("--inputs", metavar="FILE", help='one text per line, or .jsonl with {"text"} or {"input_ids"} '
+                                                    "(default: seeded random ids, 32 per row)")
+    p.add_argument("--batch-sizes", type=int_list, default=[1, 8, 32], help="default 1,8,32")
+    p.add_argument("--num-beams", type=int_list, default=[1, 4], help="default 1,4")
+    p.add_argument("--max-new-tokens", type=positive_int, default=64,
+                   help="tokens decoded per row, EOS held off (default 64)")
+    p.add_argument("--threads", type=positive_int, default=None, help="threads of every system (default: physical cores)")
+    p.add_argument("--repeats", type=positive_int, default=3, help="interleaved timed rounds (default 3)")
+    p.add_argument("--bare", action="store_true", help="also time each export's decoder session alone")
+    p.add_argument("--work-dir", help="where the peers' conversions are cached (default ~/.cache/t5ort/bench)")
+    p.add_argument("--json", metavar="FILE", help="write every timing to FILE")
+    p.add_argument("--plot", metavar="FILE.png", help="write a chart of ms/step (matplotlib)")
+    p.add_argument("--quiet", action="store_true", help="no progress messages")
+    p.set_defaults(run=cmd_bench)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="t5ort", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -576,6 +656,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_batch_parser(sub)
     add_serve_parser(sub)
     add_check_parser(sub)
+    add_bench_parser(sub)
     return parser
 
 

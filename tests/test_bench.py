@@ -1,0 +1,105 @@
+"""t5ort bench / t5ort.bench on the bundled numbers model: every system in its own process, real timings."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import t5ort
+import t5ort.bench as bench
+from t5ort.demo import bundled
+
+ONNX, INT8, CHECKPOINT = bundled("onnx"), bundled("onnx-int8"), bundled("checkpoint")
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    """fp32 and int8 exports, their bare decoders and PyTorch, batch 2, greedy and 2 beams, 4 tokens."""
+    messages = []
+    res = bench.run([ONNX, INT8], checkpoint=CHECKPOINT, peers=["pytorch"], batch_sizes=(2,), num_beams=(1, 2),
+                    max_new_tokens=4, threads=1, repeats=2, bare=True, work_dir=tmp_path_factory.mktemp("work"),
+                    progress=messages.append)
+    return res, messages
+
+
+def test_every_system_and_workload_is_measured(result):
+    res, messages = result
+    labels = [s.label for s in res.systems]
+    assert labels == ["t5ort fp32", "t5ort int8", "t5ort fp32 bare decoder", "t5ort int8 bare decoder", "PyTorch"]
+    assert [w.name for w in res.workloads] == ["batch 2", "batch 2, 2 beams"]
+    for m in res.measurements:
+        assert len(m.seconds) == 2 and all(s > 0 for s in m.seconds)
+        lo, hi = m.ms_per_step_range
+        assert lo <= m.ms_per_step <= hi
+        assert m.tokens_per_s == pytest.approx(m.workload.batch * 4 / (m.ms_per_step * 4 / 1000))
+        if "bare" in m.system:
+            assert m.first_token_ms is None and m.token_agreement is None
+        else:
+            assert len(m.first_token_seconds) == 2 and m.first_token_ms > 0
+    assert any("round 2/2" in msg for msg in messages)
+
+
+def test_tokens_agree_and_pytorch_is_a_separate_process(result):
+    res, _ = result
+    for w in res.workloads:
+        assert res.measurement("t5ort fp32", w).token_agreement == 1.0
+        assert res.measurement("PyTorch", w).token_agreement == 1.0  # parity: the same tokens as the fp32 export
+    rss = {s.label: s.peak_rss_mb for s in res.systems}
+    assert rss["PyTorch"] > rss["t5ort fp32"] + 50  # torch lives in its own worker, not in the others
+    sizes = {s.label: s.artifact_mb for s in res.systems}
+    assert sizes["t5ort int8"] < sizes["t5ort fp32"]
+
+
+def test_table_json_and_chart(result, tmp_path):
+    res, _ = result
+    table = bench.format_table(res)
+    assert "| PyTorch |" in table and "batch 2, 2 beams" in table and "tokens = t5ort fp32" in table
+    bench.write_json(res, tmp_path / "b.json")
+    data = json.loads((tmp_path / "b.json").read_text())
+    assert len(data["measurements"]) == 5 * 2 and data["settings"]["repeats"] == 2
+    assert data["measurements"][0]["seconds"] and "ms_per_step_max" in data["measurements"][0]
+    pytest.importorskip("matplotlib")
+    bench.plot(res, tmp_path / "b.png")
+    assert (tmp_path / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(batch_sizes=(0,)), "batch_sizes must be a non-empty list of positive ints"),
+    (dict(num_beams=()), "num_beams must be"),
+    (dict(max_new_tokens=0), "max_new_tokens must be a positive int"),
+    (dict(peers=["pytorch"]), "need checkpoint="),
+    (dict(checkpoint=CHECKPOINT, peers=["vllm"]), "unknown peer 'vllm'"),
+    (dict(checkpoint=ONNX), "not a checkpoint directory"),
+    (dict(inputs=[]), "inputs is empty"),
+    (dict(inputs=[[1, 2, 10**6]]), r"inputs\[0\] must be"),
+])
+def test_bad_arguments_are_refused_before_any_work(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        bench.run([ONNX], **kwargs)
+
+
+def test_missing_export_is_named(tmp_path):
+    with pytest.raises(t5ort.ArtifactError, match=str(tmp_path / "nope")):
+        bench.run([tmp_path / "nope"])
+
+
+def test_cli_prints_the_table_and_writes_json_and_chart(tmp_path):
+    inputs = tmp_path / "in.txt"
+    inputs.write_text("translate English to German: three hundred forty-two\n"
+                      "translate English to German: seven\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "t5ort.cli", "bench", str(ONNX), "--inputs", str(inputs), "--batch-sizes", "1,2",
+         "--num-beams", "1", "--max-new-tokens", "3", "--repeats", "1", "--threads", "1",
+         "--json", str(tmp_path / "b.json")],
+        capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "| t5ort fp32 |" in out.stdout and "batch 2, 3 new tokens per row" in out.stdout
+    assert "round 1/1" in out.stderr  # progress on the terminal, results on stdout
+    assert json.loads((tmp_path / "b.json").read_text())["settings"]["inputs"] == "2 given"
+    bad = subprocess.run([sys.executable, "-m", "t5ort.cli", "bench", str(ONNX), "--batch-sizes", "1,x"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--batch-sizes" in bad.stderr
