@@ -80,9 +80,10 @@ class Server:
         return float(found.group(1)) if found else 0.0
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    s = Server(tmp_path_factory.mktemp("serve") / "server.log", "--max-batch-size", "8")
+@pytest.fixture(scope="module", params=["inflight", "dynamic"])
+def server(request, tmp_path_factory):
+    """One server per batching mode: in-flight (the default) and the dynamic batcher; every test runs on both."""
+    s = Server(tmp_path_factory.mktemp("serve") / "server.log", "--max-batch-size", "8", "--batching", request.param)
     yield s
     s.stop()
 
@@ -325,6 +326,8 @@ def test_fuzzed_requests_never_get_a_5xx(server):
         st.tuples(st.just("/v1/completions"), openai),
         st.tuples(st.just("/score"), st.dictionaries(st.sampled_from(["pairs", "x"]), values, max_size=2)),
         st.tuples(st.sampled_from(["/generate", "/v1/completions", "/score"]), values),
+        st.tuples(st.sampled_from(["/generate", "/generate_stream", "/v1/completions", "/score"]),
+                  st.binary(max_size=40)),  # not JSON at all
     )
     seen = {}
 
@@ -332,7 +335,7 @@ def test_fuzzed_requests_never_get_a_5xx(server):
     @given(bodies)
     def check(case):
         route, body = case
-        raw = json.dumps(body, allow_nan=True).encode()
+        raw = body if isinstance(body, bytes) else json.dumps(body, allow_nan=True).encode()
         with httpx.stream("POST", server.url + route, content=raw, headers={"content-type": "application/json"},
                           timeout=30) as r:
             r.read()
