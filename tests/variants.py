@@ -171,7 +171,7 @@ def build_umt5(directory: Path) -> None:
            tie_word_embeddings=False)
 
 
-def build_ill_conditioned(directory: Path, model_type: str = "t5") -> None:
+def build_ill_conditioned(directory: Path, model_type: str = "t5", seed: int = 1) -> None:
     """T5 v1.1-like activations: feed-forward outputs past 65504 in two residual dimensions, logits near 60.
 
     Real T5 v1.1 / Flan-T5 / mT5 checkpoints carry a few huge residual dimensions (which is why
@@ -186,7 +186,7 @@ def build_ill_conditioned(directory: Path, model_type: str = "t5") -> None:
     names = {"t5": ("T5Config", "T5ForConditionalGeneration"), "umt5": ("UMT5Config", "UMT5ForConditionalGeneration")}
     config_class, model_class = names[model_type]
     tokenizer = sentencepiece_tokenizer(directory)
-    torch.manual_seed(1)
+    torch.manual_seed(seed)
     config = getattr(transformers, config_class)(
         vocab_size=len(tokenizer), d_model=64, num_heads=4, d_kv=16, d_ff=128, num_layers=4, num_decoder_layers=3,
         relative_attention_num_buckets=32, relative_attention_max_distance=128, feed_forward_proj="gated-gelu",
