@@ -115,11 +115,18 @@ def test_ray_data_refuses_before_any_work(cluster, corpus, tmp_path):
 
 
 def test_cli_batch_on_a_running_cluster(cluster, corpus, tmp_path):
-    """`t5ort batch --ray ADDRESS` in its own process, scoring, against the one-machine job."""
+    """`t5ort batch --ray ADDRESS` in its own process, scoring a folder of Parquet files, against the local job."""
+    import pyarrow.json as pjson
+
+    table = pjson.read_json(corpus)
+    (tmp_path / "pq").mkdir()
+    pq.write_table(table.slice(0, 25), tmp_path / "pq" / "a.parquet")
+    pq.write_table(table.slice(25), tmp_path / "pq" / "b.parquet")
     spec = JobSpec(task="score", shard_rows=16, batch_size=8)
-    run_job(t5ort.load(MODEL, threads=1), corpus, tmp_path / "local", spec)
+    run_job(t5ort.load(MODEL, threads=1), tmp_path / "pq", tmp_path / "local", spec)
     done = subprocess.run(
-        [sys.executable, "-m", "t5ort.cli", "batch", str(MODEL), str(corpus), str(tmp_path / "ray"), "--task", "score",
+        [sys.executable, "-m", "t5ort.cli", "batch", str(MODEL), str(tmp_path / "pq"), str(tmp_path / "ray"),
+         "--task", "score",
          "--shard-rows", "16", "--batch-size", "8", "--ray", cluster, "--workers", "2"],
         capture_output=True, text=True, timeout=120,
         env={**os.environ, "PYTHONPATH": str(Path(t5ort.__file__).parents[1])})

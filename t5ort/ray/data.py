@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -46,16 +47,35 @@ class CorpusMapper:
 IO_TASK_CPUS = 0
 
 
+@contextmanager
+def _v1_reads():
+    """Ray 2.60's V2 file datasources list files in a task that always reserves 1 CPU (not configurable),
+    which deadlocks behind an actor pool holding every CPU; the V1 readers list on the driver. The
+    driver's DataContext flag is set only while the read is planned, then restored."""
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    old = getattr(ctx, "use_datasource_v2", None)
+    if old is not None:
+        ctx.use_datasource_v2 = False
+    try:
+        yield
+    finally:
+        if old is not None:
+            ctx.use_datasource_v2 = old
+
+
 def _read(corpus, spec: JobSpec):
     import ray.data
 
     paths = [str(f) for f in corpus.files]
-    if corpus.format == "parquet":
-        return ray.data.read_parquet(paths, num_cpus=IO_TASK_CPUS)
-    if corpus.format == "csv":
-        return ray.data.read_csv(paths, convert_options=csv_convert_options(spec.input_columns),
-                                 num_cpus=IO_TASK_CPUS)
-    return ray.data.read_json(paths, lines=True, num_cpus=IO_TASK_CPUS)
+    with _v1_reads():
+        if corpus.format == "parquet":
+            return ray.data.read_parquet(paths, num_cpus=IO_TASK_CPUS)
+        if corpus.format == "csv":
+            return ray.data.read_csv(paths, convert_options=csv_convert_options(spec.input_columns),
+                                     num_cpus=IO_TASK_CPUS)
+        return ray.data.read_json(paths, lines=True, num_cpus=IO_TASK_CPUS)
 
 
 def run_ray_job(
