@@ -36,6 +36,7 @@ def test_every_system_and_workload_is_measured(result):
         lo, hi = m.ms_per_step_range
         assert lo <= m.ms_per_step <= hi
         assert m.tokens_per_s == pytest.approx(m.workload.batch * 4 / (m.ms_per_step * 4 / 1000))
+        assert len(m.cpu_seconds) == 2 and m.cpu_ms_per_step > 0
         if "bare" in m.system:
             assert m.first_token_ms is None and m.token_agreement is None
         else:

@@ -318,6 +318,7 @@ def _run_workload(w: Workload, workers: list[_Worker], pool, pad: int, repeats: 
         time.sleep(PAUSE_S)
         tokens[wk.label] = wk.call(request)["tokens"]
     seconds: dict[str, list[float]] = {wk.label: [] for wk in workers}
+    cpu: dict[str, list[float]] = {wk.label: [] for wk in workers}
     first_token: dict[str, list[float]] = {wk.label: [] for wk in workers}
     for i in range(repeats):
         say(f"{w.name}: round {i + 1}/{repeats}")
@@ -325,12 +326,15 @@ def _run_workload(w: Workload, workers: list[_Worker], pool, pad: int, repeats: 
         order = workers[k:] + workers[:k]
         for wk in order if i % 2 == 0 else order[::-1]:
             time.sleep(PAUSE_S)
-            seconds[wk.label].append(wk.call(request)["seconds"])
+            out = wk.call(request)
+            seconds[wk.label].append(out["seconds"])
+            cpu[wk.label].append(out["cpu_seconds"])
             if wk.kind != "t5ort-bare":
                 time.sleep(PAUSE_S)
                 first_token[wk.label].append(wk.call(first)["seconds"])
     other = meter.read()["seconds"]
     return [Measurement(system=wk.label, workload=w, seconds=tuple(seconds[wk.label]),
                         first_token_seconds=tuple(first_token[wk.label]),
-                        token_agreement=_agreement(tokens[wk.label], tokens[reference]), other_cpu_seconds=other)
+                        token_agreement=_agreement(tokens[wk.label], tokens[reference]), other_cpu_seconds=other,
+                        cpu_seconds=tuple(cpu[wk.label]))
             for wk in workers]

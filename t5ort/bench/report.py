@@ -35,15 +35,15 @@ def format_table(result: BenchResult) -> str:
             if m is None:
                 continue
             lo, hi = m.ms_per_step_range
-            rows.append([s.label, f"{m.ms_per_step:.2f}", f"{lo:.2f}-{hi:.2f}", f"{m.tokens_per_s:.1f}",
-                         _f(m.first_token_ms, ".1f"), f"{m.ms_per_step / ref.ms_per_step:.2f}x",
+            rows.append([s.label, f"{m.ms_per_step:.2f}", f"{lo:.2f}-{hi:.2f}", _f(m.cpu_ms_per_step),
+                         f"{m.tokens_per_s:.1f}", _f(m.first_token_ms, ".1f"), f"{m.ms_per_step / ref.ms_per_step:.2f}x",
                          "-" if m.token_agreement is None else f"{100 * m.token_agreement:.1f}%"])
         other = ref.other_cpu_seconds
         parts.append(f"{w.name}, {w.new_tokens} new tokens per row "
                      f"(other processes used {other:.1f} CPU s meanwhile"
                      + (": the timings shared the CPUs)" if other > 1 else ")"))
         parts.append(markdown_table(
-            ["system", f"ms/step (median of {repeats})", "range", "tokens/s", "first token ms",
+            ["system", f"ms/step (median of {repeats})", "range", "CPU ms/step", "tokens/s", "first token ms",
              f"/ {result.reference}", f"tokens = {result.reference}"], rows))
     return "\n\n".join(parts)
 
@@ -91,9 +91,9 @@ def plot(result: BenchResult, path: str | Path) -> None:
         values += ys
         ax.bar(xs, ys, width, yerr=np.array(err), capsize=2, color=colors(i % 10), label=label,
                hatch="//" if "bare" in label else None, edgecolor="white")
-        for x, y in zip(xs, ys):
-            ax.annotate(f"{y:.1f}", (x, y), ha="center", va="bottom", fontsize=6, rotation=90, xytext=(0, 2),
-                        textcoords="offset points")
+        for x, y, above in zip(xs, ys, err[1]):  # the median's label above the slowest run's whisker
+            ax.annotate(f"{y:.1f}", (x, y + above), ha="center", va="bottom", fontsize=6, rotation=90,
+                        xytext=(0, 2), textcoords="offset points")
     if values and max(values) / max(min(values), 1e-9) > 30:
         ax.set_yscale("log")
     ax.set_xticks(range(len(workloads)), [w.name for w in workloads])

@@ -39,6 +39,13 @@ class Measurement:
     first_token_seconds: tuple[float, ...]
     token_agreement: float | None  # share of generated tokens equal to the reference system's; None: no tokens
     other_cpu_seconds: float  # CPU time other processes took during this workload (all systems)
+    cpu_seconds: tuple[float, ...] = ()  # the worker's CPU time (all its threads) during each timed call
+
+    @property
+    def cpu_ms_per_step(self) -> float | None:
+        """Median CPU time of a call (all threads) / new tokens: less sensitive than wall time to other
+        processes taking the cores, though not to their use of caches and memory bandwidth."""
+        return 1000 * statistics.median(self.cpu_seconds) / self.workload.new_tokens if self.cpu_seconds else None
 
     @property
     def ms_per_step(self) -> float:
@@ -91,6 +98,7 @@ class BenchResult:
             lo, hi = m.ms_per_step_range
             rows.append({**asdict(m), "workload": {**asdict(m.workload), "name": m.workload.name},
                          "ms_per_step": m.ms_per_step, "ms_per_step_min": lo, "ms_per_step_max": hi,
-                         "tokens_per_s": m.tokens_per_s, "first_token_ms": m.first_token_ms})
+                         "tokens_per_s": m.tokens_per_s, "first_token_ms": m.first_token_ms,
+                         "cpu_ms_per_step": m.cpu_ms_per_step})
         return {"machine": self.machine, "settings": self.settings, "reference": self.reference,
                 "systems": [asdict(s) for s in self.systems], "measurements": rows, "skipped": self.skipped}

@@ -341,8 +341,9 @@ def worker(kind: str, directory: str, threads: int) -> None:
             outgoing.send(("ok", {"peak_rss_mb": proc_status_mb("VmHWM"), "cpu_seconds": _cpu_seconds()}))
             return
         try:
+            cpu = time.process_time()
             seconds, tokens = system.generate(request)
-            outgoing.send(("ok", {"seconds": seconds, "tokens": tokens}))
+            outgoing.send(("ok", {"seconds": seconds, "cpu_seconds": time.process_time() - cpu, "tokens": tokens}))
         except Exception:  # noqa: BLE001
             outgoing.send(("error", traceback.format_exc()))
 
