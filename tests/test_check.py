@@ -102,3 +102,15 @@ def test_bad_arguments_exit_2(sp_export, sp_checkpoint, tmp_path, capsys):
     assert "holds no input" in capsys.readouterr().err
     with pytest.raises(TypeError, match="list of strings"):
         t5ort.export.check(sp_export, sp_checkpoint, "one string")
+
+
+def test_quantized_exports_are_refused_with_the_reason(sp_export, sp_checkpoint, tmp_path):
+    from t5ort import ExportError
+
+    int8 = tmp_path / "int8"
+    shutil.copytree(sp_export, int8)
+    manifest = json.loads((int8 / "t5ort.json").read_text())
+    manifest["quantization"] = {"weights": "int8"}
+    (int8 / "t5ort.json").write_text(json.dumps(manifest))
+    with pytest.raises(ExportError, match="holds int8 graphs.*Check the fp32 export"):
+        t5ort.export.check(int8, sp_checkpoint)

@@ -94,6 +94,12 @@ def check(
 
     say(f"loading {out_dir}")
     runtime = load(out_dir)
+    weights = runtime.manifest.quantization.get("weights")
+    if weights:
+        raise ExportError(
+            f"{out_dir} holds {weights} graphs; t5ort check judges fp32 exports by float32's rule, which "
+            f"{weights} weights cannot meet. Check the fp32 export of the same checkpoint; the {weights} graphs' "
+            "fidelity against fp32 is stored in its t5ort.json under quantization.")
     say(f"loading {checkpoint}")
     torch_model = _load_checkpoint(checkpoint)
     verify_source(runtime.manifest, torch_model, Path(out_dir), Path(checkpoint))
