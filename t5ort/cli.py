@@ -244,8 +244,8 @@ class BatchProgressBar:
 
             self.bar = tqdm(total=event.rows_total, initial=event.rows_done, unit="rows", desc="t5ort batch",
                             disable=None, dynamic_ncols=True)
+        self.bar.set_postfix_str(f"{event.tokens_done / max(event.elapsed_s, 1e-9):.0f} tokens/s", refresh=False)
         self.bar.update(event.rows_done - self.bar.n)
-        self.bar.set_postfix_str(f"{event.tokens_done / max(event.elapsed_s, 1e-9):.0f} tokens/s")
 
     def close(self) -> None:
         if self.bar is not None:

@@ -92,6 +92,14 @@ def test_finish_reason_length(rt, tmp_path):
     assert set(table.column("finish_reason").to_pylist()) == {"length"}
     assert table.column("num_generated_tokens").to_pylist() == [2] * 4
     assert "top_ids" not in table.column_names
+    run_job(rt, path, tmp_path / "stop", JobSpec(top_n=0, generation={"max_new_tokens": 12,
+                                                                       "stop_strings": ["hundert"]}))
+    rows = pq.read_table(tmp_path / "stop").to_pylist()
+    ref = rt.generate([r["src"] for r in rows], max_new_tokens=12, stop_strings=["hundert"])
+    for row, text in zip(rows, ref.texts):
+        assert row["generated_text"] == text
+        assert row["finish_reason"] == ("stop" if text.endswith("hundert") else "eos"), text
+        assert rt.tokenizer.decode_batch(np.array([row["generated_ids"]]))[0] == text
 
 
 def test_csv_and_parquet_folders_give_the_same_rows(rt, corpus, tmp_path):

@@ -68,6 +68,25 @@ class _Columns:
             column[position] = value
 
 
+def _ends(new: np.ndarray, eos: list[int], pad: int, options) -> tuple[np.ndarray, list[str]]:
+    """Each row's generated length and finish reason: up to its first EOS ("eos"); else every step
+    ("length"), except that a row a stop string or criterion ended stops at its trailing padding ("stop")."""
+    steps = np.full(len(new), new.shape[1])
+    reasons = []
+    can_stop = bool(options.stop_strings) or bool(options.stopping_criteria)
+    for row, seq in enumerate(new):
+        ends = np.flatnonzero(np.isin(seq, eos))
+        if ends.size:
+            steps[row] = ends[0] + 1
+            reasons.append("eos")
+            continue
+        if can_stop:  # finished rows are padded; a row that was stopped ends at its last non-pad token
+            live = np.flatnonzero(seq != pad)
+            steps[row] = live[-1] + 1 if live.size else 0
+        reasons.append("length" if steps[row] == options.max_new_tokens else "stop")
+    return steps, reasons
+
+
 def _generate(runtime, texts, ids, mask, spec: JobSpec, logits_out) -> tuple[_Columns, int]:
     options = spec.options(output_logits=spec.needs_logits)
     eos = runtime.manifest.special_tokens.eos_token_id if options.eos_token_id is None else options.eos_token_id
@@ -81,17 +100,7 @@ def _generate(runtime, texts, ids, mask, spec: JobSpec, logits_out) -> tuple[_Co
         result = runtime.generate(input_ids=ids[positions, :width], attention_mask=mask[positions, :width],
                                   **dict(spec.generation), output_logits=spec.needs_logits)
         new = result.sequences[:, 1:]
-        steps = np.full(len(positions), new.shape[1])
-        reasons = []
-        for row, seq in enumerate(new):
-            ends = np.flatnonzero(np.isin(seq, eos))
-            if ends.size:
-                steps[row] = ends[0] + 1
-                reasons.append("eos")
-            else:
-                live = np.flatnonzero(seq != pad)
-                steps[row] = live[-1] + 1 if live.size else 0
-                reasons.append("length" if steps[row] == options.max_new_tokens else "stop")
+        steps, reasons = _ends(new, eos, pad, options)
         tokens += int(steps.sum())
         cols.put("generated_text", positions, result.texts)
         cols.put("generated_ids", positions, [s[:n].tolist() for s, n in zip(new, steps)])
