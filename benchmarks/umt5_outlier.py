@@ -102,7 +102,7 @@ def bucket_check(export: Path, checkpoint: Path, length: int = 60) -> tuple[int,
     return compared, differ
 
 
-def same_function(workdir: Path) -> tuple[Path, Path, Path]:
+def same_function(workdir: Path) -> tuple[Path, Path]:
     """The T5 ill-conditioned checkpoint, and a UMT5 one computing its function (all bias tables = T5's)."""
     import torch
     import transformers
@@ -123,7 +123,7 @@ def same_function(workdir: Path) -> tuple[Path, Path, Path]:
     tokenizer.save_pretrained(umt5_dir / "checkpoint")
     for d in (t5_dir, umt5_dir):
         t5ort.export(d / "checkpoint", d / "onnx", force=True, atol=1.0)
-    return t5_dir, umt5_dir, umt5_dir
+    return t5_dir, umt5_dir
 
 
 def table(rows: list[tuple[str, dict]]) -> str:
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"1. bucket indices, every encoder layer of the UMT5 export, 60-token input: {differ} of "
               f"{compared} query/key pairs differ from transformers' _relative_position_bucket\n")
         say("2. the same function as T5 and as UMT5")
-        t5_dir, same_dir, _ = same_function(workdir)
+        t5_dir, same_dir = same_function(workdir)
         print("2. one function, exported as T5 and as UMT5 (all UMT5 bias tables = T5's shared one):\n")
         print(table([("T5", figures(t5_dir / "onnx", t5_dir / "checkpoint")),
                      ("UMT5, T5's bias in every layer", figures(same_dir / "onnx", same_dir / "checkpoint"))]))
