@@ -5,8 +5,8 @@
 Every policy runs in its own worker process (onnxruntime's global thread pools are
 process-wide) on the t5-small-shaped exports that compare.py uses (fp32 and int8).
 Each worker times ``rt.generate(..., output_logits=True)`` with min = max = 32 new
-tokens at greedy batch 1, ragged batch 16 and beam 4. The ``bare`` worker loads the
-same export with the policy under test and times the decoder session alone: one
+tokens at greedy batch 1, ragged batch 16 and beam 4. The ``bare`` workers load the
+same export with each of ``--bare-policies`` and time the decoder session alone: one
 encode *before* the clock starts, then 32 ``graphs.step`` calls that feed each
 step's cache into the next (a fixed token; no search, no logits kept), so no
 encoder run ever precedes a timed step. Repeats are interleaved (each repeat runs

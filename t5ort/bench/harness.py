@@ -39,7 +39,7 @@ def _positive(name: str, value, allow_none: bool = False):
     return value
 
 
-def _label(manifest, directory: Path) -> str:
+def _label(manifest) -> str:
     weights = manifest.quantization.get("weights") if manifest.quantization else None
     return f"t5ort {weights or {'float32': 'fp32', 'float16': 'fp16'}.get(manifest.dtype, manifest.dtype)}"
 
@@ -49,7 +49,7 @@ def _exports(out_dirs: Sequence) -> list[tuple[str, Path, object]]:
     if isinstance(out_dirs, (str, Path)) or not out_dirs:
         raise ValueError("out_dirs must be a non-empty list of export directories (t5ort export OUT_DIR).")
     found = [(Path(d), read_manifest(Path(d))) for d in out_dirs]  # ArtifactError names a bad directory
-    labels = [_label(m, d) for d, m in found]
+    labels = [_label(m) for _, m in found]
     out = []
     for (d, m), label in zip(found, labels):
         out.append((f"{label} ({d.name})" if labels.count(label) > 1 else label, d, m))
