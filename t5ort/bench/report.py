@@ -73,7 +73,7 @@ def plot(result: BenchResult, path: str | Path) -> None:
     import matplotlib.pyplot as plt
 
     workloads, labels = result.workloads, [s.label for s in result.systems]
-    fig, ax = plt.subplots(figsize=(max(7, 1.6 * len(workloads) * max(1, len(labels) / 3)), 5))
+    fig, ax = plt.subplots(figsize=(max(7, 1.6 * len(workloads) * max(1, len(labels) / 3)), 5.5))
     width = 0.85 / max(1, len(labels))
     colors = plt.get_cmap("tab10")
     values = []
@@ -103,7 +103,7 @@ def plot(result: BenchResult, path: str | Path) -> None:
     ax.set_title(f"{m['cpu']}, {m['threads used']} threads, {result.settings['max_new_tokens']} new tokens, "
                  f"median of {result.settings['repeats']} interleaved runs\n"
                  f"other processes used {other:.0f} CPU s during the run", fontsize=9)
-    ax.legend(fontsize=8, ncols=2)
+    ax.legend(fontsize=8, ncols=min(len(labels), 5), loc="upper center", bbox_to_anchor=(0.5, -0.08))
     ax.margins(y=0.12)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
