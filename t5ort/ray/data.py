@@ -119,7 +119,7 @@ def run_ray_job(
     tmp = out.with_name(f".{out.name}.ray-{uuid.uuid4().hex[:8]}")
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=address)
+        ray.init(address=address or "local")  # "local": a new cluster, never another `ray start` one
     try:
         mapper_args = dict(export_dir=str(export_dir), spec=spec.to_json(), schema=corpus.schema, threads=threads)
         ds = _read(corpus, spec).map_batches(

@@ -94,7 +94,7 @@ def run_serve(app, *, host: str, port: int, address: str | None = None, name: st
 
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=address)
+        ray.init(address=address or "local")  # "local": a new cluster, never another `ray start` one
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
