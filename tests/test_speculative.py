@@ -236,3 +236,30 @@ def test_cli_prompt_lookup_and_assistant_print_plain_greedys_text(capsys):
         assert "drafted tokens kept" in out.err
     assert main(["generate", str(ASSETS / "onnx"), text, "--num-assistant-tokens", "3"]) != 0
     assert "--num-assistant-tokens goes with --assistant DIR" in capsys.readouterr().err
+
+
+def one_edit(a: str, b: str) -> bool:
+    if len(a) == len(b):
+        diff = [i for i in range(len(a)) if a[i] != b[i]]
+        return len(diff) == 1 or (len(diff) == 2 and diff[1] == diff[0] + 1 and a[diff[0]] == b[diff[1]]
+                                  and a[diff[1]] == b[diff[0]])
+    short, long = sorted((a, b), key=len)
+    return len(long) == len(short) + 1 and any(long[:i] + long[i + 1:] == short for i in range(len(long)))
+
+
+def test_spelling_data_is_seeded_one_edit_per_word_and_held_out():
+    import random
+
+    from t5ort.training import spelling as sp
+
+    assert sp.test_pairs(0, 20) == sp.test_pairs(0, 20)
+    rng = random.Random(0)
+    for _ in range(300):
+        source, target = sp.example(rng)
+        assert source.startswith(sp.PREFIX)
+        wrong, right = source[len(sp.PREFIX):].replace("-", " ").split(" "), target.replace("-", " ").split(" ")
+        assert len(wrong) == len(right)
+        for w, r in zip(wrong, right):  # at most one edit: drop, double, swap or replace
+            assert w == r or one_edit(w.rstrip(","), r.rstrip(",")), (w, r)
+    held, pool = sp.split(0)
+    assert len(held) == 2000 and not held & set(pool)

@@ -6,7 +6,7 @@ written in English words (:func:`t5ort.training.numbers.english`), some words
 misspelled, and writes the list again, spelled right::
 
     >>> example(random.Random(3))
-    ('fix: sevnty-one thousand nine, three hundred frty-two', 'seventy-one thousand nine, three hundred forty-two')
+    ('fix: fiv hundred seventy thousand six hundrwd sixty-five', 'five hundred seventy thousand six hundred sixty-five')
 
 Most output tokens are copies of input tokens: the task where speculative decoding
 drafting from the input (prompt lookup) pays.
@@ -26,7 +26,7 @@ from . import numbers as nb
 
 PREFIX = "fix: "
 TYPO_RATE = 0.3
-COUNT_WEIGHTS = (0.5, 0.3, 0.2)  # shares of examples with one, two and three numbers
+COUNT_WEIGHTS = (0.6, 0.25, 0.15)  # shares of examples with one, two and three numbers
 MAX_NUMBERS = len(COUNT_WEIGHTS)
 
 _KEYBOARD = ("qwertyuiop", "asdfghjkl", "zxcvbnm")
