@@ -372,21 +372,26 @@ def _sse(data: dict) -> bytes:
 # ---- routes --------------------------------------------------------------------------
 
 
-def _install_routes(app: FastAPI, state: ServeState) -> None:  # noqa: C901 - one block of route functions
-    runtime, config, metrics = state.runtime, state.config, state.metrics
+class Exchange:
+    """The routes' side of the scheduler boundary: submit a job, read its channel, count the answer."""
 
+    def __init__(self, state: ServeState):
+        self.state = state
+
+    @staticmethod
     def request_id(request: Request) -> str:
         return request.scope.get("state", {}).get("request_id") or new_request_id()
 
-    def done(request: Request, status: int) -> None:
-        metrics.requests.labels(route=_route_label(request), status=str(status)).inc()
+    def done(self, request: Request, status: int) -> None:
+        self.state.metrics.requests.labels(route=_route_label(request), status=str(status)).inc()
 
-    def submit(job) -> AsyncChannel:
+    def submit(self, job) -> AsyncChannel:
+        """Queue ``job``; 429 (with Retry-After) when the queue is full, 503 while shutting down."""
         channel = AsyncChannel(asyncio.get_running_loop())
         try:
-            state.scheduler.submit(job, channel)
+            self.state.scheduler.submit(job, channel)
         except QueueFull as exc:
-            metrics.failures.labels(reason="overloaded").inc()
+            self.state.metrics.failures.labels(reason="overloaded").inc()
             error = RequestError(None, f"Model is overloaded: {exc}", 429, "overloaded")
             error.retry_after = exc.retry_after
             raise error from exc
@@ -394,7 +399,7 @@ def _install_routes(app: FastAPI, state: ServeState) -> None:  # noqa: C901 - on
             raise RequestError(None, str(exc), 503, "shutdown") from exc
         return channel
 
-    async def events(request: Request, channel: AsyncChannel, deadline: float) -> AsyncIterator:
+    async def events(self, request: Request, channel: AsyncChannel, deadline: float) -> AsyncIterator:
         """The channel's events until the final one; stops (closing the channel) if the client leaves."""
         disconnect = asyncio.ensure_future(_wait_disconnect(request))
         try:
@@ -407,7 +412,8 @@ def _install_routes(app: FastAPI, state: ServeState) -> None:  # noqa: C901 - on
                     get.cancel()
                     if disconnect in finished:
                         return
-                    yield Failed("timeout", f"the request did not finish within {config.request_timeout:g} s")
+                    limit = self.state.config.request_timeout
+                    yield Failed("timeout", f"the request did not finish within {limit:g} s")
                     return
                 event = get.result()
                 yield event
@@ -417,21 +423,41 @@ def _install_routes(app: FastAPI, state: ServeState) -> None:  # noqa: C901 - on
             channel.close()
             disconnect.cancel()
 
-    async def final(request: Request, channel: AsyncChannel, job) -> Finished | ScoreFinished:
-        async for event in events(request, channel, job.deadline + 5.0):
+    async def final(self, request: Request, channel: AsyncChannel, job) -> Finished | ScoreFinished:
+        """The job's answer (TokenEvents skipped); its failure as a RequestError."""
+        async for event in self.events(request, channel, job.deadline + 5.0):
             if isinstance(event, Failed):
                 raise RequestError(None, event.message, _FAILED_STATUS[event.kind], event.kind)
             if isinstance(event, (Finished, ScoreFinished)):
                 return event
         raise RequestError(None, "the client went away", 499, "cancelled")
 
+
+_ERRORS_DOC = {code: {"model": ErrorResponse, "description": what} for code, what in
+               ((422, "invalid request (the error names the field)"), (413, "body or raw logits over budget"),
+                (429, "queue full; see Retry-After"), (504, "request timeout"))}
+_STREAM_DOC = {200: {"description": "server-sent events: one StreamResponse per token",
+                     "content": {"text/event-stream": {"schema": StreamResponse.model_json_schema()}}}}
+
+
+def _install_routes(app: FastAPI, state: ServeState) -> None:
+    ex = Exchange(state)
+    _tgi_routes(app, state, ex)
+    _openai_routes(app, state, ex)
+    _operation_routes(app, state)
+
+
+def _tgi_routes(app: FastAPI, state: ServeState, ex: Exchange) -> None:
+    """TGI's /generate, /generate_stream and /, and t5ort's /logits and /score."""
+    runtime, config = state.runtime, state.config
+
     # ---- TGI ----
 
     async def generate(request: Request, body: GenerateRequest):
         want_npz = NPZ in request.headers.get("accept", "")
-        plan = tgi_plan(runtime, config, body, request_id(request), stream=False, want_logits=want_npz)
-        finished = await final(request, submit(plan.job), plan.job)
-        done(request, 200)
+        plan = tgi_plan(runtime, config, body, ex.request_id(request), stream=False, want_logits=want_npz)
+        finished = await ex.final(request, ex.submit(plan.job), plan.job)
+        ex.done(request, 200)
         if want_npz:
             return Response(_npz(finished), media_type=NPZ)
         return JSONResponse(_tgi_response(plan, runtime, finished))
@@ -439,12 +465,12 @@ def _install_routes(app: FastAPI, state: ServeState) -> None:  # noqa: C901 - on
     async def generate_stream(request: Request, body: GenerateRequest):
         if body.parameters.decoder_input_details:
             raise RequestError("parameters.decoder_input_details", "is not available when streaming (as TGI).")
-        plan = tgi_plan(runtime, config, body, request_id(request), stream=True)
-        channel = submit(plan.job)
+        plan = tgi_plan(runtime, config, body, ex.request_id(request), stream=True)
+        channel = ex.submit(plan.job)
 
         async def sse() -> AsyncIterator[bytes]:
             held = None
-            async for event in events(request, channel, plan.job.deadline + 5.0):
+            async for event in ex.events(request, channel, plan.job.deadline + 5.0):
                 if isinstance(event, TokenEvent):
                     if held is not None:
                         yield _sse(held)
@@ -465,24 +491,19 @@ def _install_routes(app: FastAPI, state: ServeState) -> None:  # noqa: C901 - on
                         yield _sse(held)
                     yield _sse({"error": event.message, "error_type": event.kind})
 
-        done(request, 200)
+        ex.done(request, 200)
         return StreamingResponse(sse(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    stream_doc = {200: {"description": "server-sent events: one StreamResponse per token",
-                        "content": {"text/event-stream": {"schema": StreamResponse.model_json_schema()}}}}
-    errors_doc = {code: {"model": ErrorResponse, "description": what} for code, what in
-                  ((422, "invalid request (the error names the field)"), (413, "body or raw logits over budget"),
-                   (429, "queue full; see Retry-After"), (504, "request timeout"))}
     app.post("/generate", tags=["TGI"], summary="Generate (TGI). Accept: application/x-npz returns raw logits",
              responses={200: {"model": GenerateResponse,
                               "content": {NPZ: {}}, "description": "the answer, or .npz with sequences, raw logits "
-                              "[rows, steps, vocab] and token_logprobs"}, **errors_doc})(generate)
+                              "[rows, steps, vocab] and token_logprobs"}, **_ERRORS_DOC})(generate)
     app.post("/generate_stream", tags=["TGI"], summary="Generate, streamed as server-sent events (TGI)",
-             responses={**stream_doc, **errors_doc})(generate_stream)
+             responses={**_STREAM_DOC, **_ERRORS_DOC})(generate_stream)
 
     @app.post("/", tags=["TGI"], summary="TGI's compat route: a list of one answer, or a stream with `stream: true`",
-              responses={200: {"model": list[GenerateResponse]}, **errors_doc})
+              responses={200: {"model": list[GenerateResponse]}, **_ERRORS_DOC})
     async def compat(request: Request, body: GenerateRequest):
         if body.stream:
             return await generate_stream(request, body)
@@ -493,21 +514,21 @@ def _install_routes(app: FastAPI, state: ServeState) -> None:  # noqa: C901 - on
 
     @app.post("/logits", tags=["t5ort"], summary="Generate and return the raw per-step logits as .npz",
               responses={200: {"content": {NPZ: {}}, "description": "np.load() gives sequences [rows, steps], "
-                               "logits [rows, steps, vocab] (raw) and token_logprobs [rows, steps]"}, **errors_doc})
+                               "logits [rows, steps, vocab] (raw) and token_logprobs [rows, steps]"}, **_ERRORS_DOC})
     async def logits(request: Request, body: GenerateRequest):
-        plan = tgi_plan(runtime, config, body, request_id(request), stream=False, want_logits=True)
-        finished = await final(request, submit(plan.job), plan.job)
-        done(request, 200)
+        plan = tgi_plan(runtime, config, body, ex.request_id(request), stream=False, want_logits=True)
+        finished = await ex.final(request, ex.submit(plan.job), plan.job)
+        ex.done(request, 200)
         return Response(_npz(finished), media_type=NPZ)
 
     # ---- scoring ----
 
     @app.post("/score", tags=["t5ort"], summary="Teacher-forced log-probs of targets given sources",
-              responses={200: {"model": ScoreResponse}, **errors_doc})
+              responses={200: {"model": ScoreResponse}, **_ERRORS_DOC})
     async def score(request: Request, body: ScoreRequest):
-        job = score_job(runtime, config, body, request_id(request))
-        result = await final(request, submit(job), job)
-        done(request, 200)
+        job = score_job(runtime, config, body, ex.request_id(request))
+        result = await ex.final(request, ex.submit(job), job)
+        ex.done(request, 200)
         tok = runtime.tokenizer
         return {"scores": [
             {"total_logprob": total, "tokens": [{"id": t, "text": tok.token_string(t), "logprob": lp}
@@ -515,16 +536,21 @@ def _install_routes(app: FastAPI, state: ServeState) -> None:  # noqa: C901 - on
             for ids, lps, total in zip(result.target_ids, result.token_logprobs, result.total_logprobs)
         ]}
 
+
+def _openai_routes(app: FastAPI, state: ServeState, ex: Exchange) -> None:
+    """OpenAI's /v1/completions and /v1/models."""
+    runtime, config = state.runtime, state.config
+
     # ---- OpenAI ----
 
     @app.post("/v1/completions", tags=["OpenAI"], summary="OpenAI completions (temperature 0: greedy)",
-              responses={**stream_doc, **errors_doc})
+              responses={**_STREAM_DOC, **_ERRORS_DOC})
     async def completions(request: Request, body: CompletionRequest):
-        plan = completion_plan(runtime, config, body, request_id(request))
+        plan = completion_plan(runtime, config, body, ex.request_id(request))
         channels = []
         try:
             for job in plan.jobs:
-                channels.append(submit(job))
+                channels.append(ex.submit(job))
         except RequestError:
             for c in channels:
                 c.close()
@@ -532,11 +558,11 @@ def _install_routes(app: FastAPI, state: ServeState) -> None:  # noqa: C901 - on
         completion_id = f"cmpl-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
         if body.stream:
-            done(request, 200)
+            ex.done(request, 200)
             return StreamingResponse(
-                _completion_stream(request, plan, channels, events, completion_id, created, config.model_name),
+                _completion_stream(request, plan, channels, ex.events, completion_id, created, config.model_name),
                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        results = await asyncio.gather(*(final(request, c, j) for c, j in zip(channels, plan.jobs)))
+        results = await asyncio.gather(*(ex.final(request, c, j) for c, j in zip(channels, plan.jobs)))
         choices, prompt_tokens, completion_tokens = [], 0, 0
         for p, finished in enumerate(results):
             prompt_tokens += finished.input_length
@@ -545,7 +571,7 @@ def _install_routes(app: FastAPI, state: ServeState) -> None:  # noqa: C901 - on
                 choices.append({"index": p * plan.n + j, "text": row.text,
                                 "logprobs": _openai_logprobs(row) if plan.logprobs is not None else None,
                                 "finish_reason": "length" if row.finish_reason == "length" else "stop"})
-        done(request, 200)
+        ex.done(request, 200)
         return {"id": completion_id, "object": "text_completion", "created": created, "model": config.model_name,
                 "choices": choices, "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                                               "total_tokens": prompt_tokens + completion_tokens}}
@@ -554,6 +580,11 @@ def _install_routes(app: FastAPI, state: ServeState) -> None:  # noqa: C901 - on
     async def models():
         return {"object": "list", "data": [{"id": config.model_name, "object": "model", "created": int(state.started),
                                             "owned_by": "t5ort"}]}
+
+
+def _operation_routes(app: FastAPI, state: ServeState) -> None:
+    """/health, /info, /metrics, /playground."""
+    runtime, config, metrics = state.runtime, state.config, state.metrics
 
     # ---- operations ----
 

@@ -397,7 +397,8 @@ class DynamicBatcher:
     # ---- the loop --------------------------------------------------------------
 
     def _loop(self) -> None:
-        while (batch := self.queue.next_batch(self.config.max_batch_size, self.config.batch_window_ms / 1000)) is not None:
+        window = self.config.batch_window_ms / 1000
+        while (batch := self.queue.next_batch(self.config.max_batch_size, window)) is not None:
             self.metrics.queue_depth.set(len(self.queue))
             batch = self._admit(batch)
             if batch:

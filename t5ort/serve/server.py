@@ -30,7 +30,8 @@ def run(app, *, host: str, port: int, shutdown_grace: float, log_level: str = "i
     received: list[int] = []
     # uvicorn re-raises the signal that stopped it once it has shut down; with these handlers in
     # place that re-raise is recorded instead of killing the process, so a graceful stop exits 0.
-    previous = {sig: signal.signal(sig, lambda s, _frame: received.append(s)) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {sig: signal.signal(sig, lambda s, _frame: received.append(s))
+                for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         server.run()
     finally:

@@ -81,7 +81,8 @@ def _max_new_tokens(config: ServeConfig, value: int | None, field: str) -> int:
 def _top_n(config: ServeConfig, value: int | None, field: str) -> int:
     value = value or 0
     if value > config.max_top_n_tokens:
-        raise RequestError(field, f"must be <= {config.max_top_n_tokens} (this server's max_top_n_tokens), got {value}.")
+        raise RequestError(field, f"must be <= {config.max_top_n_tokens} (this server's max_top_n_tokens), "
+                           f"got {value}.")
     return value
 
 
