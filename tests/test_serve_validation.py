@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -122,3 +124,76 @@ def test_queue_is_bounded_and_batches_compatible_jobs():
     assert q.next_batch(8, 0.0) is None
     with pytest.raises(ShuttingDown):
         q.put(Entry(job(), Sink()))
+
+
+# ---- the dynamic batcher alone, without HTTP -------------------------------------------
+
+
+class ListChannel:
+    """A channel that keeps its events; ``leave_after`` tokens, it reports the receiver gone."""
+
+    def __init__(self, leave_after: int | None = None):
+        self.events, self.leave_after, self.closed = [], leave_after, False
+        import threading
+
+        self.done = threading.Event()
+
+    def send(self, event):
+        if self.closed:
+            return False
+        self.events.append(event)
+        if self.leave_after is not None and len(self.events) >= self.leave_after:
+            self.closed = True
+        if not hasattr(event, "row"):  # Finished, ScoreFinished or Failed
+            self.done.set()
+        return True
+
+
+def test_dynamic_batcher_answers_each_job_as_the_library_and_drops_cancelled_rows(rt):
+    from t5ort.serve.metrics import ServeMetrics
+    from t5ort.serve.scheduler import DynamicBatcher, Failed, Finished, TokenEvent
+
+    config = ServeConfig(max_batch_size=8, batch_window_ms=50.0, request_timeout=30.0)
+    metrics = ServeMetrics()
+    batcher = DynamicBatcher(rt, config, metrics)
+    texts = [PREFIX + n for n in ("three hundred forty-two", "nineteen", "five hundred thousand one")]
+    lengths = [3, 12, 8]
+    channels = [ListChannel() for _ in texts]
+    for text, n, channel in zip(texts, lengths, channels):
+        batcher.submit(GenerateJob("r", rt.encode_texts([text])[0][0], (), n, top_n=2), channel)
+    leaver = ListChannel(leave_after=3)  # leaves after 3 tokens of a long forced generation
+    batcher.submit(GenerateJob("x", rt.encode_texts(["x"])[0][0], (("min_new_tokens", 200),), 200), leaver)
+    batcher.start()
+    try:
+        for channel in channels:
+            assert channel.done.wait(30)
+        for text, n, channel in zip(texts, lengths, channels):
+            want = rt.generate([text], max_new_tokens=n)
+            final = channel.events[-1]
+            assert isinstance(final, Finished)
+            tokens = [e.id for e in channel.events if isinstance(e, TokenEvent)]
+            assert tokens == list(final.rows[0].ids) == want.sequences[0, 1:1 + len(tokens)].tolist()
+            np.testing.assert_allclose(final.rows[0].logprobs, want.token_logprobs[0, :len(tokens)], atol=1e-4)
+            assert final.rows[0].text == want.texts[0]
+        deadline = time.monotonic() + 10
+        while metrics.rows_in_flight._value.get() != 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert len(leaver.events) == 3  # nothing more was sent, and the batch did not run to 200 steps
+        assert metrics.generated_tokens._value.get() < 3 + 12 + 8 + 200
+    finally:
+        batcher.stop(5.0)
+    late = ListChannel()
+    with pytest.raises(ShuttingDown):
+        batcher.submit(GenerateJob("late", np.array([1]), (), 2), late)
+    timed_out = ListChannel()
+    slow = DynamicBatcher(rt, config, ServeMetrics())
+    slow.submit(GenerateJob("t", np.array([1]), (("min_new_tokens", 5000),), 5000, deadline=time.monotonic() + 0.2),
+                timed_out)
+    slow.start()
+    try:
+        assert timed_out.done.wait(30)
+        assert isinstance(timed_out.events[-1], Failed) and timed_out.events[-1].kind == "timeout"
+        assert len(timed_out.events) < 5000
+    finally:
+        slow.stop(5.0)
