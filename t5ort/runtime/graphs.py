@@ -90,13 +90,15 @@ def session_options(threads: int | None) -> ort.SessionOptions:
     # (about 50 ms of CPU in the 100 ms after a generate): the encoder's threads spin on the cores the
     # decoder's threads need, every idle runtime in a process (server workers, tests) keeps its pools
     # busy, and other processes lose those cores. Measured side by side (benchmarks/thread_pools.py;
-    # t5-small shape, 2 threads, 32 forced tokens, three runs, with other processes busy on the 2 cores):
-    # generate took 0.23-0.60x the ms/step of onnxruntime's default (spinning on both) at greedy batch 1,
-    # ragged batch 16 and beam 4 in fp32 and int8, and 0.76-1.79x a bare decoder loop (against
-    # 1.8-5.2x). Spinning off on the encoder only (0.78-1.06x the default), session.force_spinning_stop
-    # on the encoder or both (0.74-1.0x), and onnxruntime's global thread pools (0.85-0.95x; process-wide
-    # state that must be set before the first session) were all far slower. Not re-measured on an idle machine, where the
-    # issue that asked for this saw spinning off on both slightly slower than on the encoder only.
+    # t5-small shape, 2 threads, 32 forced tokens, five runs, other processes busy on the 2 cores
+    # throughout): in three runs generate took 0.23-0.60x the ms/step of onnxruntime's default
+    # (spinning on both) at greedy batch 1, ragged batch 16 and beam 4 in fp32 and int8, and 0.76-1.79x
+    # a bare decoder loop (against 1.8-5.2x); spinning off on the encoder only gave 0.78-1.06x the
+    # default, session.force_spinning_stop on the encoder or both 0.74-1.0x, onnxruntime's global
+    # thread pools (process-wide state that must be set before the first session) 0.85-0.95x. In two
+    # later runs the three policies tried (both on, encoder off, both off) were within each other's
+    # run-to-run spread. Not measured on an idle machine, where the issue that asked for this saw
+    # spinning off on both slightly slower than on the encoder only.
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     # Smaller, dynamically sized work blocks for the intra-op threads: a thread the OS delays no longer
     # holds up the whole step. Measured side by side (t5-small shape, 2 threads, two runs): 0-7% faster
