@@ -1,0 +1,301 @@
+"""Speculative greedy decoding, side by side in one run: batch 1, 2 threads.
+
+    python benchmarks/speculative.py [--inputs 40] [--repeats 3] [--workdir benchmarks/.work]
+
+1. The spelling model (t5ort/assets/spelling: misspelled English number words -> the
+   same words spelled right; the output mostly copies the input), exported on the fly
+   from its float16 checkpoint, on held-out inputs: t5ort plain greedy vs prompt lookup
+   vs the draft model (acceptance, decoder passes per token, ms per token; sequences
+   checked equal to plain greedy's), and a sweep of K for each;
+2. transformers' own greedy, ``prompt_lookup_num_tokens`` and ``assistant_model`` on
+   the same checkpoints and inputs (2 torch threads);
+3. the verify-cost curve on the t5-small-shaped model (benchmarks/_model.py): ms per
+   decoder pass with 1..16 new tokens after 30 cached positions, and the speedup it
+   implies at the acceptance measured in 1;
+4. the bundled numbers model (nothing to copy): plain greedy vs prompt lookup.
+
+Every timing is the median of ``--repeats`` runs of each input, the methods taken in
+turn for each input (so that load from other processes falls on all of them alike);
+ms per token = the sum of the medians / the tokens generated. The CPU time other
+processes took during the run is printed: the machine was shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _model import (DEFAULT_WORKDIR, PAUSE_S, checkpoint, current_t5ort_export, machine,  # noqa: E402
+                    markdown_table, other_cpu_meter, say)
+
+ROOT = Path(__file__).resolve().parent.parent
+ASSETS = ROOT / "t5ort" / "assets"
+THREADS = 2
+TARGETS = {"prompt lookup vs t5ort plain greedy": 2.5, "t5ort prompt lookup vs transformers' prompt lookup": 5.0}
+
+
+def export_once(ckpt: Path, out: Path) -> Path:
+    import t5ort
+
+    if not current_t5ort_export(out):
+        say(f"exporting {ckpt} -> {out}")
+        t5ort.export(ckpt, out, force=True)
+    return out
+
+
+def timed(fn, repeats: int) -> tuple[float, object]:
+    times, result = [], None
+    for _ in range(repeats):
+        time.sleep(PAUSE_S / 10)
+        t0 = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), result
+
+
+# ---- 1 and 2: the spelling model --------------------------------------------------------
+
+
+def t5ort_methods(rt, draft, best_k: int, best_n: int) -> dict:
+    return {
+        "t5ort greedy": {},
+        f"t5ort prompt lookup K={best_k}": {"prompt_lookup_num_tokens": best_k},
+        f"t5ort draft model K={best_n}": {"assistant": draft, "num_assistant_tokens": best_n},
+    }
+
+
+def run_t5ort(rt, sources: list[str], methods: dict, repeats: int, max_new_tokens: int) -> dict:
+    """Per method: seconds (sum of per-input medians), tokens, sequences, speculation stats."""
+    out = {name: {"seconds": 0.0, "tokens": 0, "sequences": [], "stats": []} for name in methods}
+    for text in sources:
+        for name, kwargs in methods.items():
+            seconds, result = timed(lambda: rt.generate([text], max_new_tokens=max_new_tokens, output_logits=True,
+                                                        **kwargs), repeats)
+            row = out[name]
+            row["seconds"] += seconds
+            row["tokens"] += result.num_steps
+            row["sequences"].append(result.sequences[0].tolist())
+            row["stats"].append(result.speculation)
+    return out
+
+
+def run_transformers(ckpt: Path, draft_ckpt: Path, sources: list[str], repeats: int, max_new_tokens: int,
+                     k: int) -> dict:
+    import torch
+    from transformers import AutoTokenizer, T5ForConditionalGeneration
+
+    torch.set_num_threads(THREADS)
+    model = T5ForConditionalGeneration.from_pretrained(ckpt, dtype=torch.float32).eval()
+    draft = T5ForConditionalGeneration.from_pretrained(draft_ckpt, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(ckpt)
+    methods = {
+        "transformers greedy": {},
+        f"transformers prompt_lookup_num_tokens={k}": {"prompt_lookup_num_tokens": k},
+        "transformers assistant_model": {"assistant_model": draft},
+    }
+    out = {name: {"seconds": 0.0, "tokens": 0, "sequences": []} for name in methods}
+    with torch.inference_mode():
+        for text in sources:
+            enc = tokenizer([text], return_tensors="pt")
+            for name, kwargs in methods.items():
+                seconds, seq = timed(lambda: model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                                            num_beams=1, **kwargs), repeats)
+                out[name]["seconds"] += seconds
+                out[name]["tokens"] += seq.shape[1] - 1
+                out[name]["sequences"].append(seq[0].tolist())
+    return out
+
+
+def stats_row(name: str, row: dict, plain: dict | None) -> list[str]:
+    ms = 1000 * row["seconds"] / row["tokens"]
+    stats = [s for s in row.get("stats", []) if s is not None]
+    if stats:
+        drafted = sum(s.drafted for s in stats)
+        accepted = sum(s.accepted for s in stats)
+        passes = sum(s.decoder_passes for s in stats)
+        acceptance = f"{accepted / drafted:.1%}" if drafted else "-"
+        per_token = f"{passes / row['tokens']:.3f}"
+        redecided = str(sum(s.redecided for s in stats))
+    else:
+        acceptance, per_token, redecided = "-", "1.000" if name.endswith("greedy") else "?", "-"
+    same = "-" if plain is None else ("yes" if row["sequences"] == plain["sequences"] else
+                                      f"no ({sum(a != b for a, b in zip(row['sequences'], plain['sequences']))} differ)")
+    speedup = "" if plain is None else f"{plain['seconds'] / row['seconds']:.2f}x"
+    return [name, acceptance, per_token, redecided, f"{ms:.3f}", speedup, same]
+
+
+def sweep(rt, draft, sources, repeats, max_new_tokens) -> tuple[dict, int, int]:
+    """ms per token for prompt lookup K and draft-model K (constant and heuristic) on a subset: picks the defaults."""
+    methods = {"greedy": {}}
+    for k in (2, 4, 8, 16):
+        methods[f"prompt lookup K={k}"] = {"prompt_lookup_num_tokens": k}
+    for k in (2, 4, 8):
+        methods[f"draft K={k}"] = {"assistant": draft, "num_assistant_tokens": k}
+    methods["draft heuristic"] = {"assistant": draft, "num_assistant_tokens_schedule": "heuristic"}
+    res = run_t5ort(rt, sources, methods, repeats, max_new_tokens)
+    ms = {name: 1000 * r["seconds"] / r["tokens"] for name, r in res.items()}
+    best_k = min((k for k in (2, 4, 8, 16)), key=lambda k: ms[f"prompt lookup K={k}"])
+    best_n = min((k for k in (2, 4, 8)), key=lambda k: ms[f"draft K={k}"])
+    return res, best_k, best_n
+
+
+# ---- 3: the verify-cost curve ------------------------------------------------------------
+
+
+def pass_costs(rt, ids: np.ndarray, repeats: int, sizes=(1, 2, 4, 8, 12, 16)) -> dict[int, float]:
+    """Median ms of one decoder pass feeding ``new`` tokens after 30 cached positions, for each size."""
+    g = rt.graphs
+    enc = g.encode(ids, np.ones_like(ids))
+    _, cached = g.forward(np.full((1, 30), 5, np.int64), g.start(enc))  # 30 cached positions
+    curve = {}
+    for new in sizes:
+        tokens = np.full((1, new), 7, np.int64)
+        times = []
+        for _ in range(max(20, 10 * repeats)):
+            t0 = time.perf_counter()
+            g.forward(tokens, cached)
+            times.append(time.perf_counter() - t0)
+        curve[new] = 1000 * statistics.median(times)
+    return curve
+
+
+def verify_curve(workdir: Path, repeats: int) -> dict[int, float]:
+    import t5ort
+
+    onnx = export_once(checkpoint(workdir), workdir / "speculative" / "t5-small")
+    ids = np.random.default_rng(0).integers(3, 32000, size=(1, 32), dtype=np.int64)
+    return pass_costs(t5ort.load(onnx, threads=THREADS), ids, repeats)
+
+
+def implied_speedup(curve: dict[int, float], stats: list, tokens: int) -> str:
+    """Tokens emitted per pass over the cost of each pass relative to one token, from the measured rounds."""
+    rounds = [s for s in stats if s is not None]
+    passes = sum(s.decoder_passes for s in rounds)
+    drafted = sum(s.drafted for s in rounds)
+    fed = 1 + drafted / max(1, sum(s.rounds for s in rounds))  # tokens per verify pass, on average
+    keys = sorted(curve)
+    cost = np.interp(fed, keys, [curve[k] for k in keys]) / curve[1]
+    return f"{tokens / passes:.2f} tokens per pass, {fed:.1f} fed per pass costing {cost:.2f}x one: {tokens / passes / cost:.2f}x"
+
+
+# ---- main --------------------------------------------------------------------------------
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--inputs", type=int, default=40, help="held-out spelling inputs")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--hf-inputs", type=int, default=12, help="inputs for transformers (slower): the first N")
+    parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--checkpoints", type=Path, default=ASSETS / "spelling",
+                        help="the folder with the spelling model's task/ and draft/ checkpoints")
+    args = parser.parse_args(argv)
+    # torch's OpenMP threads spin between ops by default and starve the onnxruntime threads of the same
+    # process (and other processes) on a 2-core machine; passive waiting, as the training scripts use.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+    import t5ort
+    from t5ort.training import numbers as nb
+    from t5ort.training import spelling as sp
+
+    meter = other_cpu_meter()
+    t_start = time.monotonic()
+    work = args.workdir / "speculative"
+    task_ckpt, draft_ckpt = args.checkpoints / "task", args.checkpoints / "draft"
+    rt = t5ort.load(export_once(task_ckpt, work / "spelling-task"), threads=THREADS)
+    draft = t5ort.load(export_once(draft_ckpt, work / "spelling-draft"), threads=THREADS)
+    info = json.loads((task_ckpt / "training.json").read_text())
+    max_new_tokens = info["max_new_tokens"]
+    pairs = sp.test_pairs(0)[: args.inputs]
+    sources = [s for s, _ in pairs]
+
+    say("sweeping K on the first 12 inputs")
+    sweep_res, best_k, best_n = sweep(rt, draft, sources[:12], args.repeats, max_new_tokens)
+    say(f"t5ort on {len(sources)} inputs (prompt lookup K={best_k}, draft K={best_n})")
+    ours = run_t5ort(rt, sources, t5ort_methods(rt, draft, best_k, best_n), args.repeats, max_new_tokens)
+    say("transformers on the same inputs")
+    theirs = run_transformers(task_ckpt, draft_ckpt, sources[: args.hf_inputs], args.repeats, max_new_tokens, best_k)
+    ours_hf = run_t5ort(rt, sources[: args.hf_inputs], t5ort_methods(rt, draft, best_k, best_n), args.repeats,
+                        max_new_tokens)  # the same inputs as transformers, for the side-by-side ratios
+    say("the draft model as the target (it copies better than the task model): prompt lookup")
+    small = run_t5ort(draft, sources, {"t5ort greedy": {}, f"t5ort prompt lookup K={best_k}": {
+        "prompt_lookup_num_tokens": best_k}}, args.repeats, max_new_tokens)
+    task_ids = rt.encode_texts(sources[:1])[0]
+    task_curve = pass_costs(rt, task_ids, args.repeats, (1, 4, 8))
+    draft_curve = pass_costs(draft, task_ids, args.repeats, (1,))
+    say("verify-cost curve on the t5-small shape")
+    curve = verify_curve(args.workdir, args.repeats)
+    say("the bundled numbers model")
+    numbers_rt = t5ort.load(ASSETS / "numbers" / "onnx", threads=THREADS)
+    numbers_sources = [nb.source(n) for n in nb.split(0)[2][::100]]
+    numbers = run_t5ort(numbers_rt, numbers_sources, {"t5ort greedy": {}, "t5ort prompt lookup K=10": {
+        "prompt_lookup_num_tokens": 10}, "t5ort draft = itself K=20": {"assistant": numbers_rt}}, args.repeats, 12)
+    other = meter()
+    wall = time.monotonic() - t_start
+
+    plain = ours["t5ort greedy"]
+    lookup = ours[f"t5ort prompt lookup K={best_k}"]
+    drafted = ours[f"t5ort draft model K={best_n}"]
+    exact = sum(s == [0] + rt.tokenizer.encode_batch([t])[0] for s, (_, t) in zip(plain["sequences"], pairs))
+    print(f"## Spelling model ({info['model']['parameters'] / 1e6:.1f}M parameters), {len(sources)} held-out "
+          f"inputs, {plain['tokens'] / len(sources):.1f} tokens each; greedy exact match here {exact}/{len(sources)}\n")
+    print("decoder pass after 30 cached positions, ms (median): task model " +
+          ", ".join(f"{k} new: {v:.3f}" for k, v in task_curve.items()) + f"; draft model 1 new: {draft_curve[1]:.3f}\n")
+    header = ["method", "acceptance", "decoder passes / token", "re-decided", "ms / token", "vs t5ort greedy",
+              "sequences = t5ort greedy"]
+    rows = [stats_row(name, r, None if name == "t5ort greedy" else plain) for name, r in ours.items()]
+    print(markdown_table(header, rows))
+    hf_plain = ours_hf["t5ort greedy"]
+    print(f"\n### transformers on the first {args.hf_inputs} of those inputs, beside t5ort on the same ones\n")
+    print(markdown_table(header, [stats_row(n, r, None if n == "t5ort greedy" else hf_plain) for n, r in ours_hf.items()]
+                         + [stats_row(n, r, hf_plain) for n, r in theirs.items()]))
+    th_lookup = theirs[f"transformers prompt_lookup_num_tokens={best_k}"]
+    hf_lookup = ours_hf[f"t5ort prompt lookup K={best_k}"]
+    hf_draft = ours_hf[f"t5ort draft model K={best_n}"]
+    versus = (th_lookup["seconds"] / th_lookup["tokens"]) / (hf_lookup["seconds"] / hf_lookup["tokens"])
+    th_assist = theirs["transformers assistant_model"]
+    print(f"\nt5ort prompt lookup vs transformers' prompt lookup: {versus:.1f}x; t5ort draft model vs transformers' "
+          f"assistant_model: {th_assist['seconds'] / th_assist['tokens'] / (hf_draft['seconds'] / hf_draft['tokens']):.1f}x")
+    print("\n### The draft model as the target (0.4M parameters), prompt lookup\n")
+    print(markdown_table(header, [stats_row(n, r, None if n == "t5ort greedy" else small["t5ort greedy"])
+                                  for n, r in small.items()]))
+    print("\n### K sweep (first 12 inputs)\n")
+    sweep_plain = sweep_res["greedy"]
+    print(markdown_table(header, [stats_row(n, r, None if n == "greedy" else sweep_plain) for n, r in sweep_res.items()]))
+    print("\n## Verify cost, t5-small shape (30 cached positions)\n")
+    print(markdown_table(["new tokens in one pass"] + [str(k) for k in curve],
+                         [["ms per pass"] + [f"{v:.2f}" for v in curve.values()],
+                          ["x one token"] + [f"{v / curve[1]:.2f}" for v in curve.values()]]))
+    print(f"\nimplied on the t5-small shape at the spelling model's measured rounds: prompt lookup "
+          f"{implied_speedup(curve, lookup['stats'], lookup['tokens'])}; draft model (draft passes not counted) "
+          f"{implied_speedup(curve, drafted['stats'], drafted['tokens'])}")
+    print("\n## Bundled numbers model (English -> German: nothing to copy)\n")
+    nplain = numbers["t5ort greedy"]
+    print(markdown_table(header, [stats_row(n, r, None if n == "t5ort greedy" else nplain) for n, r in numbers.items()]))
+    speed = plain["seconds"] / lookup["seconds"]
+    slower = numbers["t5ort prompt lookup K=10"]["seconds"] / nplain["seconds"] - 1
+    print("\n## Targets\n")
+    print(f"- >= 2.5x t5ort plain greedy on the input-grounded task, equal sequences: {speed:.2f}x, "
+          f"sequences equal: {lookup['sequences'] == plain['sequences']} -> {'met' if speed >= 2.5 else 'NOT met'}")
+    print(f"- >= 5x transformers' prompt lookup: {versus:.1f}x -> {'met' if versus >= 5 else 'NOT met'}")
+    print(f"- <= 5% slower than plain greedy with nothing to copy (numbers model): {100 * slower:+.1f}% -> "
+          f"{'met' if slower <= 0.05 else 'NOT met'}")
+    print(f"\nmachine: {machine(THREADS)}; wall {wall:.0f} s; CPU seconds taken by other processes during the run: "
+          f"{other:.0f} (the machine was shared: timings are noisy, ratios were measured side by side)")
+    if args.json:
+        args.json.write_text(json.dumps({"curve": curve, "speedup": speed, "versus_transformers": versus,
+                                         "numbers_slower": slower}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
