@@ -36,7 +36,8 @@ def format_table(result: BenchResult) -> str:
                 continue
             lo, hi = m.ms_per_step_range
             rows.append([s.label, f"{m.ms_per_step:.2f}", f"{lo:.2f}-{hi:.2f}", _f(m.cpu_ms_per_step),
-                         f"{m.tokens_per_s:.1f}", _f(m.first_token_ms, ".1f"), f"{m.ms_per_step / ref.ms_per_step:.2f}x",
+                         f"{m.tokens_per_s:.1f}", _f(m.first_token_ms, ".1f"),
+                         f"{m.ms_per_step / ref.ms_per_step:.2f}x",
                          "-" if m.token_agreement is None else f"{100 * m.token_agreement:.1f}%"])
         other = ref.other_cpu_seconds
         parts.append(f"{w.name}, {w.new_tokens} new tokens per row "
