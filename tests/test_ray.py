@@ -228,3 +228,24 @@ def test_ray_serve_two_replicas_answer_as_one_server(cluster, plain_server, tmp_
     from ray import serve
 
     assert "t5ort" not in serve.status().applications  # the deployment went with the process
+
+
+def test_serve_deployment_options_checked_before_ray_starts(tmp_path):
+    from ray.serve.deployment import Application
+
+    from t5ort.ray import serve_deployment
+
+    assert isinstance(serve_deployment(MODEL, autoscaling={"min_replicas": 1, "max_replicas": 3,
+                                                           "target_ongoing_requests": 2}), Application)
+    with pytest.raises(ValueError, match=r"autoscaling: unknown key\(s\) \['max'\]"):
+        serve_deployment(MODEL, autoscaling={"max": 3})
+    with pytest.raises(ValueError, match="num_replicas must be an int >= 1, got 0"):
+        serve_deployment(MODEL, num_replicas=0)
+    with pytest.raises(ValueError, match="threads must be an int >= 1"):
+        serve_deployment(MODEL, threads=0)
+    with pytest.raises(FileNotFoundError, match="no t5ort.json; pass the OUT_DIR"):
+        serve_deployment(tmp_path)
+    done = subprocess.run([sys.executable, "-m", "t5ort.cli", "serve", str(MODEL), "--ray", "--replicas", "2",
+                           "--max-replicas", "4", "--quiet"], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(Path(t5ort.__file__).parents[1])})
+    assert done.returncode == 2 and "--replicas is a fixed count" in done.stderr
