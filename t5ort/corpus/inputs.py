@@ -34,7 +34,7 @@ class Corpus:
 
     def fingerprint(self) -> list[dict]:
         """Name, size and modification time of every file (a resumed job checks its input did not change)."""
-        return [{"file": str(f), "bytes": f.stat().st_size, "mtime_ns": f.stat().st_mtime_ns, "rows": n}
+        return [{"file": str(f.resolve()), "bytes": f.stat().st_size, "mtime_ns": f.stat().st_mtime_ns, "rows": n}
                 for f, n in zip(self.files, self.rows)]
 
 

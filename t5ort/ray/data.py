@@ -8,6 +8,7 @@ their Parquet files from their own nodes, and the driver renames the finished fo
 from __future__ import annotations
 
 import os
+import shutil
 import time
 import uuid
 from contextlib import contextmanager
@@ -68,7 +69,7 @@ def _v1_reads():
 def _read(corpus, spec: JobSpec):
     import ray.data
 
-    paths = [str(f) for f in corpus.files]
+    paths = [str(f.resolve()) for f in corpus.files]  # actors on other nodes have other working directories
     with _v1_reads():
         if corpus.format == "parquet":
             return ray.data.read_parquet(paths, num_cpus=IO_TASK_CPUS)
@@ -126,6 +127,9 @@ def run_ray_job(
             CorpusMapper, fn_constructor_kwargs=mapper_args, batch_size=spec.shard_rows, batch_format="pyarrow",
             compute=ActorPoolStrategy(size=workers), num_cpus=threads)
         ds.write_parquet(str(tmp), ray_remote_args={"num_cpus": IO_TASK_CPUS})
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing half written is left beside OUTPUT
+        raise
     finally:
         if started_here:
             ray.shutdown()
