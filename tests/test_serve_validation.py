@@ -175,8 +175,8 @@ def test_dynamic_batcher_answers_each_job_as_the_library_and_drops_cancelled_row
             assert tokens == list(final.rows[0].ids) == want.sequences[0, 1:1 + len(tokens)].tolist()
             np.testing.assert_allclose(final.rows[0].logprobs, want.token_logprobs[0, :len(tokens)], atol=1e-4)
             assert final.rows[0].text == want.texts[0]
-        deadline = time.monotonic() + 10
-        while metrics.rows_in_flight._value.get() != 0:
+        deadline = time.monotonic() + 20
+        while not leaver.closed or metrics.rows_in_flight._value.get() != 0:  # its batch ran, then ended
             assert time.monotonic() < deadline
             time.sleep(0.01)
         assert len(leaver.events) == 3  # nothing more was sent, and the batch did not run to 200 steps
