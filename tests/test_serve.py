@@ -174,6 +174,7 @@ def test_openai_client_completions_logprobs_and_stream(server, rt):
     chunks = list(client.completions.create(model="numbers", prompt=prompts[0], max_tokens=10, temperature=0,
                                             stream=True, logprobs=1))
     assert "".join(c.choices[0].text for c in chunks) == want.texts[0]
+    assert all(c.choices[0].logprobs.tokens for c in chunks[:-1])  # one token per chunk, EOS left out
     assert chunks[-1].choices[0].finish_reason == "stop"
     with pytest.raises(openai.BadRequestError, match="echo"):
         client.completions.create(model="numbers", prompt="x", echo=True, temperature=0)

@@ -674,13 +674,12 @@ async def _completion_stream(request, plan, channels, events, completion_id, cre
                 completion_tokens += 1
                 text = "" if event.special else event.text
                 logprobs = None
+                if event.special:  # EOS: no text, and left out of OpenAI's logprobs (as without streaming)
+                    continue
                 if plan.logprobs is not None:
-                    if event.special:
-                        logprobs = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
-                    else:
-                        logprobs = {"tokens": [event.text], "token_logprobs": [event.logprob],
-                                    "top_logprobs": [{a.text: a.logprob for a in event.top}],
-                                    "text_offset": [offsets[event.row]]}
+                    logprobs = {"tokens": [event.text], "token_logprobs": [event.logprob],
+                                "top_logprobs": [{a.text: a.logprob for a in event.top}],
+                                "text_offset": [offsets[event.row]]}
                 offsets[event.row] += len(text)
                 if text or logprobs is not None:
                     yield chunk({"index": p * plan.n + event.row, "text": text, "logprobs": logprobs,
