@@ -15,8 +15,9 @@ same requests for every system, one system after the other in one run:
 
 Reported per cell: requests/s, tokens/s, TTFT p50/p99, latency p50/p99, the CPU seconds other processes
 took, and per system the server's peak RSS (VmHWM) after its cells. Idle TTFT is the concurrency-1
-TTFT p50 of the same system; an open-loop rate counts as sustained while the answered requests/s stay
-within 10% of the offered rate.
+TTFT p50 of the same system. An open-loop rate counts as sustained when every request was answered
+and the latency p50 stayed within 2x the concurrency-1 p50 (no queue building up); the rate sweep of
+a system stops at its first unsustained rate (its saturation point lies below it).
 
 ``--policy`` drives the in-flight scheduler in-process (no HTTP) with Poisson arrivals and compares
 admission policies: eager (admit whatever fits at every step) and TGI's (admit only once waiting >=
@@ -147,7 +148,8 @@ def run_system(system: str, args, served: Path, optimum: Path, tokenizer: Path, 
             other = meter() - (sl.proc_cpu(target.process.pid) - cpu)
             rows.append(_row(system, "closed", c, seconds, len(latency), tokens, ttft, latency, errors, other))
             _say(rows[-1])
-        for rate in args.rates:
+        idle = next((r for r in rows if r["load"] == 1), None)
+        for rate in sorted(args.rates):
             meter, cpu = other_cpu_meter(), sl.proc_cpu(target.process.pid)
             seconds, offered, tokens, ttft, latency, errors = asyncio.run(
                 _open_loop(target.url, route, stream, requests, rate, args.duration))
@@ -155,17 +157,25 @@ def run_system(system: str, args, served: Path, optimum: Path, tokenizer: Path, 
             rows.append(_row(system, "poisson", rate, seconds, len(latency), tokens, ttft, latency, errors, other,
                              offered))
             _say(rows[-1])
+            if idle is not None and not sustained(rows[-1], idle):
+                say(f"{system}: saturated at {rate:g}/s; higher rates skipped")
+                break
         rss = peak_rss_mb(target.process.pid)
     finally:
         target.stop()
     return rows, rss
 
 
+def sustained(r: dict, idle: dict) -> bool:
+    return r["errors"] == 0 and r["requests"] == r["offered"] and r["p50_ms"] <= 2 * idle["p50_ms"]
+
+
 def _say(r: dict) -> None:
+    errors = f", {r['errors']} errors" if r["errors"] else ""
     load = f"c={r['load']}" if r["kind"] == "closed" else f"{r['load']:g}/s"
     say(f"{r['system']:>15} {load:>7} {r['requests']:4d} req {r['requests_per_s']:6.2f} req/s {r['tokens_per_s']:7.1f} "
         f"tok/s ttft p50 {r['ttft_p50_ms']:7.1f} p99 {r['ttft_p99_ms']:7.1f} ms, latency p50 {r['p50_ms']:7.1f} "
-        f"p99 {r['p99_ms']:7.1f} ms (other CPU {r['other_cpu_s']:.1f} s{f', {r['errors']} errors' if r['errors'] else ''})")
+        f"p99 {r['p99_ms']:7.1f} ms (other CPU {r['other_cpu_s']:.1f} s{errors})")
 
 
 def report(rows: list[dict], rss: dict[str, float], info: dict) -> str:
@@ -192,14 +202,15 @@ def report(rows: list[dict], rss: dict[str, float], info: dict) -> str:
     for system in SYSTEMS:
         idle = by.get((system, "closed", 1))
         rates = sorted(r["load"] for r in rows if r["system"] == system and r["kind"] == "poisson")
-        sustained = [x for x in rates if by[system, "poisson", x]["requests_per_s"] >= 0.9 * x
-                     and by[system, "poisson", x]["errors"] == 0]
-        if not rates:
+        if not rates or idle is None:
             continue
-        sat = f"sustains up to {max(sustained):g}/s" if sustained else f"saturated below {min(rates):g}/s"
+        kept = [x for x in rates if sustained(by[system, "poisson", x], idle)]
+        above = [x for x in rates if x not in kept]
+        sat = (f"sustains {max(kept):g}/s" if kept else "sustains none of the rates") + (
+            f", saturated at {min(above):g}/s" if above else " (the highest rate tried)")
         line = f"- {system}: {sat}"
-        if idle and system != "optimum server":
-            within = [x for x in sustained if by[system, "poisson", x]["ttft_p50_ms"] <= 2 * idle["ttft_p50_ms"]]
+        if system != "optimum server":
+            within = [x for x in kept if by[system, "poisson", x]["ttft_p50_ms"] <= 2 * idle["ttft_p50_ms"]]
             line += (f"; idle TTFT p50 {idle['ttft_p50_ms']:.0f} ms; TTFT p50 within 2x idle at "
                      f"{', '.join(f'{x:g}/s' for x in within) or 'no sustained rate'}")
         lines.append(line)

@@ -102,6 +102,8 @@ def test_members_joining_at_random_steps_equal_generate_alone(sp_runtime, seed, 
         for out in batch.step():
             collected.setdefault(out.member.tag, []).append(out.logits.copy())
     assert batch.stats.joins > 1 and max(batch.stats.sizes) > 2
+    if dead_row_fraction == 1.0:  # finished rows stay, and new members take them over in place
+        assert batch.stats.fills > 0, batch.stats
     for member, ids, opts in members:
         alone = sp_runtime.generate(input_ids=ids[None], **opts)
         got = member.finalize()
@@ -142,3 +144,31 @@ def test_bad_member_options_are_refused_before_any_work(sp_runtime):
     with pytest.raises(ValueError, match=r"input_ids must lie in \[0"):
         batch.prepare(np.array([10**6]))
     assert batch.rows == 0
+
+
+def test_finished_rows_taken_over_in_place_then_compacted_equal_generate_alone(sp_runtime):
+    """A long member leaves; a new one takes its row in place (its history masked), and once no row
+    attends to the oldest 20 positions they are dropped; both remaining members equal their solo runs."""
+    batch = InflightBatch(sp_runtime, dead_row_fraction=1.0)
+    src = [sp_runtime.encode_texts([s])[0][0] for s in SOURCES]
+    options = dict(max_new_tokens=30, min_new_tokens=30)
+    long = batch.add(src[2], **options)
+    for _ in range(20):
+        batch.step()
+    kept = batch.add(src[1], tag="kept", **options)
+    batch.cancel(long)
+    logits: dict[str, list[np.ndarray]] = {"kept": [], "fill": []}
+    for out in batch.step():
+        logits[out.member.tag].append(out.logits.copy())
+    fill = batch.prepare(src[0][:5], tag="fill", **options)  # fits the batch's source width
+    batch.admit([fill], [src[0][:5]])
+    assert batch.stats.fills == 1 and fill.first == long.first and batch.rows == 2
+    while len(batch):
+        for out in batch.step():
+            logits[out.member.tag].append(out.logits.copy())
+    assert batch.stats.compactions >= 1 and batch.stats.removed_columns >= 20, batch.stats
+    for member, ids in ((kept, src[1]), (fill, src[0][:5])):
+        alone = sp_runtime.generate(input_ids=ids[None], **options)
+        np.testing.assert_array_equal(member.finalize().sequences, alone.sequences)
+        np.testing.assert_allclose(np.stack(logits[member.tag], axis=1), alone.logits, rtol=0,
+                                   atol=tolerance(alone.logits))

@@ -34,6 +34,7 @@ class EncoderOutput:
 
     cross_kv: tuple[ort.OrtValue, ...]  # [key_0, value_0, key_1, ...], each [batch, heads, src_len, d_kv]
     attention_mask: np.ndarray  # [batch, src_len] int64
+    host_kv: tuple[np.ndarray, ...] | None = None  # writable host arrays that cross_kv shares (in-flight batching)
 
     @property
     def batch_size(self) -> int:
@@ -315,9 +316,8 @@ class T5Graphs:
         if old is None:
             raise ValueError("join() needs a state made by start() or join() (it keeps the encoder output).")
         width = max(old.attention_mask.shape[1], new.attention_mask.shape[1])
-        cross_kv = tuple(self._to_device(np.concatenate([_pad_axis(host_array(a), 2, width),
-                                                          _pad_axis(host_array(b), 2, width)]))
-                         for a, b in zip(old.cross_kv, new.cross_kv))  # [rows + new, heads, width, d_kv]
+        host_kv = tuple(np.concatenate([_pad_axis(host_array(a), 2, width), _pad_axis(host_array(b), 2, width)])
+                        for a, b in zip(old.cross_kv, new.cross_kv))  # [rows + new, heads, width, d_kv]
         encoder_mask = np.concatenate([_pad_axis(old.attention_mask, 1, width),
                                        _pad_axis(new.attention_mask, 1, width)])  # [rows + new, width]
         past, rows = state.past_length, new.batch_size
@@ -328,7 +328,55 @@ class T5Graphs:
             self_kv = tuple(self._to_device(np.concatenate([host_array(v), np.zeros((rows, *v.shape()[1:]),
                                                                                      self._dtype)]))
                             for v in state.self_kv)  # [rows + new, heads, past, d_kv]
-        return self._rebind(EncoderOutput(cross_kv, encoder_mask), self_kv, past, self_mask)
+        return self._rebind(self._cross_from_host(host_kv, encoder_mask), self_kv, past, self_mask)
+
+    def _cross_from_host(self, host_kv: tuple[np.ndarray, ...], attention_mask: np.ndarray) -> EncoderOutput:
+        """Cross keys/values from host arrays; on the CPU the OrtValues share their memory (no copy)."""
+        host_kv = tuple(np.ascontiguousarray(h) for h in host_kv)
+        return EncoderOutput(tuple(self._to_device(h) for h in host_kv), attention_mask,
+                             host_kv if self._device == "cpu" else None)
+
+    def fill(self, state: DecoderState, rows: np.ndarray, encoder_output: EncoderOutput,
+             source_rows: np.ndarray) -> DecoderState:
+        """Rows ``rows`` of a running batch (rows that are done) start over as ``encoder_output``'s rows
+        ``source_rows``, which have no history yet: no copy of the cache.
+
+        Their cached positions are masked out (the old keys/values stay, never attended to), their
+        cross-attention keys/values and encoder mask are written in place (on the CPU). The new
+        sources must fit the batch's source width (:meth:`join` otherwise).
+        """
+        enc = state.encoder
+        if enc is None or state.self_mask is None:
+            raise ValueError("fill() needs a state made by join() (it keeps the encoder output and the mask).")
+        rows, source_rows = np.asarray(rows, np.int64), np.asarray(source_rows, np.int64)
+        width, new_width = enc.attention_mask.shape[1], encoder_output.attention_mask.shape[1]
+        if new_width > width:
+            raise ValueError(f"the new sources ({new_width} positions) are longer than the batch's ({width}); "
+                             "use join().")
+        in_place = enc.host_kv is not None
+        host_kv = enc.host_kv if in_place else tuple(np.array(host_array(v)) for v in enc.cross_kv)
+        for host, new in zip(host_kv, encoder_output.cross_kv):  # [rows, heads, width, d_kv]
+            host[rows, :, :new_width] = host_array(new)[source_rows]
+            host[rows, :, new_width:] = 0
+        mask = enc.attention_mask.copy()  # [rows, width]
+        mask[rows] = 0
+        mask[rows, :new_width] = encoder_output.attention_mask[source_rows]
+        self_mask = state.self_mask.copy()
+        self_mask[rows] = 0  # [rows, past]: the old history is not theirs
+        io = self.manifest.decoder_io
+        state.binding.bind_cpu_input(io.encoder_attention_mask, mask)
+        if in_place:
+            encoder = EncoderOutput(enc.cross_kv, mask, host_kv)
+        else:
+            encoder = self._cross_from_host(host_kv, mask)
+            for name, value in zip(self._past_cross, encoder.cross_kv):
+                state.binding.bind_ortvalue_input(name, value)
+        return replace(state, encoder=encoder, self_mask=self_mask)
+
+    def take(self, encoder_output: EncoderOutput, rows: np.ndarray) -> EncoderOutput:
+        """Only ``rows`` of an encoder output (before decoding)."""
+        return EncoderOutput(tuple(self._to_device(host_array(v)[rows]) for v in encoder_output.cross_kv),
+                             encoder_output.attention_mask[rows])
 
     def select(self, state: DecoderState, rows: np.ndarray) -> DecoderState:
         """Only ``rows`` (int [kept], in the order given) of a running batch; the others are dropped.
@@ -343,12 +391,12 @@ class T5Graphs:
             raise ValueError("select() needs at least one row to keep.")
         encoder_mask = state.encoder.attention_mask[rows]
         width = int(np.flatnonzero(encoder_mask.any(axis=0)).max()) + 1  # right-padded sources
-        cross_kv = tuple(self._to_device(host_array(v)[rows, :, :width]) for v in state.encoder.cross_kv)
+        host_kv = tuple(host_array(v)[rows, :, :width] for v in state.encoder.cross_kv)
         self_mask = (np.ones((len(rows), state.past_length), np.int64) if state.self_mask is None
                      else state.self_mask[rows])
         start = _leading_unused(self_mask)
         self_kv = tuple(self._to_device(host_array(v)[rows, :, start:]) for v in state.self_kv)
-        return self._rebind(EncoderOutput(cross_kv, np.ascontiguousarray(encoder_mask[:, :width])), self_kv,
+        return self._rebind(self._cross_from_host(host_kv, np.ascontiguousarray(encoder_mask[:, :width])), self_kv,
                             state.past_length - start, np.ascontiguousarray(self_mask[:, start:]))
 
     def unused_columns(self, state: DecoderState) -> int:
