@@ -174,7 +174,7 @@ def requests(draw, vocab: int):
             mask = np.full(ids.shape, 2, dtype=np.int64)
         elif fault == "mask_row_empty":
             mask = np.ones(ids.shape, dtype=np.int64)
-            mask[0] = 0
+            mask[:1] = 0  # no row to empty where an earlier fault left none
         elif fault == "one_d":
             ids = ids.reshape(-1)
     options = draw(st.fixed_dictionaries({}, optional={
