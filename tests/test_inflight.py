@@ -161,13 +161,16 @@ def test_finished_rows_taken_over_in_place_then_compacted_equal_generate_alone(s
     for out in batch.step():
         logits[out.member.tag].append(out.logits.copy())
     fill = batch.prepare(src[0][:5], tag="fill", **options)  # fits the batch's source width
-    batch.admit([fill], [src[0][:5]])
-    assert batch.stats.fills == 1 and fill.first == long.first and batch.rows == 2
+    wide_ids = np.concatenate([src[2][:-1], src[2]])  # longer than any source in the batch: it joins
+    wide = batch.prepare(wide_ids, tag="wide", **options)
+    logits["wide"] = []
+    batch.admit([fill, wide], [src[0][:5], wide_ids])
+    assert batch.stats.fills == 1 and fill.first == long.first and wide.first == 2 and batch.rows == 3
     while len(batch):
         for out in batch.step():
             logits[out.member.tag].append(out.logits.copy())
     assert batch.stats.compactions >= 1 and batch.stats.removed_columns >= 20, batch.stats
-    for member, ids in ((kept, src[1]), (fill, src[0][:5])):
+    for member, ids in ((kept, src[1]), (fill, src[0][:5]), (wide, wide_ids)):
         alone = sp_runtime.generate(input_ids=ids[None], **options)
         np.testing.assert_array_equal(member.finalize().sequences, alone.sequences)
         np.testing.assert_allclose(np.stack(logits[member.tag], axis=1), alone.logits, rtol=0,

@@ -349,18 +349,19 @@ class T5Graphs:
         if enc is None or state.self_mask is None:
             raise ValueError("fill() needs a state made by join() (it keeps the encoder output and the mask).")
         rows, source_rows = np.asarray(rows, np.int64), np.asarray(source_rows, np.int64)
-        width, new_width = enc.attention_mask.shape[1], encoder_output.attention_mask.shape[1]
+        source_mask = encoder_output.attention_mask[source_rows]  # right-padded: the used width only
+        width, new_width = enc.attention_mask.shape[1], int(np.flatnonzero(source_mask.any(axis=0)).max()) + 1
         if new_width > width:
             raise ValueError(f"the new sources ({new_width} positions) are longer than the batch's ({width}); "
                              "use join().")
         in_place = enc.host_kv is not None
         host_kv = enc.host_kv if in_place else tuple(np.array(host_array(v)) for v in enc.cross_kv)
         for host, new in zip(host_kv, encoder_output.cross_kv):  # [rows, heads, width, d_kv]
-            host[rows, :, :new_width] = host_array(new)[source_rows]
+            host[rows, :, :new_width] = host_array(new)[source_rows, :, :new_width]
             host[rows, :, new_width:] = 0
         mask = enc.attention_mask.copy()  # [rows, width]
         mask[rows] = 0
-        mask[rows, :new_width] = encoder_output.attention_mask[source_rows]
+        mask[rows, :new_width] = source_mask[:, :new_width]
         self_mask = state.self_mask.copy()
         self_mask[rows] = 0  # [rows, past]: the old history is not theirs
         io = self.manifest.decoder_io
