@@ -224,7 +224,11 @@ def test_ray_serve_two_replicas_answer_as_one_server(cluster, plain_server, tmp_
         assert len(replicas) == 2  # both replicas served (chance of one taking all 16 by luck: 2 x 2**-16)
     finally:
         process.send_signal(signal.SIGTERM)
-        code = process.wait(120)
+        try:
+            code = process.wait(120)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            code = process.wait()
         print((tmp_path / "ray-serve.log").read_text()[-4000:])  # shown by pytest when the test fails
     assert code == 0
     from ray import serve
