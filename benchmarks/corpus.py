@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -42,8 +41,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _model import (DEFAULT_WORKDIR, checkpoint, current_t5ort_export, machine, markdown_table,  # noqa: E402
-                    other_cpu_meter, say)
+from _model import DEFAULT_WORKDIR, machine, markdown_table, other_cpu_meter, say  # noqa: E402
 
 SYSTEMS = ("batch", "batch-unbucketed", "ray", "optimum")
 TOP_N = 5
@@ -51,32 +49,9 @@ TOP_N = 5
 
 def prepare(workdir: Path, rows: int) -> tuple[Path, Path, Path, Path]:
     """The t5ort export with a word tokenizer, optimum's export, the tokenizer file and the corpus."""
-    from serve_load import word_tokenizer
+    from serve_load import prepare as prepare_exports
 
-    ckpt = checkpoint(workdir)
-    export = workdir / "t5ort"
-    if not current_t5ort_export(export):
-        import t5ort
-
-        say(f"exporting {ckpt} with t5ort to {export}")
-        t5ort.export(ckpt, export, force=True, progress=lambda m: say(f"t5ort export: {m}"))
-    optimum = workdir / "optimum"
-    if not all((optimum / f).is_file() for f in ("encoder_model.onnx", "decoder_model_merged.onnx")):
-        say(f"exporting {ckpt} with optimum to {optimum}")
-        subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); import _compare_systems "
-                        "as cs; cs.prepare('optimum', sys.argv[2])", str(HERE), str(workdir)], check=True)
-    manifest = json.loads((export / "t5ort.json").read_text())
-    tokenizer = workdir / "corpus-tokenizer.json"
-    word_tokenizer(tokenizer, manifest["geometry"]["vocab_size"])
-    served = workdir / "corpus-t5ort"
-    shutil.rmtree(served, ignore_errors=True)
-    served.mkdir()
-    for f in export.iterdir():
-        if f.name != "t5ort.json":
-            (served / f.name).symlink_to(f.resolve())
-    shutil.copy(tokenizer, served / "tokenizer.json")
-    manifest["tokenizer"] = {**manifest["tokenizer"], "kind": "tokenizers", "file": "tokenizer.json"}
-    (served / "t5ort.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    served, optimum, tokenizer = prepare_exports(workdir, name="corpus")
     corpus = workdir / f"corpus-{rows}.parquet"
     rng = np.random.default_rng(0)
     texts = [" ".join(f"t{t}" for t in rng.integers(3, 32000, size=rng.integers(8, 65))) for _ in range(rows)]

@@ -117,8 +117,9 @@ def word_tokenizer(path: Path, vocab_size: int) -> None:
     tok.save(str(path))
 
 
-def prepare(workdir: Path) -> tuple[Path, Path, Path]:
-    """The t5ort export with a tokenizer (for serving), optimum's export, and the tokenizer file."""
+def prepare(workdir: Path, name: str = "serve") -> tuple[Path, Path, Path]:
+    """The t5ort export with a word tokenizer (for serving, or for a corpus: ``name``), optimum's export, and the
+    tokenizer file; the export's served copy is ``t5ort-<name>``, its tokenizer ``<name>-tokenizer.json``."""
     ckpt = checkpoint(workdir)
     export = workdir / "t5ort"
     if not current_t5ort_export(export):
@@ -132,9 +133,9 @@ def prepare(workdir: Path) -> tuple[Path, Path, Path]:
         subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); import _compare_systems "
                         "as cs; cs.prepare('optimum', sys.argv[2])", str(HERE), str(workdir)], check=True)
     manifest = json.loads((export / "t5ort.json").read_text())
-    tokenizer = workdir / "serve-tokenizer.json"
+    tokenizer = workdir / f"{name}-tokenizer.json"
     word_tokenizer(tokenizer, manifest["geometry"]["vocab_size"])
-    served = workdir / "t5ort-serve"
+    served = workdir / f"t5ort-{name}"
     shutil.rmtree(served, ignore_errors=True)
     served.mkdir()
     for f in export.iterdir():
