@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -85,7 +86,8 @@ class Side:
         self.label = label
         self.process = subprocess.Popen(
             [sys.executable, __file__, "--worker", str(code), str(export), "--threads", str(threads)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=str(code))
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=str(code),
+            env={**os.environ, "PYTHONPATH": str(code)})  # its own t5ort, whatever the benchmarks import
         self.ready = json.loads(self.process.stdout.readline())
         say(f"{label}: t5ort from {self.ready['ready']}, manifest format {self.ready['format']}")
 
