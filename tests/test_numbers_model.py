@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import t5ort
-from conftest import tolerance
+from conftest import assert_logits_match
 from t5ort.demo import PREFIX, bundled
 from t5ort.training import numbers
 
@@ -74,7 +74,7 @@ def test_bundled_export_matches_its_pytorch_checkpoint(fp32):
     res = fp32.generate(sources, max_new_tokens=16)
     logits = torch.stack(ref.logits, 1).numpy()
     np.testing.assert_array_equal(res.sequences, ref.sequences.numpy())
-    np.testing.assert_allclose(res.logits, logits, rtol=0, atol=tolerance(logits))
+    assert_logits_match(res.logits, logits)
 
 
 def test_demo_prints_translations_tables_and_parity(tmp_path, capsys):

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import t5ort
-from conftest import SOURCES, tolerance
+from conftest import SOURCES, assert_logits_match
 from t5ort import ExportError
 from t5ort.export import exporter
 
@@ -131,7 +131,7 @@ def test_left_padded_and_empty_inputs_match_transformers(sp_runtime, sp_torch):
                              do_sample=False, output_logits=True, return_dict_in_generate=True)
     logits = torch.stack(ref.logits, 1).numpy()
     np.testing.assert_array_equal(res.sequences, ref.sequences.numpy())
-    np.testing.assert_allclose(res.logits, logits, rtol=0, atol=tolerance(logits))
+    assert_logits_match(res.logits, logits)
 
 
 EXPECTED_ERRORS = (ValueError, TypeError, MemoryError)

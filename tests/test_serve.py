@@ -8,7 +8,6 @@ covers overload (429), timeout and SIGTERM.
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import socket

@@ -30,7 +30,7 @@ from .config import ServeConfig
 from .inflight import make_scheduler
 from .metrics import ServeMetrics
 from .scheduler import (
-    DynamicBatcher, Failed, Finished, QueueFull, RowResult, Scheduler, ScoreFinished, ShuttingDown, TokenEvent,
+    Failed, Finished, QueueFull, RowResult, Scheduler, ScoreFinished, ShuttingDown, TokenEvent,
 )
 from .schemas import (
     CompletionRequest, ErrorResponse, GenerateRequest, GenerateResponse, ScoreRequest, ScoreResponse, StreamResponse,
