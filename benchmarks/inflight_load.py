@@ -40,7 +40,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import serve_load as sl  # noqa: E402
-from _model import DEFAULT_WORKDIR, machine, markdown_table, other_cpu_meter, say  # noqa: E402
+from _model import DEFAULT_WORKDIR, markdown_table, other_cpu_meter, say  # noqa: E402
 
 LENGTHS = (4, 8, 16, 32, 64, 128)
 SYSTEMS = ("inflight", "dynamic", "none", "optimum server")
@@ -307,12 +307,7 @@ def main() -> None:
     for system in args.systems:
         system_rows, rss[system] = run_system(system, args, served, optimum, tokenizer, requests)
         rows.extend(system_rows)
-    import fastapi
-    import optimum.version
-    import uvicorn
-
-    info = machine(args.threads, fastapi=fastapi.__version__, uvicorn=uvicorn.__version__,
-                   optimum=optimum.version.__version__)
+    info = sl.serving_machine(args.threads)
     print(report(rows, rss, info))
     say(f"done in {time.perf_counter() - started:.0f} s")
     if args.json:

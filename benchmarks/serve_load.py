@@ -117,6 +117,16 @@ def word_tokenizer(path: Path, vocab_size: int) -> None:
     tok.save(str(path))
 
 
+def serving_machine(threads: int) -> dict:
+    """The machine and the versions of the serving stack (for the load tests' reports)."""
+    import fastapi
+    import optimum.version
+    import uvicorn
+
+    return machine(threads, fastapi=fastapi.__version__, uvicorn=uvicorn.__version__,
+                   optimum=optimum.version.__version__)
+
+
 def prepare(workdir: Path, name: str = "serve") -> tuple[Path, Path, Path]:
     """The t5ort export with a word tokenizer (for serving, or for a corpus: ``name``), optimum's export, and the
     tokenizer file; the export's served copy is ``t5ort-<name>``, its tokenizer ``<name>-tokenizer.json``."""
@@ -424,13 +434,7 @@ def main() -> None:
         for target in targets.values():
             if isinstance(target, ServerProcess):
                 target.stop()
-    import fastapi
-    import onnxruntime  # noqa: F401
-    import optimum.version
-    import uvicorn
-
-    info = machine(args.threads, fastapi=fastapi.__version__, uvicorn=uvicorn.__version__,
-                   optimum=optimum.version.__version__)
+    info = serving_machine(args.threads)
     print(report(rows, info, paired))
     say(f"done in {time.perf_counter() - started:.0f} s")
     if args.json:

@@ -45,13 +45,7 @@ def say(message: str) -> None:
 
 
 def batch(vocab_size: int, lengths: tuple[int, ...], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    ids = np.zeros((len(lengths), max(lengths)), dtype=np.int64)
-    mask = np.zeros_like(ids)
-    for row, n in enumerate(lengths):
-        ids[row, :n] = rng.integers(3, vocab_size, size=n)
-        mask[row, :n] = 1
-    return ids, mask
+    return parity.check_inputs(vocab_size, seed, lengths)
 
 
 INPUTS = {"gate inputs (7, 13 tokens; 8 steps)": ((7, 13), 8), "4 rows of 7-40 tokens (12 steps)": ((7, 13, 21, 40), 12)}

@@ -40,10 +40,9 @@ RULE = ("pass when max|onnx - fp32| <= atol + rel_tol x max|logit| (absolute rul
         "or max|onnx - float64| <= k x max(max|fp32 - float64|, floor), floor = 4 x eps_fp32 x max|logit|")
 
 
-def check_inputs(vocab_size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """A right-padded batch of two random rows (lengths 7 and 13), avoiding the special ids 0..2."""
+def check_inputs(vocab_size: int, seed: int = 0, lengths: tuple[int, ...] = (7, 13)) -> tuple[np.ndarray, np.ndarray]:
+    """A right-padded batch of random rows (the gate's: lengths 7 and 13), avoiding the special ids 0..2."""
     rng = np.random.default_rng(seed)
-    lengths = (7, 13)
     ids = np.zeros((len(lengths), max(lengths)), dtype=np.int64)
     mask = np.zeros_like(ids)
     for row, n in enumerate(lengths):
