@@ -669,6 +669,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (T5ortError, ValueError, FileNotFoundError) as exc:
         print(f"t5ort {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as exc:
+        extra = EXTRAS.get((exc.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"t5ort {args.command}: error: this needs {exc.name!r}, which is not installed; "
+              f"install the extra: pip install 't5ort[{extra}]'", file=sys.stderr)
+        return 2
+
+
+# Optional packages and the extra that installs each (pyproject.toml).
+EXTRAS = {"torch": "export", "transformers": "export", "optimum": "export", "onnx": "export",
+          "fastapi": "serve", "uvicorn": "serve", "prometheus_client": "serve", "pyarrow": "batch",
+          "tqdm": "batch", "ray": "ray", "ctranslate2": "bench", "matplotlib": "demo"}
 
 
 if __name__ == "__main__":

@@ -78,3 +78,36 @@ def test_score_command(sp_runtime, sp_export, capsys):
     np.testing.assert_allclose(data["total_logprob"], expected.total_logprob, rtol=1e-6)
     assert main(["score", str(sp_export), "--source", TEXT, "--target", "a", "--target", "b"]) == 2
     assert "in pairs" in capsys.readouterr().err
+
+
+BLOCK_EXTRAS = ("import sys\n"
+                "for name in ('fastapi', 'uvicorn', 'prometheus_client', 'pyarrow', 'tqdm', 'ray'):\n"
+                "    sys.modules[name] = None  # as if the [serve], [batch] and [ray] extras were not installed\n"
+                "from t5ort.cli import main\n"
+                "sys.exit(main(sys.argv[1:]))\n")
+
+
+def run_without_extras(*argv: str):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", BLOCK_EXTRAS, *argv], capture_output=True, text=True, timeout=120)
+
+
+def test_commands_run_without_the_serve_batch_and_ray_extras():
+    from t5ort.demo import bundled
+
+    out = run_without_extras("generate", str(bundled("onnx")), "translate English to German: nineteen")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "neunzehn"
+
+
+def test_a_command_whose_extra_is_missing_names_the_extra():
+    from t5ort.demo import bundled
+
+    out = run_without_extras("serve", str(bundled("onnx")), "--port", "0")
+    assert out.returncode == 2
+    assert "pip install 't5ort[serve]'" in out.stderr and "Traceback" not in out.stderr
+    out = run_without_extras("batch", str(bundled("onnx")), "in.jsonl", "out")
+    assert out.returncode == 2
+    assert "pip install 't5ort[batch]'" in out.stderr and "Traceback" not in out.stderr

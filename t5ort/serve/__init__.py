@@ -7,8 +7,20 @@ Layers: :mod:`.schemas` (wire formats) and :mod:`.validation` (requests -> check
 Needs the ``[serve]`` extra (fastapi, uvicorn, prometheus-client).
 """
 
-from .app import create_app
 from .config import ServeConfig
-from .scheduler import DynamicBatcher, Scheduler
 
 __all__ = ["DynamicBatcher", "Scheduler", "ServeConfig", "create_app"]
+
+
+def __getattr__(name: str):
+    """The app and the scheduler are imported when first used, so that ``t5ort.serve.config`` (which the CLI
+    reads to build its parser) does not need fastapi where the ``[serve]`` extra is not installed."""
+    if name == "create_app":
+        from .app import create_app
+
+        return create_app
+    if name in ("DynamicBatcher", "Scheduler"):
+        from . import scheduler
+
+        return getattr(scheduler, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
