@@ -13,6 +13,8 @@ from typing import Iterator, Protocol, Sequence
 
 import numpy as np
 
+from .buffers import BufferPool
+from .numerics import checked_logsumexp
 from .options import GenerationOptions
 from .processors import LogitsProcessor, build_processors
 from .stopping import build_criteria
@@ -33,9 +35,10 @@ class Strategy(Protocol):
     @property
     def input_ids(self) -> np.ndarray: ...
 
-    def prepare(self, logits: np.ndarray) -> np.ndarray: ...
+    def prepare(self, logits: np.ndarray, lse: np.ndarray) -> np.ndarray: ...
 
-    def update(self, logits: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, bool]: ...
+    def update(self, logits: np.ndarray, scores: np.ndarray,
+               lse: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, bool]: ...
 
     def finalize(self) -> SearchOutput: ...
 
@@ -59,21 +62,30 @@ def run_steps(model: StepModel, encoder_output, strategy: Strategy, processors: 
     """
     state = model.start(encoder_output)
     tokens = strategy.input_ids[:, -1]
+    scratch = None  # logsumexp's temporary, [rows, vocab], the same every step
     for index in range(max_new_tokens):
         logits, state = model.step(tokens, state, out=None if logits_out is None else logits_out[index])
-        if not np.isfinite(logits.sum()) and not np.isfinite(logits).all():  # one cheap pass first
-            rows = np.flatnonzero(~np.isfinite(logits).all(axis=-1)).tolist()
-            raise FloatingPointError(f"non-finite raw logits (NaN or inf) at step {index}, decoder rows {rows}.")
-        scores = strategy.prepare(logits)
-        input_ids = strategy.input_ids
-        for processor in processors:
-            scores = processor(input_ids, scores)
-        tokens, source, done = strategy.update(logits, scores)
+        if scratch is None:
+            scratch = np.empty_like(logits)
+        scores, tokens, source, done = advance(strategy, processors, logits,
+                                               checked_logsumexp(logits, f"at step {index}", scratch))
         if source is not None:
             state = model.reorder(state, source)
         yield Step(index, logits, scores, tokens, done)
         if done:
             return
+
+
+def advance(strategy: Strategy, processors: Sequence[LogitsProcessor], logits: np.ndarray,
+            lse: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, bool]:
+    """One step's choice from its raw logits [rows, vocab] and their logsumexp [rows, 1]: the strategy's
+    scores through the processors, then the strategy's pick. Returns (scores, tokens, source rows, done)."""
+    scores = strategy.prepare(logits, lse)
+    input_ids = strategy.input_ids
+    for processor in processors:
+        scores = processor(input_ids, scores)
+    tokens, source, done = strategy.update(logits, scores, lse)
+    return scores, tokens, source, done
 
 
 @dataclass(frozen=True)
@@ -124,16 +136,18 @@ def start(model: StepModel, encoder_output, options: GenerationOptions, special:
 
 
 def decode(model: StepModel, encoder_output, options: GenerationOptions, special: Special, vocab_size: int,
-           token_text=None) -> DecodeOutput:
+           token_text=None, buffers: BufferPool | None = None) -> DecodeOutput:
     """Run a whole generation, collecting the per-step raw logits (and scores) when asked.
 
     The graph writes each step's raw logits straight into a [max_steps, rows, vocab]
     buffer; the result is its [rows, steps, vocab] view (no copy). np.empty leaves
-    pages untouched until written: a run that stops early never commits the tail.
+    pages untouched until written: a run that stops early never commits the tail. ``buffers``:
+    where those buffers come from (memory of earlier calls that nobody refers to any more).
     """
     rows, max_steps = encoder_output.batch_size * options.rows_per_input, options.max_new_tokens
-    raw = np.empty((max_steps, rows, vocab_size), np.float32) if options.output_logits else None
-    processed = np.empty((rows, max_steps, vocab_size), np.float32) if options.output_scores else None
+    empty = np.empty if buffers is None else buffers.empty
+    raw = empty((max_steps, rows, vocab_size), np.float32) if options.output_logits else None
+    processed = empty((rows, max_steps, vocab_size), np.float32) if options.output_scores else None
     strategy, steps_iter = start(model, encoder_output, options, special, token_text, logits_out=raw)
     steps = 0
     for step in steps_iter:

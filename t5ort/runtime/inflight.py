@@ -34,7 +34,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .decoding import Special, make_strategy
+from .decoding import Special, advance, make_strategy
+from .numerics import checked_logsumexp
 from .options import GenerationOptions
 from .processors import LogitsProcessor, build_processors
 
@@ -227,9 +228,7 @@ class InflightBatch:
         tokens = np.concatenate([m.strategy.input_ids[:, -1] if m.live else np.full(m.rows, pad, np.int64)
                                  for m in self.members])  # [rows]
         logits, self.state = self.graphs.step(tokens, self.state)  # [rows, vocab], raw
-        if not np.isfinite(logits.sum()) and not np.isfinite(logits).all():
-            rows = np.flatnonzero(~np.isfinite(logits).all(axis=-1)).tolist()
-            raise FloatingPointError(f"non-finite raw logits (NaN or inf) in the in-flight batch, rows {rows}.")
+        lse = checked_logsumexp(logits, "in the in-flight batch")  # [rows, 1]
         self.stats.steps += 1
         self.stats.sizes.append(len(tokens))
         self.stats.row_steps += len(tokens)
@@ -237,7 +236,7 @@ class InflightBatch:
         out, source = [], None
         for m in self.live_members:
             rows = slice(m.first, m.first + m.rows)
-            step = self._advance(m, logits[rows])
+            step = self._advance(m, logits[rows], lse[rows])
             if step.source is not None and not np.array_equal(step.source, np.arange(m.rows)):
                 if source is None:
                     source = np.arange(len(tokens))
@@ -255,13 +254,9 @@ class InflightBatch:
             self.stats.compactions += 1
         return out
 
-    def _advance(self, m: Member, logits: np.ndarray) -> MemberStep:
+    def _advance(self, m: Member, logits: np.ndarray, lse: np.ndarray) -> MemberStep:
         """The member's processors and strategy on its rows' raw logits [rows, vocab], as run_steps does."""
-        scores = m.strategy.prepare(logits)
-        input_ids = m.strategy.input_ids
-        for processor in m.processors:
-            scores = processor(input_ids, scores)
-        tokens, source, done = m.strategy.update(logits, scores)
+        _, tokens, source, done = advance(m.strategy, m.processors, logits, lse)
         index = m.steps
         m.steps += 1
         done = bool(done) or m.steps >= m.max_new_tokens

@@ -9,6 +9,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from . import speculative
+from .buffers import BufferPool
 from .decoding import Special, decode, start
 from .graphs import T5Graphs
 from .manifest import Manifest, read_manifest
@@ -57,6 +58,7 @@ class T5Runtime:
         self.graphs = graphs
         self.tokenizer = tokenizer
         self.limits = limits
+        self.buffers = BufferPool()  # the raw logits and scores buffers of finished calls, for reuse
 
     @property
     def vocab_size(self) -> int:
@@ -177,7 +179,7 @@ class T5Runtime:
             speculation = out.stats
         else:
             out = decode(self.graphs, self.graphs.encode(ids, mask), opts, self._special(opts), self.vocab_size,
-                         self._token_text())
+                         self._token_text(), self.buffers)
         search = out.search
         return GenerationResult(
             sequences=search.sequences,
@@ -316,6 +318,10 @@ def load(
       request over a cap is refused before any work.
     - ``max_result_bytes``: refuse requests whose per-step arrays (raw logits, scores)
       would need more memory than this (default 4 GiB; None: no budget).
+
+    The runtime keeps up to 256 MiB of finished calls' logits and scores buffers and reuses one
+    once no result refers to it any more (:mod:`t5ort.runtime.buffers`): a fresh buffer costs a
+    page fault per 4 KiB while the graph writes into it.
     """
     _positive_or_none("threads", threads)
     _positive_or_none("max_input_tokens", max_input_tokens)

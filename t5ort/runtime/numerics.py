@@ -5,12 +5,29 @@ from __future__ import annotations
 import numpy as np
 
 
-def logsumexp(x: np.ndarray) -> np.ndarray:
-    """log(sum(exp(x))) over the last axis, stable; keeps that axis (size 1)."""
+def logsumexp(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """log(sum(exp(x))) over the last axis, stable; keeps that axis (size 1).
+
+    ``out``: an array of ``x``'s shape and dtype to use as the one temporary (a decoding
+    loop passes the same one every step, so no step allocates and faults in fresh memory).
+    """
     peak = x.max(axis=-1, keepdims=True)
-    shifted = np.subtract(x, peak, dtype=np.result_type(x, peak))
-    np.exp(shifted, out=shifted)  # one temporary, reused
+    if out is None or out.shape != x.shape or out.dtype != np.result_type(x, peak):
+        out = None
+    shifted = np.subtract(x, peak, out=out, dtype=np.result_type(x, peak))
+    np.exp(shifted, out=shifted)
     return peak + np.log(shifted.sum(axis=-1, keepdims=True))
+
+
+def checked_logsumexp(logits: np.ndarray, where: str, out: np.ndarray | None = None) -> np.ndarray:
+    """:func:`logsumexp` of one step's raw logits [rows, vocab], raising FloatingPointError (naming the rows
+    and ``where``) if any logit is NaN or infinite: a NaN or +inf makes its row's logsumexp NaN, and one
+    more pass (the minimum) finds a -inf."""
+    lse = logsumexp(logits, out)
+    if not np.isfinite(lse).all() or not np.isfinite(logits.min()):
+        rows = np.flatnonzero(~np.isfinite(logits).all(axis=-1)).tolist()
+        raise FloatingPointError(f"non-finite raw logits (NaN or inf) {where}, decoder rows {rows}.")
+    return lse
 
 
 def log_softmax(x: np.ndarray, lse: np.ndarray | None = None) -> np.ndarray:

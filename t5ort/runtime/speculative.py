@@ -32,6 +32,7 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from .decoding import Special, make_strategy
+from .numerics import checked_logsumexp
 from .options import GenerationOptions
 from .processors import build_processors
 from .results import SpeculationStats
@@ -203,7 +204,7 @@ def decode(model, encoder_output, options: GenerationOptions, special: Special, 
         stats["decoder_passes"] += 1
         for i in range(k + 1):  # row i: the logits after fed[:, :i + 1]
             logits = raw[step]  # [1, vocab]; step-major rows of the buffer are contiguous
-            _check_finite(logits, step)
+            lse = checked_logsumexp(logits, f"at step {step}")
             scores = _process(processors, strategy.input_ids, logits)
             redecide = k > 0 and _top_two_gap(scores[0]) < near_tie_bound(logits)
             if redecide:  # the same row from a one-token pass, as plain greedy computes it
@@ -211,8 +212,9 @@ def decode(model, encoder_output, options: GenerationOptions, special: Special, 
                 _, state = model.forward(fed[:, i: i + 1], state, out=raw[step].reshape(1, 1, vocab_size))
                 stats["decoder_passes"] += 1
                 stats["redecided"] += 1
+                lse = checked_logsumexp(logits, f"at step {step}")
                 scores = _process(processors, strategy.input_ids, logits)
-            tokens, _, done = strategy.update(logits, scores)
+            tokens, _, done = strategy.update(logits, scores, lse)
             _store(processed, step, scores)
             step += 1
             matched = i < k and tokens[0] == drafts[i]
@@ -245,11 +247,6 @@ def _process(processors, input_ids: np.ndarray, logits: np.ndarray) -> np.ndarra
 def _store(processed: np.ndarray | None, step: int, scores: np.ndarray) -> None:
     if processed is not None:
         processed[:, step] = scores
-
-
-def _check_finite(logits: np.ndarray, step: int) -> None:
-    if not np.isfinite(logits.sum()) and not np.isfinite(logits).all():
-        raise FloatingPointError(f"non-finite raw logits (NaN or inf) at step {step}, decoder rows [0].")
 
 
 # ---- the entry point of T5Runtime.generate -----------------------------------------

@@ -24,7 +24,8 @@ class EosToken:
         self.eos = np.asarray(eos_token_ids, dtype=np.int64)
 
     def __call__(self, input_ids: np.ndarray, scores: np.ndarray | None) -> np.ndarray:
-        return np.isin(input_ids[:, -1], self.eos)
+        last = input_ids[:, -1]
+        return last == self.eos[0] if len(self.eos) == 1 else (last[:, None] == self.eos).any(axis=1)
 
 
 class StopStrings:

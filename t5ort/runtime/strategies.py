@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .numerics import log_softmax, logsumexp
+from .numerics import log_softmax
 from .stopping import StoppingCriterion, any_done
 
 NEG = np.float32(-1.0e9)  # transformers' "impossible" score for beams
@@ -77,7 +77,7 @@ class SingleSequenceSearch:
     def input_ids(self) -> np.ndarray:
         return self.sequences[:, : self.length]
 
-    def prepare(self, logits: np.ndarray) -> np.ndarray:
+    def prepare(self, logits: np.ndarray, lse: np.ndarray) -> np.ndarray:
         return logits
 
     def pick(self, scores: np.ndarray) -> np.ndarray:
@@ -89,13 +89,11 @@ class SingleSequenceSearch:
         picked = np.array([np.searchsorted(c, u, side="right") for c, u in zip(cdf, draws)])
         return np.minimum(picked, scores.shape[-1] - 1)
 
-    def update(self, logits: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, None, bool]:
+    def update(self, logits: np.ndarray, scores: np.ndarray, lse: np.ndarray) -> tuple[np.ndarray, None, bool]:
+        """``lse``: the logsumexp of each row's raw logits [rows, 1], for the chosen tokens' log-probs."""
         tokens = np.where(self.finished, self.pad_token_id, self.pick(scores))
-        live = ~self.finished
-        if not live.all():
-            logits = logits[live]
-        chosen = logits[np.arange(len(logits)), tokens[live]]
-        self.token_logprobs[live, self.length - 1] = chosen - logsumexp(logits)[:, 0]
+        live = np.flatnonzero(~self.finished)
+        self.token_logprobs[live, self.length - 1] = logits[live, tokens[live]] - lse[live, 0]
         self.sequences[:, self.length] = tokens
         self.length += 1
         self.finished |= any_done(self.criteria, self.input_ids, scores)
@@ -144,23 +142,23 @@ class BeamSearch:
         self.done_logprobs = self.running_logprobs.copy()
         self.is_done = np.zeros((batch, num_beams), dtype=bool)
         self.improvable = np.ones((batch, 1), dtype=bool)
-        self._logits: np.ndarray | None = None  # this step's raw logits and their logsumexp, set by prepare()
+        self._logits: np.ndarray | None = None  # this step's raw logits and their logsumexp, from prepare()
         self._logsumexp: np.ndarray | None = None
 
     @property
     def input_ids(self) -> np.ndarray:
         return self.running[:, :, : self.cur_len].reshape(self.batch * self.num_beams, self.cur_len)
 
-    def prepare(self, logits: np.ndarray) -> np.ndarray:
-        self._logits, self._logsumexp = logits, logsumexp(logits)  # [rows, vocab], [rows, 1]
-        return log_softmax(logits, self._logsumexp)  # processors see log-probs, as in transformers' beam search
+    def prepare(self, logits: np.ndarray, lse: np.ndarray) -> np.ndarray:
+        self._logits, self._logsumexp = logits, lse  # [rows, vocab], [rows, 1]
+        return log_softmax(logits, lse)  # processors see log-probs, as in transformers' beam search
 
     @staticmethod
     def _gather(x: np.ndarray, idx: np.ndarray) -> np.ndarray:
         """x [B, beams, ...] gathered along the beam axis by idx [B, K] -> [B, K, ...]."""
         return x[np.arange(len(x))[:, None], idx]
 
-    def update(self, logits: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+    def update(self, logits: np.ndarray, scores: np.ndarray, lse: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
         b, nb, t = self.batch, self.num_beams, self.cur_len
         vocab = scores.shape[-1]
         accumulated = (scores.reshape(b, nb, vocab) + self.running_scores[:, :, None]).reshape(b, nb * vocab)
