@@ -44,8 +44,19 @@ def top_k(x: np.ndarray, k: int) -> np.ndarray:
             chunks = np.flatnonzero(maxima >= np.partition(maxima, len(maxima) - k)[len(maxima) - k])
         idx = (starts[chunks, None] + np.arange(CHUNK)).ravel()  # ascending
         idx = idx[idx < m]
-        out[row] = idx[np.argsort(-x[row, idx], kind="stable")[:k]]
+        out[row] = idx[_top_k_of(x[row, idx], k)]
     return out
+
+
+def _top_k_of(values: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the k largest of ``values`` [n >= k], best first, lower position first on ties: the
+    k-th largest value by a partition, then a sort of just the k chosen (a stable sort of all n costs
+    several times more)."""
+    n = len(values)
+    kth = np.partition(values, n - k)[n - k]
+    above = np.flatnonzero(values > kth)  # fewer than k
+    chosen = np.concatenate([above, np.flatnonzero(values == kth)[: k - len(above)]])
+    return chosen[np.lexsort((chosen, -values[chosen]))]
 
 
 @dataclass(frozen=True, eq=False)
