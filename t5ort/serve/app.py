@@ -16,6 +16,7 @@ import logging
 import re
 import time
 import uuid
+from collections import deque
 from importlib import resources
 from typing import Any, AsyncIterator, Callable
 
@@ -57,12 +58,21 @@ class RequestIdFilter(logging.Filter):
 
 
 class AsyncChannel:
-    """The scheduler's :class:`~t5ort.serve.scheduler.Channel` for one request, read from the event loop."""
+    """The scheduler's :class:`~t5ort.serve.scheduler.Channel` for one request, read from the event loop.
+
+    The worker thread appends each event to a deque and schedules one wake-up of the reader
+    (``call_soon_threadsafe``) unless one is pending already, so events sent while the reader
+    is busy share a wake-up. The reader awaits one future at a time; a client that leaves, or
+    the HTTP side's deadline, interrupts it (:meth:`interrupt`) without a task or timer per event.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self._loop = loop
-        self._queue: asyncio.Queue = asyncio.Queue()
+        self._events: deque = deque()
+        self._waiter: asyncio.Future | None = None  # the reader's, while it waits (event loop only)
+        self._wake_pending = False
         self._closed = False
+        self.interrupted: str | None = None  # why the reader stopped waiting: "disconnect" or "timeout"
 
     @property
     def closed(self) -> bool:
@@ -72,17 +82,42 @@ class AsyncChannel:
         self._closed = True
 
     def send(self, event) -> bool:
+        """Worker thread: queue ``event`` for the reader; False once the reader is gone."""
         if self._closed:
             return False
-        try:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
-        except RuntimeError:  # the loop is gone
-            self._closed = True
-            return False
+        self._events.append(event)
+        if not self._wake_pending:
+            self._wake_pending = True
+            try:
+                self._loop.call_soon_threadsafe(self._wake)
+            except RuntimeError:  # the loop is gone
+                self._closed = True
+                return False
         return True
 
+    def _wake(self) -> None:
+        self._wake_pending = False  # before the reader drains: an event sent after this schedules its own wake-up
+        self._resolve()
+
+    def _resolve(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def interrupt(self, reason: str) -> None:
+        """Event loop: stop the reader's wait (``reason``: "disconnect" or "timeout"); :meth:`get` returns None."""
+        if self.interrupted is None:
+            self.interrupted = reason
+        self._resolve()
+
     async def get(self):
-        return await self._queue.get()
+        """The next event, or None once interrupted."""
+        while self.interrupted is None and not self._events:
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return None if self.interrupted is not None else self._events.popleft()
 
 
 # ---- ASGI middleware: request id and body cap ---------------------------------------
@@ -402,24 +437,23 @@ class Exchange:
     async def events(self, request: Request, channel: AsyncChannel, deadline: float) -> AsyncIterator:
         """The channel's events until the final one; stops (closing the channel) if the client leaves."""
         disconnect = asyncio.ensure_future(_wait_disconnect(request))
+        disconnect.add_done_callback(lambda _: channel.interrupt("disconnect"))
+        timer = asyncio.get_running_loop().call_later(max(deadline - time.monotonic(), 0.0), channel.interrupt,
+                                                      "timeout")
         try:
             while True:
-                remaining = deadline - time.monotonic()
-                get = asyncio.ensure_future(channel.get())
-                finished, _ = await asyncio.wait({get, disconnect}, timeout=max(remaining, 0.0),
-                                                 return_when=asyncio.FIRST_COMPLETED)
-                if get not in finished:
-                    get.cancel()
-                    if disconnect in finished:
+                event = await channel.get()
+                if event is None:
+                    if channel.interrupted == "disconnect":
                         return
                     limit = self.state.config.request_timeout
                     yield Failed("timeout", f"the request did not finish within {limit:g} s")
                     return
-                event = get.result()
                 yield event
                 if not isinstance(event, TokenEvent):
                     return
         finally:
+            timer.cancel()
             channel.close()
             disconnect.cancel()
 
