@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from ..runtime.inflight import InflightBatch, Member, MemberStep
+from ..runtime.strategies import SingleSequenceSearch
 from .scheduler import (
     DynamicBatcher, Entry, Failed, GenerateJob, RequestQueue, RowText, ScoreJob, _Live, _Row,
 )
@@ -99,6 +100,16 @@ class _Event:
     token_ids: np.ndarray
     logits: np.ndarray
     finished: np.ndarray
+    logprobs: np.ndarray | None = None  # float32 [rows]: the chosen tokens' log-probs under the raw logits
+
+
+def _step_logprobs(out: MemberStep) -> np.ndarray | None:
+    """The log-probs greedy/sampling's strategy took for this step's tokens (raw logits minus their logsumexp,
+    the scheduler's own formula), so that delivering a step needs no second logsumexp; None for beam search."""
+    strategy = out.member.strategy
+    if isinstance(strategy, SingleSequenceSearch):
+        return strategy.token_logprobs[:, out.index]  # [rows]
+    return None
 
 
 class InflightScheduler(DynamicBatcher):
@@ -137,7 +148,10 @@ class InflightScheduler(DynamicBatcher):
                 self._fail_all("shutdown", "the server shut down during this request")
                 return
             try:
-                self._admit_waiting()
+                if len(self.queue):  # nothing waits: no lock, no copy of the queue between steps
+                    self._admit_waiting()
+                else:
+                    self._waited_steps = 0
                 if self.requests:
                     self._step()
             except Exception as exc:  # noqa: BLE001 - a fault must answer every running request, not kill the thread
@@ -260,7 +274,8 @@ class InflightScheduler(DynamicBatcher):
             if out.member.beam:
                 self._beam_step(request, out, now)
             else:
-                self._deliver([request.live], _Event(out.index, out.tokens, out.logits, out.finished), now)
+                self._deliver([request.live], _Event(out.index, out.tokens, out.logits, out.finished,
+                                                     _step_logprobs(out)), now)
             if self._done(request.live, now) or out.done:
                 self._retire(request, now, out.done)
         self.beams = [g for g in self.beams if len(g)]

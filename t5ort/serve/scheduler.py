@@ -23,6 +23,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Protocol, Sequence
 
 import numpy as np
@@ -54,16 +55,17 @@ class GenerateJob:
     deadline: float = float("inf")  # time.monotonic() by which the last token must be out
     arrived: float = field(default_factory=time.monotonic)
     entropy: bool = False  # also send each step's entropy (nats) of the next-token distribution
+    stream: bool = True  # send every token as a TokenEvent; False: only the final answer (no per-step hand-off)
 
     @property
     def options_dict(self) -> dict[str, Any]:
         return dict(self.options)
 
-    @property
+    @cached_property
     def beam(self) -> bool:
         return self.options_dict.get("num_beams", 1) > 1
 
-    @property
+    @cached_property
     def rows(self) -> int:
         """Outputs of this job: num_return_sequences (beam search or sampling), else 1."""
         return int(self.options_dict.get("num_return_sequences", 1))
@@ -497,29 +499,32 @@ class DynamicBatcher:
 
     def _deliver(self, live: list[_Live], event, now: float) -> None:
         logits = event.logits  # [rows, vocab], raw
-        lse = logsumexp(logits)[:, 0]  # [rows]
+        logprobs = getattr(event, "logprobs", None)  # float32 [rows]: the chosen tokens' log-probs, if given
         top_n = max(lv.job.top_n for lv in live)
-        top_ids = None
+        lse = top_ids = None
+        if logprobs is None or top_n or any(lv.job.entropy for lv in live):
+            lse = logsumexp(logits)[:, 0]  # [rows]
         if top_n:
             top_ids = _top_ids(logits, top_n)  # [rows, top_n], best first
         for lv in live:
+            job = lv.job
             for r, row in enumerate(lv.rows):
                 if row.finish_reason is not None:
                     continue
                 b = lv.first + r
                 token = int(event.token_ids[b])
-                logprob = float(np.float32(logits[b, token] - lse[b]))
+                logprob = float(logprobs[b] if logprobs is not None else np.float32(logits[b, token] - lse[b]))
                 top = ()
-                if lv.job.top_n:
+                if job.top_n:
                     top = tuple(self._alternative(int(t), float(np.float32(logits[b, t] - lse[b])))
-                                for t in top_ids[b, : lv.job.top_n])
-                if lv.job.want_logits:
+                                for t in top_ids[b, : job.top_n])
+                if job.want_logits:
                     row.logits.append(logits[b].copy())
-                entropy = _entropy(logits[b], lse[b]) if lv.job.entropy else None
+                entropy = _entropy(logits[b], lse[b]) if job.entropy else None
                 reason = None
                 if event.finished[b] and token in self._eos:
                     reason = "eos_token"
-                elif event.step + 1 >= lv.job.max_new_tokens:
+                elif event.step + 1 >= job.max_new_tokens:
                     reason = "length"
                 elif event.finished[b]:
                     reason = "stop_sequence"
@@ -546,7 +551,8 @@ class DynamicBatcher:
             lv.first_token_at = now
             self.metrics.ttft_seconds.observe(now - lv.job.arrived)
         self.metrics.generated_tokens.inc()
-        if not lv.entry.channel.send(TokenEvent(r, step, token, text, special, logprob, top, reason, entropy)):
+        if lv.job.stream and not lv.entry.channel.send(TokenEvent(r, step, token, text, special, logprob, top, reason,
+                                                                  entropy)):
             lv.entry.gone = True
 
     def _done(self, lv: _Live, now: float) -> bool:

@@ -155,7 +155,7 @@ def tgi_plan(runtime, config: ServeConfig, request: GenerateRequest, request_id:
         _logits_budget(runtime, config, max(rows, options.get("num_beams", 1)), max_new)
     now = time.monotonic()
     job = GenerateJob(request_id, ids, key, max_new, top_n, want_logits, now + config.request_timeout, now,
-                      entropy=p.entropy)
+                      entropy=p.entropy, stream=stream)
     return TgiPlan(job, request.inputs, p.details, p.decoder_input_details, bool(p.return_full_text),
                    options.get("seed"))
 
@@ -205,7 +205,7 @@ def completion_plan(runtime, config: ServeConfig, request: CompletionRequest, re
     now = time.monotonic()
     jobs = tuple(
         GenerateJob(f"{request_id}-{i}" if len(prompts) > 1 else request_id, ids, key, max_new, logprobs or 0,
-                    False, now + config.request_timeout, now)
+                    False, now + config.request_timeout, now, stream=bool(r.stream))
         for i, ids in enumerate(prompts)
     )
     include_usage = bool(r.stream_options and r.stream_options.include_usage)
