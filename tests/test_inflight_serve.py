@@ -138,11 +138,14 @@ def test_scheduler_row_cap_token_budget_cancel_and_timeout(rt):
     try:
         scheduler.submit(GenerateJob("a", ids, long, 30), channels[0])
         scheduler.submit(GenerateJob("b", ids, long, 30), channels[1])
-        scheduler.submit(GenerateJob("c", ids, (), 50), channels[2])  # 2 rows x 50 > 80: waits for an empty batch
-        scheduler.submit(GenerateJob("d", ids, long, 30, deadline=time.monotonic() + 0.05), channels[3])
+        # 2 rows x 50 > 80 tokens: c waits for an empty batch (and, held to 50 tokens, keeps it for 50 steps)
+        scheduler.submit(GenerateJob("c", ids, (("min_new_tokens", 50),), 50), channels[2])
         while not any(isinstance(e, TokenEvent) for e in channels[1].events):
             time.sleep(0.001)
-        channels[0].close()  # a's client goes away: its row leaves, and d (queued, past its deadline) times out
+        # d queues behind c while a and b run: it could start only after b's and c's 79 more steps, and its
+        # deadline passes long before that, so it times out in the queue, whatever the machine's speed
+        scheduler.submit(GenerateJob("d", ids, long, 30, deadline=time.monotonic() + 0.001), channels[3])
+        channels[0].close()  # a's client goes away: its row leaves
         for c in channels[1:]:
             assert c.done.wait(30)
     finally:
