@@ -82,6 +82,7 @@ class MemberStep:
     finished: np.ndarray  # bool [rows]: rows that are done (greedy/sampling)
     done: bool  # the member is finished: this was its last step
     source: np.ndarray | None = None  # beam search: the member-local source row of each continuing beam
+    logprobs: np.ndarray | None = None  # float32 [rows]: log-softmax of the raw logits at each token (not beams)
 
 
 @dataclass
@@ -264,7 +265,8 @@ class InflightBatch:
         finished = np.full(m.rows, done) if finished is None else finished.copy()
         if done:
             m.live = False
-        return MemberStep(m, index, logits, np.asarray(tokens).copy(), finished, done, source)
+        logprobs = None if m.beam else m.strategy.token_logprobs[:, index].copy()
+        return MemberStep(m, index, logits, np.asarray(tokens).copy(), finished, done, source, logprobs)
 
     # ---- leaving ------------------------------------------------------------------------
 

@@ -36,7 +36,6 @@ from typing import Any
 import numpy as np
 
 from ..runtime.inflight import InflightBatch, Member, MemberStep
-from ..runtime.strategies import SingleSequenceSearch
 from .scheduler import (
     DynamicBatcher, Entry, Failed, GenerateJob, RequestQueue, RowText, ScoreJob, _Live, _Row,
 )
@@ -101,15 +100,6 @@ class _Event:
     logits: np.ndarray
     finished: np.ndarray
     logprobs: np.ndarray | None = None  # float32 [rows]: the chosen tokens' log-probs under the raw logits
-
-
-def _step_logprobs(out: MemberStep) -> np.ndarray | None:
-    """The log-probs greedy/sampling's strategy took for this step's tokens (raw logits minus their logsumexp,
-    the scheduler's own formula), so that delivering a step needs no second logsumexp; None for beam search."""
-    strategy = out.member.strategy
-    if isinstance(strategy, SingleSequenceSearch):
-        return strategy.token_logprobs[:, out.index]  # [rows]
-    return None
 
 
 class InflightScheduler(DynamicBatcher):
@@ -275,7 +265,7 @@ class InflightScheduler(DynamicBatcher):
                 self._beam_step(request, out, now)
             else:
                 self._deliver([request.live], _Event(out.index, out.tokens, out.logits, out.finished,
-                                                     _step_logprobs(out)), now)
+                                                     out.logprobs), now)
             if self._done(request.live, now) or out.done:
                 self._retire(request, now, out.done)
         self.beams = [g for g in self.beams if len(g)]
