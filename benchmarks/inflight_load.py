@@ -71,34 +71,16 @@ async def _open_loop(url: str, route: str, stream: bool, requests: list[sl.Reque
     ttft, latency, tokens, errors = [], [], [0], [0]
 
     async def one(http, r):
-        body = {"inputs": r.text, "parameters": {"max_new_tokens": r.new_tokens, "min_new_tokens": r.new_tokens,
-                                                  "details": True}}
-        sent = time.perf_counter()
-        first, count = None, 0
         try:
-            if stream:
-                async with http.stream("POST", url + route, json=body) as response:
-                    if response.status_code != 200:
-                        errors[0] += 1
-                        await response.aread()
-                        return
-                    async for line in response.aiter_lines():
-                        if line.startswith("data:"):
-                            first = first or time.perf_counter()
-                            count += 1
-            else:
-                response = await http.post(url + route, json=body)
-                if response.status_code != 200:
-                    errors[0] += 1
-                    return
-                count = response.json()["details"]["generated_tokens"]
+            answer = await sl.send(http, url, route, stream, r)
         except httpx.HTTPError:
+            answer = None
+        if answer is None:
             errors[0] += 1
             return
-        done = time.perf_counter()
-        ttft.append((first or done) - sent)
-        latency.append(done - sent)
-        tokens[0] += count
+        ttft.append(answer[0])
+        latency.append(answer[1])
+        tokens[0] += answer[2]
 
     limits = httpx.Limits(max_connections=1024, max_keepalive_connections=256)
     start = time.perf_counter()

@@ -207,6 +207,32 @@ class ServerProcess:
 # ---- clients -------------------------------------------------------------------------------
 
 
+async def send(http, url: str, route: str, stream: bool, r: Request) -> tuple[float, float, int] | None:
+    """One TGI request of ``r`` through the httpx client ``http`` (streamed: counts the server-sent events).
+    Returns (time to first token, latency, tokens) in seconds, or None if the server did not answer 200."""
+    body = {"inputs": r.text, "parameters": {"max_new_tokens": r.new_tokens, "min_new_tokens": r.new_tokens,
+                                              "details": True}}
+    sent = time.perf_counter()
+    first = None
+    if stream:
+        count = 0
+        async with http.stream("POST", url + route, json=body) as response:
+            if response.status_code != 200:
+                await response.aread()
+                return None
+            async for line in response.aiter_lines():
+                if line.startswith("data:"):
+                    first = first or time.perf_counter()
+                    count += 1
+    else:
+        response = await http.post(url + route, json=body)
+        if response.status_code != 200:
+            return None
+        count = response.json()["details"]["generated_tokens"]
+    done = time.perf_counter()
+    return (first or done) - sent, done - sent, count
+
+
 async def _http_cell(url: str, route: str, stream: bool, requests: list[Request], concurrency: int,
                      duration: float) -> tuple[float, int, list, list, int]:
     import httpx
@@ -218,32 +244,13 @@ async def _http_cell(url: str, route: str, stream: bool, requests: list[Request]
     async def client(http):
         nonlocal tokens, errors
         while queue and time.perf_counter() - start < duration:
-            r = queue.pop()
-            body = {"inputs": r.text, "parameters": {"max_new_tokens": r.new_tokens, "min_new_tokens": r.new_tokens,
-                                                      "details": True}}
-            sent = time.perf_counter()
-            first = None
-            if stream:
-                count = 0
-                async with http.stream("POST", url + route, json=body) as response:
-                    if response.status_code != 200:
-                        errors += 1
-                        await response.aread()
-                        continue
-                    async for line in response.aiter_lines():
-                        if line.startswith("data:"):
-                            first = first or time.perf_counter()
-                            count += 1
-            else:
-                response = await http.post(url + route, json=body)
-                if response.status_code != 200:
-                    errors += 1
-                    continue
-                count = response.json()["details"]["generated_tokens"]
-            done = time.perf_counter()
-            ttft.append((first or done) - sent)
-            latency.append(done - sent)
-            tokens += count
+            answer = await send(http, url, route, stream, queue.pop())
+            if answer is None:
+                errors += 1
+                continue
+            ttft.append(answer[0])
+            latency.append(answer[1])
+            tokens += answer[2]
 
     limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
     async with httpx.AsyncClient(timeout=600, limits=limits) as http:
