@@ -221,6 +221,22 @@ def positive_int(text: str) -> int:
     return value
 
 
+def add_decoding_arguments(p: argparse.ArgumentParser) -> None:
+    """The generation options `generate` and `batch` take, with transformers' names."""
+    g = p.add_argument_group("decoding (transformers' names; unset = transformers' defaults)")
+    g.add_argument("--max-new-tokens", type=positive_int, default=20)
+    g.add_argument("--min-new-tokens", type=int, default=0)
+    g.add_argument("--num-beams", type=positive_int)
+    g.add_argument("--num-return-sequences", type=positive_int)
+    g.add_argument("--do-sample", action="store_true")
+    g.add_argument("--temperature", type=float)
+    g.add_argument("--top-k", type=int)
+    g.add_argument("--top-p", type=float)
+    g.add_argument("--seed", type=int)
+    g.add_argument("--repetition-penalty", type=float)
+    g.add_argument("--no-repeat-ngram-size", type=int)
+
+
 def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--provider", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--threads", type=positive_int, default=None, help="onnxruntime intra-op threads")
@@ -308,18 +324,7 @@ def add_batch_parser(sub) -> None:
                    help="run on Ray Data: a new local cluster, or ADDRESS (e.g. auto, ray://host:10001)")
     p.add_argument("--workers", type=positive_int, default=2, help="Ray actors, each with its own runtime (default 2)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    g = p.add_argument_group("decoding (transformers' names; unset = transformers' defaults)")
-    g.add_argument("--max-new-tokens", type=positive_int, default=20)
-    g.add_argument("--min-new-tokens", type=int, default=0)
-    g.add_argument("--num-beams", type=positive_int)
-    g.add_argument("--num-return-sequences", type=positive_int)
-    g.add_argument("--do-sample", action="store_true")
-    g.add_argument("--temperature", type=float)
-    g.add_argument("--top-k", type=int)
-    g.add_argument("--top-p", type=float)
-    g.add_argument("--seed", type=int)
-    g.add_argument("--repetition-penalty", type=float)
-    g.add_argument("--no-repeat-ngram-size", type=int)
+    add_decoding_arguments(p)
     add_runtime_arguments(p)
     p.set_defaults(run=cmd_batch)
 
@@ -613,22 +618,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="generate (greedy, beam search or sampling) with per-step logits")
     p.add_argument("out_dir", help="an export written by `t5ort export`")
     p.add_argument("texts", nargs="+", help="input texts, one row each")
-    p.add_argument("--max-new-tokens", type=positive_int, default=20)
-    p.add_argument("--min-new-tokens", type=int, default=0)
     p.add_argument("--top", type=positive_int, default=0, metavar="K", help="print a per-step table with the top-K tokens")
     p.add_argument("--save-logits", metavar="FILE.npz", help="write sequences, raw logits and token log-probs")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
-    g = p.add_argument_group("decoding (transformers' names; unset = transformers' defaults)")
-    g.add_argument("--num-beams", type=positive_int)
-    g.add_argument("--num-return-sequences", type=positive_int)
-    g.add_argument("--do-sample", action="store_true")
-    g.add_argument("--temperature", type=float)
-    g.add_argument("--top-k", type=int)
-    g.add_argument("--top-p", type=float)
-    g.add_argument("--seed", type=int)
-    g.add_argument("--repetition-penalty", type=float)
-    g.add_argument("--no-repeat-ngram-size", type=int)
+    add_decoding_arguments(p)
     g = p.add_argument_group("speculative greedy decoding (one text at a time; the result is plain greedy's)")
     g.add_argument("--prompt-lookup", type=positive_int, metavar="K",
                    help="draft up to K tokens by matching the output's last n-gram in the input")
