@@ -24,6 +24,9 @@ import numpy as np
 
 DEFAULT_MAX_BYTES = 256 << 20
 MIN_BYTES = 1 << 20  # smaller arrays come from malloc's own free lists, warm already
+# The idle test reads reference counts, which a free-threaded CPython (3.13t+) defers and splits per
+# thread: there, every request gets fresh memory, as before the pool.
+COUNTS_RELIABLE = getattr(sys, "_is_gil_enabled", lambda: True)()
 
 
 class BufferPool:
@@ -42,7 +45,7 @@ class BufferPool:
         """An uninitialised C-contiguous array of ``shape``, in reused memory where an idle buffer fits."""
         dtype = np.dtype(dtype)
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        if nbytes < MIN_BYTES or nbytes > self.max_bytes:
+        if nbytes < MIN_BYTES or nbytes > self.max_bytes or not COUNTS_RELIABLE:
             return np.empty(shape, dtype)
         with self._lock:
             idle = [i for i in range(len(self._buffers)) if self._idle(i)]
