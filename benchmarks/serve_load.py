@@ -588,5 +588,6 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "paired": paired, "machine": info}, indent=2) + "\n")
 
+
 if __name__ == "__main__":
     main()

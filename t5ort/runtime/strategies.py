@@ -153,15 +153,12 @@ class BeamSearch:
         self.done_logprobs = self.running_logprobs.copy()
         self.is_done = np.zeros((batch, num_beams), dtype=bool)
         self.improvable = np.ones((batch, 1), dtype=bool)
-        self._logits: np.ndarray | None = None  # this step's raw logits and their logsumexp, from prepare()
-        self._logsumexp: np.ndarray | None = None
 
     @property
     def input_ids(self) -> np.ndarray:
         return self.running[:, :, : self.cur_len].reshape(self.batch * self.num_beams, self.cur_len)
 
     def prepare(self, logits: np.ndarray, lse: np.ndarray) -> np.ndarray:
-        self._logits, self._logsumexp = logits, lse  # [rows, vocab], [rows, 1]
         return log_softmax(logits, lse)  # processors see log-probs, as in transformers' beam search
 
     @staticmethod
@@ -184,7 +181,7 @@ class BeamSearch:
         cand_sources[:, :, t - 1] = cand_beams + np.arange(b)[:, None] * nb
         cand_logprobs = self._gather(self.running_logprobs, cand_beams)
         rows = np.arange(b)[:, None] * nb + cand_beams  # [b, keep] decoder rows
-        cand_logprobs[:, :, t - 1] = self._logits[rows, cand_tokens] - self._logsumexp[rows, 0]
+        cand_logprobs[:, :, t - 1] = logits[rows, cand_tokens] - lse[rows, 0]
         hits = any_done(self.criteria, cand_sequences[:, :, : t + 1].reshape(b * self.keep, t + 1), None)
         hits = hits.reshape(b, self.keep)
 
