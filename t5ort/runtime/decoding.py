@@ -140,9 +140,9 @@ def decode(model: StepModel, encoder_output, options: GenerationOptions, special
     """Run a whole generation, collecting the per-step raw logits (and scores) when asked.
 
     The graph writes each step's raw logits straight into a [max_steps, rows, vocab]
-    buffer; the result is its [rows, steps, vocab] view (no copy). np.empty leaves
-    pages untouched until written: a run that stops early never commits the tail. ``buffers``:
-    where those buffers come from (memory of earlier calls that nobody refers to any more).
+    buffer; the result is its [rows, steps, vocab] view (no copy). ``buffers``: where those
+    buffers come from (memory of earlier calls that nobody refers to any more, so that no step
+    writes into freshly faulted-in pages); None: fresh np.empty arrays.
     """
     rows, max_steps = encoder_output.batch_size * options.rows_per_input, options.max_new_tokens
     empty = np.empty if buffers is None else buffers.empty
