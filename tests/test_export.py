@@ -42,9 +42,16 @@ def test_manifest_records_geometry_tokens_graphs_and_parity(sp_export, sp_checkp
     assert p["ratio"] == pytest.approx(p["max_abs_diff_vs_float64"] / p["fp32_max_abs_diff_vs_float64"])
     assert set(p) >= {"k", "floor", "float64_bound", "float64_reference", "rule", "tokens"}
     assert len(m["source"]["checkpoint_sha256"]) == 64
+    step = m["graphs"]["step"]  # the in-flight step graph: cache in place, checked against the decoder
+    assert step["file"] == "decoder_step_model.onnx" and step["io"]["new_key"] == ["new.0.key", "new.1.key"]
+    names = {t["name"]: t for t in step["inputs"]}
+    assert names["cache.0.key"]["shape"] == ["batch_size", 4, "cache_capacity", 12]
+    assert names["cache_mask"]["shape"] == ["batch_size", "cache_capacity"]
+    s = p["step_graph"]
+    assert s["tokens_equal"] and 0 <= s["max_abs_diff_vs_decoder"] <= s["tolerance"] == p["tolerance"]
     assert sorted(p.name for p in sp_export.iterdir()) == [
-        "decoder_with_past_model.onnx", "encoder_model.onnx", "generation_config.json", "t5ort.json", "tokenizer.json",
-        "weights.bin",
+        "decoder_step_model.onnx", "decoder_with_past_model.onnx", "encoder_model.onnx", "generation_config.json",
+        "t5ort.json", "tokenizer.json", "weights.bin",
     ]
     assert m["weights"]["file"] == "weights.bin" and m["weights"]["bytes"] == (sp_export / "weights.bin").stat().st_size
 
@@ -95,7 +102,7 @@ def test_force_replaces_and_progress_reports_stages(sp_checkpoint, tmp_path):
     messages = []
     t5ort.export(sp_checkpoint, out, force=True, progress=messages.append)
     assert not (out / "stale.txt").exists() and (out / "t5ort.json").is_file()
-    assert [m.split()[0] for m in messages] == ["loading", "exporting", "checking", "wrote"]
+    assert [m.split()[0] for m in messages] == ["loading", "exporting", "checking", "checking", "wrote"]
     assert leftovers(tmp_path) == []
 
 

@@ -21,11 +21,14 @@ def _torch_logits(model, source: list[int], target: list[int]) -> np.ndarray:
         return model(input_ids=torch.tensor([source]), decoder_input_ids=torch.tensor([target])).logits[0].numpy()
 
 
-def test_late_row_left_padded_equals_pytorch_alone(sp_runtime, sp_torch):
+@pytest.mark.parametrize("step_graph", [True, False], ids=["step-graph", "with-past-decoder"])
+def test_late_row_left_padded_equals_pytorch_alone(sp_runtime, sp_torch, step_graph):
     """Row B joins after A has 5 cached positions; A's and B's logits each equal PyTorch's solo run,
-    teacher-forced; the sources differ in length (cross keys/values padded, encoder mask)."""
+    teacher-forced; the sources differ in length (cross keys/values padded, encoder mask). Both
+    in-flight decoders: the export's step graph (cache in place) and the with-past decoder."""
     model, tokenizer = sp_torch
-    graphs = sp_runtime.graphs
+    graphs = sp_runtime.graphs.inflight(step_graph)
+    assert (graphs is sp_runtime.graphs) is not step_graph
     rng = np.random.default_rng(0)
     vocab = sp_runtime.vocab_size
     src_a = tokenizer(SOURCES[2]).input_ids
@@ -43,7 +46,7 @@ def test_late_row_left_padded_equals_pytorch_alone(sp_runtime, sp_torch):
         logits, state = graphs.step(np.array([tgt_a[t]]), state)
         got_a.append(logits[0].copy())
     state = graphs.join(state, encoded(src_b))
-    assert state.self_mask.tolist()[1] == [0] * 5
+    assert state.past_length == 5 and state.self_mask[1, :5].tolist() == [0] * 5
     for t in range(5, len(tgt_a)):
         logits, state = graphs.step(np.array([tgt_a[t], tgt_b[t - 5]]), state)
         got_a.append(logits[0].copy())
@@ -52,7 +55,7 @@ def test_late_row_left_padded_equals_pytorch_alone(sp_runtime, sp_torch):
     assert_logits_match(np.array(got_b), ref_b[:6])
     # A leaves: B's cache loses A's history it never attended to (5 leading positions), and B goes on.
     state = graphs.select(state, np.array([1]))
-    assert state.past_length == 6 and state.self_mask.all()
+    assert state.past_length == 6 and state.self_mask[:, :6].all()
     assert state.encoder.attention_mask.shape == (1, len(src_b))  # the source padding went too
     logits, state = graphs.step(np.array([tgt_b[6]]), state)
     assert_logits_match(logits[:1], ref_b[6:7])
@@ -86,10 +89,10 @@ def _random_input(rng, runtime) -> np.ndarray:
 
 
 @pytest.mark.parametrize("dead_row_fraction", [0.0, 1.0], ids=["remove-at-once", "remove-when-empty"])
-@pytest.mark.parametrize("seed", [0, 1])
-def test_members_joining_at_random_steps_equal_generate_alone(sp_runtime, seed, dead_row_fraction):
+@pytest.mark.parametrize("seed,step_graph", [(0, True), (1, True), (2, False)])
+def test_members_joining_at_random_steps_equal_generate_alone(sp_runtime, seed, dead_row_fraction, step_graph):
     rng = np.random.default_rng(seed)
-    batch = InflightBatch(sp_runtime, dead_row_fraction=dead_row_fraction)
+    batch = InflightBatch(sp_runtime, dead_row_fraction=dead_row_fraction, step_graph=step_graph)
     pending = [(_random_input(rng, sp_runtime), _random_options(rng)) for _ in range(12)]
     collected: dict[int, list[np.ndarray]] = {}
     members = []

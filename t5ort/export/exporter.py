@@ -2,8 +2,10 @@
 
 The layout: optimum's encoder graph with the decoder layers' cross-attention
 keys/values appended (cross_kv.py), and optimum's with-past decoder, which runs
-every step, the first one with an empty self-attention cache. Weights live once
-in ``weights.bin`` (weights.py). Measured on the t5-small-shaped benchmark model
+every step, the first one with an empty self-attention cache; beside them, the
+in-flight step graph (step_decoder.py), which reads the self-attention cache in
+place and that in-flight batches run. Weights live once in ``weights.bin``
+(weights.py), shared by all three graphs. Measured on the t5-small-shaped benchmark model
 against optimum's merged decoder (an If over a first-step and a with-past
 branch): see the README's memory table.
 """
@@ -23,12 +25,14 @@ from typing import Callable
 from ..runtime.errors import ExportError
 from .configs import custom_onnx_configs
 from .cross_kv import append_cross_kv, cross_kv_names
+from .step_decoder import STEP_FILE, check_step_graph, export_step_graph, step_io_names, step_tolerance
 from .weights import store_weights, weights_spec
 from ..runtime.manifest import (
     FORMAT_VERSION,
     MANIFEST_NAME,
     DecoderIO,
     EncoderIO,
+    StepIO,
     Geometry,
     GraphSpec,
     Manifest,
@@ -88,6 +92,8 @@ def export_model(
 
         parity = gate.gate_parity(torch_model, staging, steps=check_steps, atol=atol, rel_tol=rel_tol, k=gate.K,
                                   say=say)
+        say("checking the in-flight step graph against the with-past decoder")
+        parity["step_graph"] = check_step_graph(staging, steps=check_steps, tolerance=step_tolerance(parity))
         manifest = Manifest.from_dict({**manifest.to_dict(), "parity": parity})
         if quantize == "int8":
             say("quantizing weights to int8 and measuring its fidelity against fp32")
@@ -188,7 +194,8 @@ def _export_graphs(torch_model, staging: Path) -> None:
     if getattr(torch_model.config, "encoder_attention_type", None) == "transient-global":
         _reshape_zero_means_zero(staging / ENCODER_FILE)
     append_cross_kv(staging / ENCODER_FILE, torch_model)
-    store_weights(staging, [ENCODER_FILE, DECODER_FILE])
+    export_step_graph(torch_model, staging / STEP_FILE)
+    store_weights(staging, [ENCODER_FILE, DECODER_FILE, STEP_FILE])
 
 
 def _reshape_zero_means_zero(path: Path) -> None:
@@ -311,6 +318,8 @@ def _build_manifest(torch_model, tokenizer, staging: Path, source: str) -> Manif
             "checkpoint_sha256": checkpoint_fingerprint(torch_model),
         },
         weights=weights_spec(staging),
+        step=graph_spec(staging / STEP_FILE),
+        step_io=StepIO(**step_io_names(geometry.num_decoder_layers)),
     )
 
 

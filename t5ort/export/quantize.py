@@ -120,6 +120,11 @@ def quantize_int4(staging: Path, manifest: Manifest, fidelity_steps: int = 32) -
     return quantized
 
 
+def graph_files(manifest: Manifest) -> tuple[str, ...]:
+    """The export's graph files: encoder, decoder and, where it has one, the in-flight step graph."""
+    return (manifest.encoder.file, manifest.decoder.file) + ((manifest.step.file,) if manifest.step else ())
+
+
 def rewrite_graphs(staging: Path, manifest: Manifest, convert: Callable[[Path, Path], None],
                    name: str) -> tuple[Manifest, Path]:
     """``convert(src, dst)`` each graph of ``staging`` into ``staging/_<name>``, gather its weights into a
@@ -129,7 +134,7 @@ def rewrite_graphs(staging: Path, manifest: Manifest, convert: Callable[[Path, P
 
     work = staging / f"_{name}"
     work.mkdir()
-    files = (manifest.encoder.file, manifest.decoder.file)
+    files = graph_files(manifest)
     for file in files:
         convert(staging / file, work / file)
     store_weights(work, list(files))
@@ -140,7 +145,9 @@ def rewrite_graphs(staging: Path, manifest: Manifest, convert: Callable[[Path, P
         **d,
         "dtype": dtype,
         "graphs": {"encoder": {**encoder.to_dict(), "io": d["graphs"]["encoder"]["io"]},
-                   "decoder": {**decoder.to_dict(), "io": d["graphs"]["decoder"]["io"]}},
+                   "decoder": {**decoder.to_dict(), "io": d["graphs"]["decoder"]["io"]},
+                   **({"step": {**graph_spec(work / manifest.step.file).to_dict(), "io": d["graphs"]["step"]["io"]}}
+                      if manifest.step else {})},
         "weights": weights_spec(work).__dict__,
     })
     for extra in staging.iterdir():  # tokenizer and generation defaults, so the new graphs load on their own
@@ -152,7 +159,7 @@ def rewrite_graphs(staging: Path, manifest: Manifest, convert: Callable[[Path, P
 
 def replace_graphs(work: Path, staging: Path, manifest: Manifest) -> None:
     """Move the rewritten graphs and their weights.bin from ``work`` over those in ``staging``."""
-    for file in (manifest.encoder.file, manifest.decoder.file, WEIGHTS_FILE):
+    for file in (*graph_files(manifest), WEIGHTS_FILE):
         (work / file).replace(staging / file)
     shutil.rmtree(work)
 

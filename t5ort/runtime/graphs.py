@@ -150,6 +150,9 @@ class T5Graphs:
         self._check_weights(directory)
         self.encoder_session = self._open(directory, manifest.encoder, options, providers)
         self.decoder_session = self._open(directory, manifest.decoder, options, providers)
+        # The in-flight step graph keeps its cache in host buffers: CPU only (CUDA batches use the decoder).
+        self.step_session = (self._open(directory, manifest.step, options, providers)
+                             if manifest.step is not None and provider == "cpu" else None)
         io, eio = manifest.decoder_io, manifest.encoder_io
         self._cross = [n for pair in zip(eio.cross_key, eio.cross_value) for n in pair]
         self._past_self = [n for pair in zip(io.past_self_key, io.past_self_value) for n in pair]
@@ -293,6 +296,16 @@ class T5Graphs:
         return replace(state, self_kv=kv, self_mask=None if state.self_mask is None else state.self_mask[source])
 
     # ---- in-flight batching: rows join and leave a running batch --------------------
+
+    def inflight(self, step_graph: bool = True):
+        """The object whose join/fill/step/reorder/select/compact an in-flight batch runs: the export's
+        step graph (:class:`~t5ort.runtime.stepcache.StepGraphs`, no cache copy per step) where it has
+        one and ``step_graph``, else these graphs' own methods below (the with-past decoder)."""
+        if step_graph and self.step_session is not None:
+            from .stepcache import StepGraphs
+
+            return StepGraphs(self, self.step_session)
+        return self
 
     def _rebind(self, encoder_output: EncoderOutput, self_kv: tuple[ort.OrtValue, ...], past_length: int,
                 self_mask: np.ndarray) -> DecoderState:

@@ -10,6 +10,8 @@ Format versions: 3 adds the decoder self-attention mask (``DecoderIO.self_attent
 [batch_size, past_decoder_sequence_length + decoder_sequence_length]), which lets rows with
 different histories share a batch (in-flight batching). Older exports are refused with
 "re-export": their decoder graph has no such input, so nothing can upgrade them in place.
+Within format 3, ``graphs.step`` (the in-flight step graph, :class:`StepIO`) is optional:
+exports without it (older ones, fp16) run in-flight batches on the with-past decoder.
 """
 
 from __future__ import annotations
@@ -135,6 +137,30 @@ class DecoderIO:
 
 
 @dataclass(frozen=True)
+class StepIO:
+    """Tensor names of the in-flight step graph (t5ort/export/step_decoder.py), by role.
+
+    One new position per row over a self-attention cache the runtime keeps:
+    ``cache_key``/``cache_value`` [batch_size, heads, cache_capacity, d_kv] (inputs),
+    ``self_attention_mask`` int64 [batch_size, cache_capacity] over them, ``past_length``
+    int64 [1] (the new position's column), the cross keys/values as in the decoder, and
+    outputs ``logits`` and the new position's ``new_key``/``new_value`` [batch_size, heads, 1, d_kv].
+    """
+
+    input_ids: str
+    encoder_attention_mask: str
+    self_attention_mask: str
+    past_length: str
+    logits: str
+    cache_key: tuple[str, ...]
+    cache_value: tuple[str, ...]
+    cross_key: tuple[str, ...]
+    cross_value: tuple[str, ...]
+    new_key: tuple[str, ...]
+    new_value: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Geometry:
     """Model shape, read from the checkpoint config at export time."""
 
@@ -182,6 +208,8 @@ class Manifest:
     source: dict[str, Any] = field(default_factory=dict)
     quantization: dict[str, Any] = field(default_factory=dict)  # empty: fp32 weights
     weights: WeightsSpec | None = None  # None: weights inside the graph files
+    step: GraphSpec | None = None  # the in-flight step graph; None: in-flight batching uses the decoder
+    step_io: StepIO | None = None
 
     # ---- (de)serialisation -------------------------------------------------
 
@@ -199,6 +227,7 @@ class Manifest:
             "graphs": {
                 "encoder": {**self.encoder.to_dict(), "io": io(self.encoder_io)},
                 "decoder": {**self.decoder.to_dict(), "io": io(self.decoder_io)},
+                **({"step": {**self.step.to_dict(), "io": io(self.step_io)}} if self.step else {}),
             },
             "generation_config": self.generation_config,
             "parity": self.parity,
@@ -229,6 +258,8 @@ class Manifest:
             source=d.get("source", {}),
             quantization=d.get("quantization", {}),
             weights=WeightsSpec(**d["weights"]) if d.get("weights") else None,
+            step=GraphSpec.from_dict(graphs["step"]) if "step" in graphs else None,
+            step_io=StepIO(**tup(graphs["step"]["io"])) if "step" in graphs else None,
         )
 
     def write(self, directory: str | Path) -> Path:
@@ -273,6 +304,8 @@ def check_manifest(m: Manifest, path: Path) -> None:
     per_layer = {"decoder": (m.decoder_io, ("past_self_key", "past_self_value", "past_cross_key", "past_cross_value",
                                              "present_self_key", "present_self_value")),
                  "encoder": (m.encoder_io, ("cross_key", "cross_value"))}
+    if m.step is not None:
+        per_layer["step"] = (m.step_io, ("cache_key", "cache_value", "cross_key", "cross_value", "new_key", "new_value"))
     for graph, (io, roles) in per_layer.items():
         for role in roles:
             if len(getattr(io, role)) != layers:
@@ -281,7 +314,8 @@ def check_manifest(m: Manifest, path: Path) -> None:
                     f"{layers}; re-export the model."
                 )
     _check_geometry(m, path)
-    for graph, names_obj in ((m.encoder, m.encoder_io), (m.decoder, m.decoder_io)):
+    graphs = [(m.encoder, m.encoder_io), (m.decoder, m.decoder_io)] + ([(m.step, m.step_io)] if m.step else [])
+    for graph, names_obj in graphs:
         known = {t.name for t in graph.inputs} | {t.name for t in graph.outputs}
         for value in names_obj.__dict__.values():
             for name in value if isinstance(value, tuple) else (value,):
