@@ -28,6 +28,21 @@ def test_both_sessions_block_when_idle():
         assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
+def test_spin_lets_only_the_decoder_sessions_spin(sp_export):
+    """load(spin=True): the decoder and the in-flight step graph spin between steps, the encoder blocks;
+    the results are the same."""
+    entry = "session.intra_op.allow_spinning"
+    spinning, blocking = t5ort.load(sp_export, threads=2, spin=True), t5ort.load(sp_export, threads=2)
+    g = spinning.graphs
+    assert [s.get_session_options().get_session_config_entry(entry)
+            for s in (g.encoder_session, g.decoder_session, g.step_session)] == ["0", "1", "1"]
+    assert blocking.graphs.step_session.get_session_options().get_session_config_entry(entry) == "0"
+    ids = spinning.encode_texts(["one two three"])[0]
+    a = spinning.generate(input_ids=ids, max_new_tokens=6, output_logits=True)
+    b = blocking.generate(input_ids=ids, max_new_tokens=6, output_logits=True)
+    assert (a.sequences == b.sequences).all() and abs(a.logits - b.logits).max() < 1e-5
+
+
 def test_an_idle_runtime_costs_no_cpu(monkeypatch):
     """With spinning allowed (onnxruntime's default), the pools keep a core busy after the call; with
     t5ort's options they cost (almost) nothing."""

@@ -77,9 +77,10 @@ def _shape(shape) -> tuple:
     return tuple(d if isinstance(d, int) else None for d in shape)
 
 
-def session_options(threads: int | None) -> ort.SessionOptions:
+def session_options(threads: int | None, spin: bool = False) -> ort.SessionOptions:
     """The options of every t5ort session, the encoder's and the decoder's alike (benchmarks give the
-    peers' onnxruntime sessions the same)."""
+    peers' onnxruntime sessions the same). ``spin``: this session's intra-op threads spin after a run
+    (``load(spin=True)`` gives it to the decoder sessions only; see below)."""
     so = ort.SessionOptions()
     if threads is not None:
         so.intra_op_num_threads = threads
@@ -100,7 +101,12 @@ def session_options(threads: int | None) -> ort.SessionOptions:
     # later runs the three policies tried (both on, encoder off, both off) were within each other's
     # run-to-run spread. Not measured on an idle machine, where the issue that asked for this saw
     # spinning off on both slightly slower than on the encoder only.
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # On an idle machine a spinning *decoder* pool is faster (benchmarks/thread_pools.py, idle, 8 interleaved
+    # runs, decoder spinning vs neither: greedy batch 1 0.88x the ms/step in fp32 and 0.86x in int8, beam 4
+    # 0.94x and 0.93x, ragged batch 16 1.02-1.03x): between two steps the loop's Python runs for 0.1-1.5 ms,
+    # and a blocked worker wakes slowly for the next step. It costs ~40 ms of one core's CPU after every
+    # call and, with other work on the cores, far more than it gains, so it is an option: load(spin=True).
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     # Smaller, dynamically sized work blocks for the intra-op threads: a thread the OS delays no longer
     # holds up the whole step. Measured side by side (t5-small shape, 2 threads, two runs): 0-7% faster
     # in 11 of 12 workload/precision pairs; ORT_ENABLE_EXTENDED changed nothing.
@@ -137,6 +143,7 @@ class T5Graphs:
         threads: int | None = None,
         device_id: int = 0,
         verify: bool = True,
+        spin: bool = False,
     ):
         self.manifest = manifest
         self._verify = verify
@@ -146,12 +153,13 @@ class T5Graphs:
         self._dtype = _NUMPY_DTYPES[manifest.dtype]  # of the caches; the logits are float32 (manifest-declared)
         self._logits_dtype = np.dtype(manifest.decoder.tensor(manifest.decoder_io.logits).dtype)
         options = session_options(threads)
+        decoding = session_options(threads, spin) if spin else options  # the graphs run once per step
         providers = _providers(provider, device_id)
         self._check_weights(directory)
         self.encoder_session = self._open(directory, manifest.encoder, options, providers)
-        self.decoder_session = self._open(directory, manifest.decoder, options, providers)
+        self.decoder_session = self._open(directory, manifest.decoder, decoding, providers)
         # The in-flight step graph keeps its cache in host buffers: CPU only (CUDA batches use the decoder).
-        self.step_session = (self._open(directory, manifest.step, options, providers)
+        self.step_session = (self._open(directory, manifest.step, decoding, providers)
                              if manifest.step is not None and provider == "cpu" else None)
         io, eio = manifest.decoder_io, manifest.encoder_io
         self._cross = [n for pair in zip(eio.cross_key, eio.cross_value) for n in pair]
