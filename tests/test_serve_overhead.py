@@ -64,8 +64,10 @@ def test_channel_delivers_in_order_and_events_sent_meanwhile_share_a_wakeup():
                 assert channel.send(i)
             sent.set()
 
-        threading.Thread(target=worker).start()
-        await asyncio.to_thread(sent.wait)  # all 50 sent while the reader was not reading
+        thread = threading.Thread(target=worker)
+        thread.start()
+        thread.join()  # blocks the event loop: all 50 are sent while the loop (the reader) is busy
+        assert sent.is_set()
         got = [await channel.get() for _ in range(50)]
         return got, loop.wakeups
 
