@@ -101,11 +101,12 @@ def session_options(threads: int | None, spin: bool = False) -> ort.SessionOptio
     # later runs the three policies tried (both on, encoder off, both off) were within each other's
     # run-to-run spread. Not measured on an idle machine, where the issue that asked for this saw
     # spinning off on both slightly slower than on the encoder only.
-    # On an idle machine a spinning *decoder* pool is faster (benchmarks/thread_pools.py, idle, 8 interleaved
-    # runs, decoder spinning vs neither: greedy batch 1 0.88x the ms/step in fp32 and 0.86x in int8, beam 4
-    # 0.94x and 0.93x, ragged batch 16 1.02-1.03x): between two steps the loop's Python runs for 0.1-1.5 ms,
-    # and a blocked worker wakes slowly for the next step. It costs ~40 ms of one core's CPU after every
-    # call and, with other work on the cores, far more than it gains, so it is an option: load(spin=True).
+    # On an idle machine a spinning *decoder* pool can be faster (benchmarks/thread_pools.py, idle, 8
+    # interleaved runs, decoder spinning vs neither: greedy batch 1 0.88x the ms/step in fp32 and 0.86x in
+    # int8, beam 4 0.94x and 0.93x, batch 16 1.02-1.03x; the next run 1.01x/0.85x, 1.04x/0.94x, 0.98x/1.00x):
+    # between two steps the loop's Python runs for 0.1-1.5 ms, and a blocked worker wakes slowly. It costs
+    # ~40 ms of one core's CPU after every call and, with other work on the cores, far more than it gains,
+    # so it is an option: load(spin=True).
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     # Smaller, dynamically sized work blocks for the intra-op threads: a thread the OS delays no longer
     # holds up the whole step. Measured side by side (t5-small shape, 2 threads, two runs): 0-7% faster

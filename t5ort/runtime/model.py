@@ -315,9 +315,10 @@ def load(
       each about (cores / runtimes running at once) threads so that together they do not
       oversubscribe the cores.
     - ``spin``: the decoder sessions' threads spin after each step instead of blocking, so that they
-      start the next step at once (the encoder's always block). Faster on a machine that runs nothing
-      else (measured: 7-14% less time per step at batch 1 and with beams, the same at batch 16), at
-      ~40 ms of one core's CPU after each call; slower when other work shares the cores. Off by default.
+      start the next step at once (the encoder's always block). Can be faster on a machine that runs
+      nothing else (measured on a 2-core VM: 6-14% less time per step at batch 1 and with beams in some
+      runs, no change in others), at ~40 ms of one core's CPU after each call; slower when other work
+      shares the cores. Off by default.
     - ``verify``: check each graph file's sha256 against the manifest (about 1 s per GB).
     - ``max_input_tokens``, ``max_new_tokens``: caps for every request (None: no cap); a
       request over a cap is refused before any work.
