@@ -103,29 +103,31 @@ class StepGraphs:
             out.append(buffer)
         return tuple(out), mask
 
-    def _host_encoder(self, encoder_output: EncoderOutput) -> EncoderOutput:
-        """``encoder_output`` with writable, contiguous host arrays (the step graph binds those)."""
-        return self.graphs._cross_from_host(tuple(np.array(host_array(v)) for v in encoder_output.cross_kv),
-                                            np.array(encoder_output.attention_mask, np.int64))
+    @staticmethod
+    def _host(host_kv, attention_mask: np.ndarray) -> EncoderOutput:
+        """An encoder output held as writable, contiguous host arrays, which the step graph binds
+        (and :meth:`fill` writes in place); no OrtValues of its own."""
+        return EncoderOutput((), np.ascontiguousarray(attention_mask, np.int64),
+                             tuple(np.ascontiguousarray(h) for h in host_kv))
 
     # ---- rows join, leave, start over ---------------------------------------------------------
 
     def join(self, state: BufferState | None, encoder_output: EncoderOutput) -> BufferState:
         """As :meth:`T5Graphs.join`: ``state``'s rows then ``encoder_output``'s, which have no history yet."""
-        new = self._host_encoder(encoder_output)
-        rows = new.batch_size
+        new_kv = [host_array(v) for v in encoder_output.cross_kv]  # read-only views of onnxruntime's outputs
+        new_mask, rows = encoder_output.attention_mask, encoder_output.batch_size
         if state is None:
             cache = tuple(np.zeros((rows, self._heads, GROW, self._d_kv), self._dtype) for _ in self._cache_names)
-            return self._state(cache, np.zeros((rows, GROW), np.int64), 0, new)
+            encoder = self._host((np.array(v) for v in new_kv), np.array(new_mask, np.int64))  # copies
+            return self._state(cache, np.zeros((rows, GROW), np.int64), 0, encoder)
         old = state.encoder
-        width = max(old.attention_mask.shape[1], new.attention_mask.shape[1])
-        host_kv = tuple(np.concatenate([_pad_axis(a, 2, width), _pad_axis(b, 2, width)])
-                        for a, b in zip(old.host_kv, new.host_kv))  # [rows + new, heads, width, d_kv]
-        encoder_mask = np.concatenate([_pad_axis(old.attention_mask, 1, width),
-                                       _pad_axis(new.attention_mask, 1, width)])
+        width = max(old.attention_mask.shape[1], new_mask.shape[1])
+        host_kv = (np.concatenate([_pad_axis(a, 2, width), _pad_axis(b, 2, width)])
+                   for a, b in zip(old.host_kv, new_kv))  # [rows + new, heads, width, d_kv]
+        encoder_mask = np.concatenate([_pad_axis(old.attention_mask, 1, width), _pad_axis(new_mask, 1, width)])
         cache = tuple(np.concatenate([v, np.zeros((rows, *v.shape[1:]), self._dtype)]) for v in state.cache)
         self_mask = np.concatenate([state.self_mask, np.zeros((rows, state.capacity), np.int64)])
-        return self._state(cache, self_mask, state.past_length, self.graphs._cross_from_host(host_kv, encoder_mask))
+        return self._state(cache, self_mask, state.past_length, self._host(host_kv, encoder_mask))
 
     def fill(self, state: BufferState, rows: np.ndarray, encoder_output: EncoderOutput,
              source_rows: np.ndarray) -> BufferState:
@@ -152,13 +154,12 @@ class StepGraphs:
             raise ValueError("select() needs at least one row to keep.")
         encoder_mask = state.encoder.attention_mask[rows]
         width = int(np.flatnonzero(encoder_mask.any(axis=0)).max()) + 1  # right-padded sources
-        host_kv = tuple(v[rows, :, :width] for v in state.encoder.host_kv)
+        host_kv = (v[rows, :, :width] for v in state.encoder.host_kv)  # copies (rows is an index array)
         used = state.self_mask[rows, :state.past_length]
         start = _leading_unused(used)
         cache, mask = self._buffers(tuple(v[rows, :, start:state.past_length] for v in state.cache),
                                     used[:, start:], state.past_length - start)
-        return self._state(cache, mask, state.past_length - start,
-                           self.graphs._cross_from_host(host_kv, np.ascontiguousarray(encoder_mask[:, :width])))
+        return self._state(cache, mask, state.past_length - start, self._host(host_kv, encoder_mask[:, :width]))
 
     def unused_columns(self, state: BufferState) -> int:
         """Leading cached positions that no row attends to (what :meth:`compact` would drop)."""
