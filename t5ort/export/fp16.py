@@ -15,10 +15,9 @@ stated, looser tolerance (FP16_ATOL, FP16_REL_TOL).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
-
-import dataclasses
 
 from ..runtime.manifest import Manifest
 

@@ -14,6 +14,7 @@ and only each step's [N, vocab] logits come back to the host.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
@@ -160,8 +161,13 @@ class T5Graphs:
         self.encoder_session = self._open(directory, manifest.encoder, options, providers)
         self.decoder_session = self._open(directory, manifest.decoder, decoding, providers)
         # The in-flight step graph keeps its cache in host buffers: CPU only (CUDA batches use the decoder).
-        self.step_session = (self._open(directory, manifest.step, decoding, providers)
-                             if manifest.step is not None and provider == "cpu" else None)
+        # Opened on first use: its session holds its own pre-packed copy of the decoder's weights (149 MB
+        # of RSS on the t5-small shape), which a runtime that never batches in flight does not need.
+        self._step = (directory, decoding, providers) if manifest.step is not None and provider == "cpu" else None
+        self._step_session: ort.InferenceSession | None = None
+        self._step_lock = threading.Lock()
+        if self._step is not None:  # a missing or changed file is still reported at load
+            self._check_file(directory / manifest.step.file, manifest.step.sha256, "graph file")
         io, eio = manifest.decoder_io, manifest.encoder_io
         self._cross = [n for pair in zip(eio.cross_key, eio.cross_value) for n in pair]
         self._past_self = [n for pair in zip(io.past_self_key, io.past_self_value) for n in pair]
@@ -305,6 +311,16 @@ class T5Graphs:
         return replace(state, self_kv=kv, self_mask=None if state.self_mask is None else state.self_mask[source])
 
     # ---- in-flight batching: rows join and leave a running batch --------------------
+
+    @property
+    def step_session(self) -> ort.InferenceSession | None:
+        """The in-flight step graph's session, opened on first use; None where the export has none (or on CUDA)."""
+        if self._step is not None and self._step_session is None:
+            with self._step_lock:
+                if self._step_session is None:
+                    directory, options, providers = self._step
+                    self._step_session = self._open(directory, self.manifest.step, options, providers)
+        return self._step_session
 
     def inflight(self, step_graph: bool = True):
         """The object whose join/fill/step/reorder/select/compact an in-flight batch runs: the export's
