@@ -30,6 +30,7 @@ def fp16_export(sp_checkpoint, tmp_path_factory):
 def test_fp16_manifest_graphs_and_caches(fp16_export):
     m = json.loads((fp16_export / "t5ort.json").read_text())
     assert m["dtype"] == "float16"
+    assert "step" not in m["graphs"] and not (fp16_export / "decoder_step_model.onnx").exists()  # in flight: the decoder
     parity = m["quantization"]["parity_fp16"]
     assert parity["max_abs_diff"] <= parity["tolerance"] and parity["atol"] == FP16_ATOL
     dec = {t["name"]: t["dtype"] for t in m["graphs"]["decoder"]["inputs"] + m["graphs"]["decoder"]["outputs"]}
