@@ -58,10 +58,13 @@ def proc_status_mb(field: str) -> float:
 
 def busy_minus_own() -> float:
     """CPU seconds the whole machine was busy since boot (/proc/stat) minus this process's and its reaped
-    children's."""
-    user, nice, system, _idle, _iowait, irq, softirq = map(int, Path("/proc/stat").read_text().split()[1:8])
+    children's. Busy includes steal: time the hypervisor gave this VM's CPUs to other guests, which
+    slows a timing as much as another process would and which no process list shows."""
+    fields = Path("/proc/stat").read_text().split()[1:9]
+    user, nice, system, _idle, _iowait, irq, softirq = map(int, fields[:7])
+    steal = int(fields[7]) if len(fields) > 7 else 0
     t = os.times()
-    busy = (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+    busy = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
     return busy - (t.user + t.system + t.children_user + t.children_system)
 
 
