@@ -122,6 +122,11 @@ class InflightBatch:
     # ---- what is in the batch ---------------------------------------------------------
 
     @property
+    def decoder(self) -> str:
+        """Which graph the batch runs: "step graph" (the export's, cache in place) or "with-past decoder"."""
+        return "with-past decoder" if self.graphs is self.runtime.graphs else "step graph"
+
+    @property
     def rows(self) -> int:
         """Decoder rows in the batch, dead ones included."""
         return sum(m.rows for m in self.members)
