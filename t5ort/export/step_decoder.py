@@ -8,7 +8,7 @@ a cache as wide as its oldest row's history, so that copy is a large share of it
 
 This graph takes the cache as a buffer with spare columns and returns only the new
 position's keys/values, which the runtime writes into the next free column
-(:class:`t5ort.runtime.stepcache.StepCache`). Attention reads the buffer once:
+(:class:`t5ort.runtime.stepcache.StepGraphs`). Attention reads the buffer once:
 
     scores = [q . K_buffer^T | q . k_new^T] + [bias(j - P) + mask | bias(0)]
     out    = softmax(scores)[:C] . V_buffer + softmax(scores)[C] * v_new
@@ -16,8 +16,9 @@ position's keys/values, which the runtime writes into the next free column
 ``past_length`` P is the column the new position would take in the concatenated cache
 (the shared, left-padded width); the buffer columns from P on are free and masked, and
 the position bias depends only on the query-key distance, as in every T5 decoder (T5,
-mT5, LongT5: the first layer's bias for all; UMT5: each layer's own). The tests hold its
-logits to the with-past decoder's (tests/test_stepcache.py).
+mT5, LongT5: the first layer's bias for all; UMT5: each layer's own). The export checks its
+logits against the with-past decoder's (:func:`check_step_graph`), and so do tests/test_inflight.py
+(against PyTorch too) and tests/test_quantize.py (int8).
 """
 
 from __future__ import annotations

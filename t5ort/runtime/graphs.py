@@ -386,20 +386,12 @@ class T5Graphs:
         enc = state.encoder
         if enc is None or state.self_mask is None:
             raise ValueError("fill() needs a state made by join() (it keeps the encoder output and the mask).")
-        rows, source_rows = np.asarray(rows, np.int64), np.asarray(source_rows, np.int64)
-        source_mask = encoder_output.attention_mask[source_rows]  # right-padded: the used width only
-        width, new_width = enc.attention_mask.shape[1], int(np.flatnonzero(source_mask.any(axis=0)).max()) + 1
-        if new_width > width:
-            raise ValueError(f"the new sources ({new_width} positions) are longer than the batch's ({width}); "
-                             "use join().")
+        rows = np.asarray(rows, np.int64)
+        check_sources_fit(enc.attention_mask, encoder_output, source_rows)
         in_place = enc.host_kv is not None
         host_kv = enc.host_kv if in_place else tuple(np.array(host_array(v)) for v in enc.cross_kv)
-        for host, new in zip(host_kv, encoder_output.cross_kv):  # [rows, heads, width, d_kv]
-            host[rows, :, :new_width] = host_array(new)[source_rows, :, :new_width]
-            host[rows, :, new_width:] = 0
         mask = enc.attention_mask.copy()  # [rows, width]
-        mask[rows] = 0
-        mask[rows, :new_width] = source_mask[:, :new_width]
+        write_sources(host_kv, mask, rows, encoder_output, source_rows)
         self_mask = state.self_mask.copy()
         self_mask[rows] = 0  # [rows, past]: the old history is not theirs
         io = self.manifest.decoder_io
@@ -467,6 +459,31 @@ class T5Graphs:
         mask = getattr(state, "self_mask", None)  # [batch, past]
         changes = {} if mask is None else {"self_mask": mask[:, :past_length]}
         return dataclasses.replace(state, self_kv=kv, past_length=past_length, **changes)
+
+
+def check_sources_fit(batch_mask: np.ndarray, encoder_output: EncoderOutput, source_rows) -> None:
+    """The sources ``source_rows`` of ``encoder_output`` fit a batch whose encoder mask is ``batch_mask``
+    [rows, width] (``fill``); ValueError otherwise."""
+    source_mask = encoder_output.attention_mask[np.asarray(source_rows, np.int64)]  # right-padded
+    width, new_width = batch_mask.shape[1], int(np.flatnonzero(source_mask.any(axis=0)).max()) + 1
+    if new_width > width:
+        raise ValueError(f"the new sources ({new_width} positions) are longer than the batch's ({width}); "
+                         "use join().")
+
+
+def write_sources(host_kv: Sequence[np.ndarray], mask: np.ndarray, rows: np.ndarray, encoder_output: EncoderOutput,
+                  source_rows) -> None:
+    """Batch rows ``rows`` take ``encoder_output``'s rows ``source_rows``, in place: their cross keys/values in
+    ``host_kv`` (each [rows, heads, width, d_kv]) and their encoder mask in ``mask`` [rows, width], zero past
+    the new sources' width (checked by :func:`check_sources_fit`)."""
+    source_rows = np.asarray(source_rows, np.int64)
+    source_mask = encoder_output.attention_mask[source_rows]
+    used = int(np.flatnonzero(source_mask.any(axis=0)).max()) + 1
+    for host, new in zip(host_kv, encoder_output.cross_kv):
+        host[rows, :, :used] = host_array(new)[source_rows, :, :used]
+        host[rows, :, used:] = 0
+    mask[rows] = 0
+    mask[rows, :used] = source_mask[:, :used]
 
 
 def _pad_axis(array: np.ndarray, axis: int, width: int) -> np.ndarray:

@@ -23,7 +23,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import onnxruntime as ort
 
-from .graphs import EncoderOutput, T5Graphs, _leading_unused, _pad_axis, host_array
+from .graphs import (EncoderOutput, T5Graphs, _leading_unused, _pad_axis, check_sources_fit, host_array,
+                     write_sources)
 
 GROW = 16  # free columns added when the cache is full: one copy of the cache per GROW steps
 
@@ -132,18 +133,10 @@ class StepGraphs:
     def fill(self, state: BufferState, rows: np.ndarray, encoder_output: EncoderOutput,
              source_rows: np.ndarray) -> BufferState:
         """As :meth:`T5Graphs.fill`: done rows start over as new ones, in place (no copy of the cache)."""
-        rows, source_rows = np.asarray(rows, np.int64), np.asarray(source_rows, np.int64)
-        enc = state.encoder
-        source_mask = encoder_output.attention_mask[source_rows]
-        width, new_width = enc.attention_mask.shape[1], int(np.flatnonzero(source_mask.any(axis=0)).max()) + 1
-        if new_width > width:
-            raise ValueError(f"the new sources ({new_width} positions) are longer than the batch's ({width}); "
-                             "use join().")
-        for host, new in zip(enc.host_kv, encoder_output.cross_kv):  # bound: written in place
-            host[rows, :, :new_width] = host_array(new)[source_rows, :, :new_width]
-            host[rows, :, new_width:] = 0
-        enc.attention_mask[rows] = 0
-        enc.attention_mask[rows, :new_width] = source_mask[:, :new_width]
+        rows = np.asarray(rows, np.int64)
+        check_sources_fit(state.encoder.attention_mask, encoder_output, source_rows)
+        write_sources(state.encoder.host_kv, state.encoder.attention_mask, rows, encoder_output,
+                      source_rows)  # the bound arrays themselves
         state.self_mask[rows] = 0  # their old history is not theirs
         return state
 
