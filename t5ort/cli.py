@@ -110,11 +110,9 @@ def cmd_stream(runtime, args) -> int:
 
 
 def cmd_generate(args) -> int:
-    import t5ort
-
     from .demo import step_table
 
-    runtime = t5ort.load(args.out_dir, provider=args.provider, threads=args.threads, spin=args.spin)
+    runtime = load_runtime(args, args.out_dir)
     if args.stream:
         if args.top or args.save_logits or args.json:
             raise ValueError("--stream prints tokens as they come; it does not combine with --top, --json or --save-logits.")
@@ -139,8 +137,6 @@ def cmd_generate(args) -> int:
 
 def speculation_options(args) -> dict:
     """--prompt-lookup K [--max-matching-ngram-size N] or --assistant DIR [--num-assistant-tokens K]."""
-    import t5ort
-
     if args.prompt_lookup is not None and args.assistant is not None:
         raise ValueError("--prompt-lookup and --assistant are two kinds of speculative decoding; pick one.")
     if args.max_matching_ngram_size is not None and args.prompt_lookup is None:
@@ -153,8 +149,7 @@ def speculation_options(args) -> dict:
             options["max_matching_ngram_size"] = args.max_matching_ngram_size
         return options
     if args.assistant is not None:
-        options = {"assistant": t5ort.load(args.assistant, provider=args.provider, threads=args.threads,
-                                           spin=args.spin)}
+        options = {"assistant": load_runtime(args, args.assistant)}
         if args.num_assistant_tokens is not None:
             options["num_assistant_tokens"] = args.num_assistant_tokens
         return options
@@ -188,11 +183,9 @@ def cmd_generate_speculative(runtime, args, need_logits: bool, speculation: dict
 
 
 def cmd_score(args) -> int:
-    import t5ort
-
     if len(args.source) != len(args.target):
         raise ValueError(f"{len(args.source)} --source but {len(args.target)} --target; pass them in pairs.")
-    runtime = t5ort.load(args.out_dir, provider=args.provider, threads=args.threads, spin=args.spin)
+    runtime = load_runtime(args, args.out_dir)
     result = runtime.score(args.source, args.target, output_logits=False)
     if args.json:
         print(json.dumps({"total_logprob": result.total_logprob.tolist(),
@@ -245,6 +238,13 @@ def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
                    help="decoder threads spin between steps: faster on a machine that runs nothing else")
 
 
+def load_runtime(args, directory, **limits):
+    """``t5ort.load(directory)`` with the options of :func:`add_runtime_arguments` (and ``limits``)."""
+    import t5ort
+
+    return t5ort.load(directory, provider=args.provider, threads=args.threads, spin=args.spin, **limits)
+
+
 # ---- t5ort batch -----------------------------------------------------------------
 
 
@@ -288,10 +288,9 @@ def cmd_batch(args) -> int:
                                address=None if args.ray == "local" else args.ray,
                                workers=args.workers, threads=args.threads or 1)
     else:
-        import t5ort
         from .corpus import run_job
 
-        runtime = t5ort.load(args.out_dir, provider=args.provider, threads=args.threads, spin=args.spin)
+        runtime = load_runtime(args, args.out_dir)
         bar = BatchProgressBar(args.quiet)
         try:
             manifest = run_job(runtime, args.input, args.output, spec, resume=args.resume, progress=bar)
@@ -367,7 +366,6 @@ def cmd_serve_ray(args, config, progress) -> int:
 
 
 def cmd_serve(args) -> int:
-    import t5ort
     from .serve import ServeConfig, create_app
     from .serve.server import configure_logging, run
 
@@ -384,8 +382,8 @@ def cmd_serve(args) -> int:
     if args.ray is not None:
         return cmd_serve_ray(args, config, progress)
     progress(f"loading {args.out_dir}")
-    runtime = t5ort.load(args.out_dir, provider=args.provider, threads=args.threads, spin=args.spin,
-                         max_input_tokens=args.max_input_tokens, max_new_tokens=args.max_new_tokens)
+    runtime = load_runtime(args, args.out_dir, max_input_tokens=args.max_input_tokens,
+                           max_new_tokens=args.max_new_tokens)
     app = create_app(runtime, config)
     limits = ", ".join(f"{k}={v}" for k, v in config.as_dict().items())
     progress(f"limits: {limits}")
