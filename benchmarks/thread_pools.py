@@ -12,17 +12,23 @@ step's cache into the next (a fixed token; no search, no logits kept), so no
 encoder run ever precedes a timed step. Repeats are interleaved (each repeat runs
 every worker once, rotating the order, 0.2 s pause before each run); medians.
 
-Policies (``session.*`` are onnxruntime session config entries):
+Policies: what each session's intra-op threads do when they run out of work (``session.*`` are
+onnxruntime session config entries; every policy but t5ort's own sets them on both sessions
+explicitly, over ``graphs.common_session_options``):
 
-- ``spin``: onnxruntime's default, both sessions' intra-op threads spin after a run;
-- ``enc-nospin``: ``session.intra_op.allow_spinning=0`` on the encoder only;
-- ``nospin``: ``allow_spinning=0`` on both sessions;
-- ``enc-stop``: ``session.force_spinning_stop=1`` on the encoder only (its threads spin while it
-  runs, and stop when the run ends);
-- ``stop``: ``force_spinning_stop=1`` on both sessions;
-- ``enc-nospin-dec-stop``: ``allow_spinning=0`` on the encoder, ``force_spinning_stop=1`` on the decoder;
+- ``t5ort``, ``t5ort-nospin``: the runtime's own options, ``load(spin=True)`` (the default: ``stop`` on
+  the encoder, ``spin-1000us`` on the decoder) and ``load(spin=False)`` (``nospin``);
+- ``spin``: onnxruntime's default: spin (for ~20 ms per thread after a run, 40 ms of CPU at 2 threads);
+- ``nospin``: ``session.intra_op.allow_spinning=0``: block at once, also between the ops of one run;
+- ``stop``: spin, with ``session.force_spinning_stop=1``: spin between the ops of a run, block once it ends;
+- ``spin-Nus``: spin for at most N microseconds (``session.intra_op.spin_duration_us``), then block;
+- ``enc-X-dec-Y``: policy X on the encoder's session, Y on the decoder's;
+- ``dec-1``: one intra-op thread for the decoder (no pool to wake, no parallelism either);
 - ``global``: onnxruntime's global thread pools (``set_global_thread_pool_sizes`` before the first
-  session, ``use_per_session_threads=False``): one pool for both sessions.
+  session, ``use_per_session_threads=False``), spinning: one pool for both sessions.
+
+Before this script set ``allow_spinning`` explicitly, its ``spin`` and ``enc-nospin`` policies inherited
+t5ort's own ``allow_spinning=0`` and measured blocking under other names (round 5's tables).
 """
 
 from __future__ import annotations
@@ -42,7 +48,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _model import DEFAULT_WORKDIR, NEW_TOKENS, input_ids, markdown_table, other_cpu_meter, say  # noqa: E402
 
-POLICIES = ["spin", "enc-nospin", "nospin", "enc-stop", "stop", "enc-nospin-dec-stop", "global"]
+POLICIES = ["t5ort", "t5ort-nospin", "spin", "nospin", "stop", "spin-500us", "spin-1000us", "spin-2000us", "enc-nospin-dec-spin",
+            "enc-stop-dec-spin-1000us", "enc-stop-dec-spin-2000us", "enc-nospin-dec-1", "global"]
+AFTER_S = 0.2  # each worker's CPU time is read again this long after its call
 WORKLOADS = {"greedy-1": (1, 1, False), "ragged-16": (16, 1, True), "beam4-1": (1, 4, False)}
 PRECISIONS = {"fp32": "t5ort", "int8": "t5ort-int8"}
 
@@ -65,19 +73,37 @@ def inputs(name: str) -> tuple[np.ndarray, np.ndarray]:
 # ---- worker ------------------------------------------------------------------------------------------
 
 
+def _entries(rule: str) -> dict[str, str]:
+    """The session config entries of one graph's rule (``spin``, ``nospin``, ``stop``, ``spin-Nus``, ``1``)."""
+    if rule in ("nospin", "1"):
+        return {"session.intra_op.allow_spinning": "0", "session.force_spinning_stop": "0"}
+    entries = {"session.intra_op.allow_spinning": "1", "session.force_spinning_stop": "1" if rule == "stop" else "0"}
+    if rule.startswith("spin-"):
+        entries["session.intra_op.spin_duration_us"] = rule.removeprefix("spin-").removesuffix("us")
+    return entries
+
+
+def _rules(policy: str) -> tuple[str, str]:
+    """(the encoder's rule, the decoder's rule) of a policy."""
+    if policy == "global":
+        return "spin", "spin"
+    if policy.startswith("enc-"):
+        encoder, decoder = policy.removeprefix("enc-").split("-dec-")
+        return encoder, decoder
+    return policy, policy
+
+
 def _options_for(policy: str):
     """A replacement for graphs.session_options that applies ``policy`` to one graph (by file name)."""
     from t5ort.runtime import graphs
 
-    base = graphs.session_options
-
     def options(threads, graph: str):
-        so = base(threads)
-        encoder = graph == "encoder"
-        if policy == "nospin" or (policy in ("enc-nospin", "enc-nospin-dec-stop") and encoder):
-            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if policy == "stop" or (policy == "enc-stop" and encoder) or (policy == "enc-nospin-dec-stop" and not encoder):
-            so.add_session_config_entry("session.force_spinning_stop", "1")
+        if policy.startswith("t5ort"):
+            return graphs.session_options(threads, graph, spin=policy == "t5ort")
+        rule = _rules(policy)[graph == "decoder"]
+        so = graphs.common_session_options(1 if rule == "1" else threads)
+        for key, value in _entries(rule).items():
+            so.add_session_config_entry(key, value)
         if policy == "global":
             so.use_per_session_threads = False
         return so
@@ -106,7 +132,7 @@ def _load(directory: Path, policy: str, threads: int):
 def worker(directory: str, policy: str, threads: int, bare: bool) -> None:
     rt = _load(Path(directory), policy, threads)
     data = {name: inputs(name) for name in WORKLOADS}
-    print("ready", flush=True)
+    print(f"ready {_cpu_s()}", flush=True)
     for line in sys.stdin:
         name = line.strip()
         ids, mask = data[name]
@@ -126,8 +152,15 @@ def worker(directory: str, policy: str, threads: int, bare: bool) -> None:
             rt.generate(input_ids=ids, attention_mask=mask, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
                         num_beams=beams, output_logits=True)
             seconds = time.perf_counter() - t0
-        t = os.times()
-        print(json.dumps({"ms_per_step": 1000 * seconds / NEW_TOKENS, "cpu_s": t.user + t.system}), flush=True)
+        done = _cpu_s()
+        time.sleep(AFTER_S)  # what the pools burn once the call is over (spinning threads)
+        print(json.dumps({"ms_per_step": 1000 * seconds / NEW_TOKENS, "cpu_s": _cpu_s(),
+                          "after_ms": 1000 * (_cpu_s() - done)}), flush=True)
+
+
+def _cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system
 
 
 # ---- parent ------------------------------------------------------------------------------------------
@@ -136,17 +169,21 @@ def worker(directory: str, policy: str, threads: int, bare: bool) -> None:
 class Worker:
     def __init__(self, key, directory: Path, policy: str, threads: int, bare: bool):
         self.key = key
-        self.cpu_s = 0.0  # this worker's CPU time so far (the parent's meter counts unreaped children as others)
+        self.after_ms: list[float] = []  # CPU ms in the AFTER_S after each call
         self.proc = subprocess.Popen(
             [sys.executable, __file__, "--worker", str(directory), policy, str(threads), "1" if bare else "0"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout.readline().strip() == "ready", key
+        # this worker's CPU time so far (the parent's meter counts unreaped children as others)
+        word, cpu_s = self.proc.stdout.readline().split()
+        assert word == "ready", key
+        self.cpu_s = float(cpu_s)
 
     def run(self, workload: str) -> float:
         self.proc.stdin.write(workload + "\n")
         self.proc.stdin.flush()
         reply = json.loads(self.proc.stdout.readline())
         self.cpu_s = reply["cpu_s"]
+        self.after_ms.append(reply["after_ms"])
         return reply["ms_per_step"]
 
     def close(self):
@@ -159,7 +196,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--policies", nargs="+", choices=POLICIES, default=POLICIES)
-    p.add_argument("--bare-policies", nargs="+", choices=POLICIES, default=["spin", "nospin"],
+    p.add_argument("--bare-policies", nargs="+", choices=POLICIES, default=["spin", "nospin", "stop"],
                    help="the policies the bare decoder loop's workers load with")
     p.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), default=list(WORKLOADS))
     p.add_argument("--precisions", nargs="+", choices=list(PRECISIONS), default=list(PRECISIONS))
@@ -207,6 +244,9 @@ def main() -> None:
     print(f"ms/step, medians of {args.repeats + 1} interleaved runs (x: / the faster bare decoder loop) [min-max]; "
           f"{args.threads} threads")
     print(markdown_table(header, rows))
+    after = {w.key: statistics.median(w.after_ms) for w in workers}
+    print(f"CPU ms each worker spent in the {AFTER_S:.1f} s after a call (medians): "
+          + "; ".join(f"{' '.join(k)} {v:.0f}" for k, v in after.items()))
     for workload in args.workloads:
         print(f"{workload}: other processes took {times[(workload, 'other_cpu_s')]:.1f} CPU s")
     if args.json:

@@ -234,8 +234,9 @@ def add_decoding_arguments(p: argparse.ArgumentParser) -> None:
 def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--provider", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--threads", type=positive_int, default=None, help="onnxruntime intra-op threads")
-    p.add_argument("--spin", action="store_true",
-                   help="decoder threads spin between steps: faster on a machine that runs nothing else")
+    p.add_argument("--spin", action=argparse.BooleanOptionalAction, default=True,
+                   help="threads spin between ops and (decoder, up to 1 ms) between steps; --no-spin: they "
+                        "always sleep, for cores that other work keeps busy (default: --spin)")
 
 
 def load_runtime(args, directory, **limits):

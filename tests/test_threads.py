@@ -1,4 +1,4 @@
-"""The sessions' thread pools: idle threads block instead of spinning (graphs.session_options)."""
+"""The sessions' thread pools: threads spin within runs and sleep soon after one (graphs.session_options)."""
 
 from __future__ import annotations
 
@@ -22,38 +22,53 @@ def _idle_cpu_ms(rt, gap_s: float = 0.2) -> float:
     return 1000 * (time.process_time() - start)
 
 
-def test_both_sessions_block_when_idle():
-    rt = t5ort.load(BUNDLED, threads=2)
-    for session in (rt.graphs.encoder_session, rt.graphs.decoder_session):
-        assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+def _config(session, key: str) -> str | None:
+    entries = session.get_session_options().get_session_config_entry
+    try:
+        return entries(key)
+    except Exception:  # onnxruntime raises when the entry was never set
+        return None
 
 
-def test_spin_lets_only_the_decoder_sessions_spin(sp_export):
-    """load(spin=True): the decoder and the in-flight step graph spin between steps, the encoder blocks;
-    the results are the same."""
-    entry = "session.intra_op.allow_spinning"
-    spinning, blocking = t5ort.load(sp_export, threads=2, spin=True), t5ort.load(sp_export, threads=2)
-    g = spinning.graphs
-    assert [s.get_session_options().get_session_config_entry(entry)
-            for s in (g.encoder_session, g.decoder_session, g.step_session)] == ["0", "1", "1"]
-    assert blocking.graphs.step_session.get_session_options().get_session_config_entry(entry) == "0"
+def test_encoder_threads_sleep_after_a_run_and_decoder_threads_spin_for_a_bounded_time(sp_export):
+    """The default: every session's threads spin within a run; the encoder's sleep once it ends, the
+    decoders' (with-past and in-flight step graph) after at most SPIN_US."""
+    g = t5ort.load(sp_export, threads=2).graphs
+    assert [_config(s, "session.intra_op.allow_spinning")
+            for s in (g.encoder_session, g.decoder_session, g.step_session)] == ["1", "1", "1"]
+    assert _config(g.encoder_session, "session.force_spinning_stop") == "1"
+    assert _config(g.encoder_session, "session.intra_op.spin_duration_us") is None
+    for decoder in (g.decoder_session, g.step_session):
+        assert _config(decoder, "session.intra_op.spin_duration_us") == str(graphs.SPIN_US)
+        assert _config(decoder, "session.force_spinning_stop") is None
+
+
+def test_spin_false_never_spins_and_gives_the_same_results(sp_export):
+    """load(spin=False): no session's threads spin; the tokens and logits are those of the default."""
+    spinning, blocking = t5ort.load(sp_export, threads=2), t5ort.load(sp_export, threads=2, spin=False)
+    g = blocking.graphs
+    assert [_config(s, "session.intra_op.allow_spinning")
+            for s in (g.encoder_session, g.decoder_session, g.step_session)] == ["0", "0", "0"]
     ids = spinning.encode_texts(["one two three"])[0]
     a = spinning.generate(input_ids=ids, max_new_tokens=6, output_logits=True)
     b = blocking.generate(input_ids=ids, max_new_tokens=6, output_logits=True)
     assert (a.sequences == b.sequences).all() and abs(a.logits - b.logits).max() < 1e-5
 
 
+def test_session_options_refuses_an_unknown_role():
+    with pytest.raises(ValueError, match="role='cross'"):
+        graphs.session_options(2, "cross")
+
+
 def test_an_idle_runtime_costs_no_cpu(monkeypatch):
-    """With spinning allowed (onnxruntime's default), the pools keep a core busy after the call; with
-    t5ort's options they cost (almost) nothing."""
+    """With onnxruntime's default (spinning, unbounded), the pools keep a core busy after the call; with
+    t5ort's options (spinning for at most 1 ms) they cost (almost) nothing."""
     rt = t5ort.load(BUNDLED, threads=2)
     quiet = min(_idle_cpu_ms(rt) for _ in range(3))
     assert quiet < 10, f"{quiet:.1f} ms of CPU in 200 ms idle"
 
-    base = graphs.session_options
-
-    def spinning(threads):
-        so = base(threads)
+    def spinning(threads, role="decoder", spin=True):
+        so = graphs.common_session_options(threads)
         so.add_session_config_entry("session.intra_op.allow_spinning", "1")
         return so
 

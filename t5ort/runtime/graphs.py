@@ -78,41 +78,54 @@ def _shape(shape) -> tuple:
     return tuple(d if isinstance(d, int) else None for d in shape)
 
 
-def session_options(threads: int | None, spin: bool = False) -> ort.SessionOptions:
-    """The options of every t5ort session, the encoder's and the decoder's alike (benchmarks give the
-    peers' onnxruntime sessions the same). ``spin``: this session's intra-op threads spin after a run
-    (``load(spin=True)`` gives it to the decoder sessions only; see below)."""
+def common_session_options(threads: int | None) -> ort.SessionOptions:
+    """What every t5ort session shares, apart from its threads' spinning (:func:`session_options`)."""
     so = ort.SessionOptions()
     if threads is not None:
         so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # Intra-op threads block instead of spinning when they run out of work: one policy for both sessions.
-    # Each session owns its pool, and a spinning pool keeps burning a core for tens of ms after its run
-    # (about 50 ms of CPU in the 100 ms after a generate): the encoder's threads spin on the cores the
-    # decoder's threads need, every idle runtime in a process (server workers, tests) keeps its pools
-    # busy, and other processes lose those cores. Measured side by side (benchmarks/thread_pools.py;
-    # t5-small shape, 2 threads, 32 forced tokens, five runs, other processes busy on the 2 cores
-    # throughout): in three runs generate took 0.23-0.60x the ms/step of onnxruntime's default
-    # (spinning on both) at greedy batch 1, ragged batch 16 and beam 4 in fp32 and int8, and 0.76-1.79x
-    # a bare decoder loop (against 1.8-5.2x); spinning off on the encoder only gave 0.78-1.06x the
-    # default, session.force_spinning_stop on the encoder or both 0.74-1.0x, onnxruntime's global
-    # thread pools (process-wide state that must be set before the first session) 0.85-0.95x. In two
-    # later runs the three policies tried (both on, encoder off, both off) were within each other's
-    # run-to-run spread. Not measured on an idle machine, where the issue that asked for this saw
-    # spinning off on both slightly slower than on the encoder only.
-    # On an idle machine a spinning *decoder* pool can be faster (benchmarks/thread_pools.py, idle, 8
-    # interleaved runs, decoder spinning vs neither: greedy batch 1 0.88x the ms/step in fp32 and 0.86x in
-    # int8, beam 4 0.94x and 0.93x, batch 16 1.02-1.03x; the next run 1.01x/0.85x, 1.04x/0.94x, 0.98x/1.00x):
-    # between two steps the loop's Python runs for 0.1-1.5 ms, and a blocked worker wakes slowly. It costs
-    # ~40 ms of one core's CPU after every call and, with other work on the cores, far more than it gains,
-    # so it is an option: load(spin=True).
-    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     # Smaller, dynamically sized work blocks for the intra-op threads: a thread the OS delays no longer
     # holds up the whole step. Measured side by side (t5-small shape, 2 threads, two runs): 0-7% faster
     # in 11 of 12 workload/precision pairs; ORT_ENABLE_EXTENDED changed nothing.
     so.add_session_config_entry("session.dynamic_block_base", "4")
+    return so
+
+
+SPIN_US = 1000  # how long a decoder session's idle thread spins for the next step's work before it sleeps
+
+
+def session_options(threads: int | None, role: str = "decoder", spin: bool = True) -> ort.SessionOptions:
+    """The options of a t5ort session of ``role`` (``"encoder"`` or ``"decoder"``: the with-past decoder
+    and the in-flight step graph); benchmarks give the peers' onnxruntime sessions the decoder's.
+
+    What the intra-op threads do when they run out of work, with ``spin`` (``load(spin=...)``):
+
+    - all sessions: they spin between the ops of one run (a blocked thread wakes slowly, and a run
+      has hundreds of small parallel ops);
+    - the encoder's: they sleep as soon as its run ends (``session.force_spinning_stop``), so that they
+      never spin on the cores the decoder's threads need next;
+    - the decoders': they spin for at most ``SPIN_US`` after a run (``session.intra_op.spin_duration_us``),
+      which covers the loop's Python between two steps (0.1-1.5 ms), then sleep: an idle runtime costs
+      no CPU 1 ms after a call, where onnxruntime's default spins for ~20 ms per thread.
+
+    ``spin=False``: they never spin (``session.intra_op.allow_spinning=0``), for machines whose cores other
+    work keeps busy. Why (``benchmarks/thread_pools.py``, t5-small shape, 2 threads, 32 forced tokens,
+    each policy in its own process, 8 interleaved runs, README "Idle threads"): on the idle machine
+    this policy took 0.64-0.87x the ms/step of never spinning at greedy batch 1, ragged batch 16 and
+    beam 4 in fp32 and int8, level with unbounded spinning and with ``force_spinning_stop`` on both,
+    and spent no CPU in the 0.2 s after a call (unbounded: 40 ms); with a busy loop on one of the two
+    cores, never spinning was the fastest (this policy 1.17-1.42x its ms/step).
+    """
+    if role not in ("encoder", "decoder"):
+        raise ValueError(f"role={role!r}: use 'encoder' or 'decoder'.")
+    so = common_session_options(threads)
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    if spin and role == "encoder":
+        so.add_session_config_entry("session.force_spinning_stop", "1")
+    elif spin:
+        so.add_session_config_entry("session.intra_op.spin_duration_us", str(SPIN_US))
     return so
 
 
@@ -145,7 +158,7 @@ class T5Graphs:
         threads: int | None = None,
         device_id: int = 0,
         verify: bool = True,
-        spin: bool = False,
+        spin: bool = True,
     ):
         self.manifest = manifest
         self._verify = verify
@@ -154,8 +167,8 @@ class T5Graphs:
         self._device_id = device_id
         self._dtype = _NUMPY_DTYPES[manifest.dtype]  # of the caches; the logits are float32 (manifest-declared)
         self._logits_dtype = np.dtype(manifest.decoder.tensor(manifest.decoder_io.logits).dtype)
-        options = session_options(threads)
-        decoding = session_options(threads, spin) if spin else options  # the graphs run once per step
+        options = session_options(threads, "encoder", spin)
+        decoding = session_options(threads, "decoder", spin)  # the graphs that run once per step
         providers = _providers(provider, device_id)
         self._check_weights(directory)
         self.encoder_session = self._open(directory, manifest.encoder, options, providers)

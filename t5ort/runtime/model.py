@@ -302,23 +302,22 @@ def load(
     max_input_tokens: int | None = None,
     max_new_tokens: int | None = None,
     max_result_bytes: int | None = DEFAULT_MAX_RESULT_BYTES,
-    spin: bool = False,
+    spin: bool = True,
 ) -> T5Runtime:
     """Load an export written by ``t5ort export``.
 
     - ``provider``: ``"cpu"`` or ``"cuda"`` (needs onnxruntime-gpu; never falls back silently).
     - ``threads``: ONNX Runtime intra-op threads of each of the runtime's two sessions (encoder and
       decoder, which one call runs in turn, never at once; None: onnxruntime's default, one per
-      physical core). Idle threads block rather than spin, so a loaded runtime that is not running
-      costs no CPU, and calls sharing one runtime share its threads. Runtimes that run at the same
-      time (several in one process, or one per server worker or process) each have their own: give
-      each about (cores / runtimes running at once) threads so that together they do not
+      physical core). Idle threads sleep 1 ms after a call at most, so a loaded runtime that is not
+      running costs no CPU, and calls sharing one runtime share its threads. Runtimes that run at the
+      same time (several in one process, or one per server worker or process) each have their own:
+      give each about (cores / runtimes running at once) threads so that together they do not
       oversubscribe the cores.
-    - ``spin``: the decoder sessions' threads spin after each step instead of blocking, so that they
-      start the next step at once (the encoder's always block). Can be faster on a machine that runs
-      nothing else (measured on a 2-core VM: 6-14% less time per step at batch 1 and with beams in some
-      runs, no change in others), at ~40 ms of one core's CPU after each call; slower when other work
-      shares the cores. Off by default.
+    - ``spin``: the threads spin between the ops of a run, the decoder's also for up to 1 ms between
+      two steps, and the encoder's sleep as soon as its run ends (:func:`~t5ort.runtime.graphs.session_options`).
+      On an idle 2-core VM that took 0.64-0.87x the time per step of never spinning. ``spin=False``:
+      they always sleep, for cores that other work keeps busy (there it was the faster one).
     - ``verify``: check each graph file's sha256 against the manifest (about 1 s per GB).
     - ``max_input_tokens``, ``max_new_tokens``: caps for every request (None: no cap); a
       request over a cap is refused before any work.
