@@ -1,6 +1,6 @@
 """Which thread-pool policy for the encoder and decoder sessions: measured against a bare decoder loop.
 
-    python benchmarks/thread_pools.py [--repeats 7] [--threads 2] [--policies ...] [--json FILE]
+    python benchmarks/thread_pools.py [--repeats 7] [--threads 2] [--policies ...] [--busy-cores N] [--json FILE]
 
 Every policy runs in its own worker process (onnxruntime's global thread pools are
 process-wide) on the t5-small-shaped exports that compare.py uses (fp32 and int8).
@@ -51,6 +51,7 @@ from _model import DEFAULT_WORKDIR, NEW_TOKENS, input_ids, markdown_table, other
 POLICIES = ["t5ort", "t5ort-nospin", "spin", "nospin", "stop", "spin-500us", "spin-1000us", "spin-2000us", "enc-nospin-dec-spin",
             "enc-stop-dec-spin-1000us", "enc-stop-dec-spin-2000us", "enc-nospin-dec-1", "global"]
 AFTER_S = 0.2  # each worker's CPU time is read again this long after its call
+BUSY_LOOP = "import time\nend = time.monotonic() + 3600\nwhile time.monotonic() < end: pass"  # stops by itself
 WORKLOADS = {"greedy-1": (1, 1, False), "ragged-16": (16, 1, True), "beam4-1": (1, 4, False)}
 PRECISIONS = {"fp32": "t5ort", "int8": "t5ort-int8"}
 
@@ -202,7 +203,19 @@ def main() -> None:
     p.add_argument("--precisions", nargs="+", choices=list(PRECISIONS), default=list(PRECISIONS))
     p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
     p.add_argument("--json", type=Path)
+    p.add_argument("--busy-cores", type=int, default=0,
+                   help="run this many busy-loop processes throughout (contention: other work on the cores)")
     args = p.parse_args()
+    busy = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(args.busy_cores)]
+    try:
+        measure(args)
+    finally:
+        for proc in busy:
+            proc.kill()
+            proc.wait()
+
+
+def measure(args) -> None:
     workers = []
     for precision in args.precisions:
         d = args.workdir / PRECISIONS[precision]
