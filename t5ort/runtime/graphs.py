@@ -112,8 +112,8 @@ def session_options(threads: int | None, role: str = "decoder", spin: bool = Tru
 
     ``spin=False``: they never spin (``session.intra_op.allow_spinning=0``), for machines whose cores other
     work keeps busy. Why (``benchmarks/thread_pools.py``, t5-small shape, 2 threads, 32 forced tokens,
-    each policy in its own process, 8 interleaved runs, README "Idle threads"): on the idle machine
-    this policy took 0.64-0.87x the ms/step of never spinning at greedy batch 1, ragged batch 16 and
+    each policy in its own process, interleaved runs; README, How it works): on the idle machine this
+    policy took 0.56-0.92x the ms/step of never spinning in two runs, at greedy batch 1, ragged batch 16 and
     beam 4 in fp32 and int8, level with unbounded spinning and with ``force_spinning_stop`` on both,
     and spent no CPU in the 0.2 s after a call (unbounded: 40 ms); with a busy loop on one of the two
     cores, never spinning was the fastest (this policy 1.17-1.49x its ms/step in two runs).

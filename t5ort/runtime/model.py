@@ -316,7 +316,7 @@ def load(
       oversubscribe the cores.
     - ``spin``: the threads spin between the ops of a run, the decoder's also for up to 1 ms between
       two steps, and the encoder's sleep as soon as its run ends (:func:`~t5ort.runtime.graphs.session_options`).
-      On an idle 2-core VM that took 0.64-0.87x the time per step of never spinning. ``spin=False``:
+      On an idle 2-core VM that took 0.56-0.92x the time per step of never spinning. ``spin=False``:
       they always sleep, for cores that other work keeps busy, and where calls overlap on one runtime
       or more threads than cores run at once (there it was the faster one: 0.88-0.89x the time per step
       of spinning with two overlapping calls on one runtime, 0.67-0.75x with two 2-thread runtimes on 2
