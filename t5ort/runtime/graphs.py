@@ -116,7 +116,7 @@ def session_options(threads: int | None, role: str = "decoder", spin: bool = Tru
     policy took 0.56-0.92x the ms/step of never spinning in two runs, at greedy batch 1, ragged batch 16 and
     beam 4 in fp32 and int8, level with unbounded spinning and with ``force_spinning_stop`` on both,
     and spent no CPU in the 0.2 s after a call (unbounded: 40 ms); with a busy loop on one of the two
-    cores, never spinning was the fastest (this policy 1.17-1.49x its ms/step in two runs).
+    cores, never spinning was faster (this policy 1.17-1.49x its ms/step in two runs).
     """
     if role not in ("encoder", "decoder"):
         raise ValueError(f"role={role!r}: use 'encoder' or 'decoder'.")
