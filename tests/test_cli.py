@@ -111,3 +111,20 @@ def test_a_command_whose_extra_is_missing_names_the_extra():
     out = run_without_extras("batch", str(bundled("onnx")), "in.jsonl", "out")
     assert out.returncode == 2
     assert "pip install 't5ort[batch]'" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_spin_is_on_by_default_and_no_spin_turns_it_off(sp_export, monkeypatch):
+    """--spin/--no-spin reach t5ort.load(spin=...) (on by default, like load's own default)."""
+    import t5ort
+
+    seen = []
+    real_load = t5ort.load
+
+    def load(*args, **kwargs):
+        seen.append(kwargs["spin"])
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(t5ort, "load", load)
+    for flag in ([], ["--no-spin"], ["--spin"]):
+        assert main(["generate", str(sp_export), TEXT, "--max-new-tokens", "2", *flag]) == 0
+    assert seen == [True, False, True]
