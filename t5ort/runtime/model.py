@@ -318,9 +318,9 @@ def load(
       two steps, and the encoder's sleep as soon as its run ends (:func:`~t5ort.runtime.graphs.session_options`).
       On an idle 2-core VM that took 0.56-0.92x the time per step of never spinning. ``spin=False``:
       they always sleep, for cores that other work keeps busy, and where calls overlap on one runtime
-      or more threads than cores run at once (there it was the faster one: 0.88-0.89x the time per step
+      or more threads than cores run at once (there it was the faster one: 0.85-0.89x the time per step
       of spinning with two overlapping calls on one runtime, 0.67-0.75x with two 2-thread runtimes on 2
-      cores).
+      cores; ``benchmarks/overlap.py``).
     - ``verify``: check each graph file's sha256 against the manifest (about 1 s per GB).
     - ``max_input_tokens``, ``max_new_tokens``: caps for every request (None: no cap); a
       request over a cap is refused before any work.
