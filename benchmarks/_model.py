@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 from t5ort.bench.machine import busy_minus_own as _busy_minus_own
-from t5ort.bench.machine import cpu_name, machine, markdown_table, proc_status_mb
+from t5ort.bench.machine import cpu_name, machine, markdown_table, own_cpu_seconds, proc_status_mb
 from t5ort.bench.t5_small import T5_SMALL, build_checkpoint
 
 DEFAULT_WORKDIR = Path(__file__).resolve().parent / ".work"
@@ -30,7 +30,7 @@ PAUSE_S = 0.2
 
 __all__ = ["DEFAULT_WORKDIR", "NEW_TOKENS", "PAUSE_S", "SOURCE_LENGTH", "T5_SMALL", "checkpoint", "cpu_name",
            "current_t5ort_export", "input_ids", "machine", "markdown_table", "median_ms", "ort_session_options",
-           "other_cpu_meter", "proc_status_mb", "say"]
+           "other_cpu_meter", "own_cpu_seconds", "proc_status_mb", "say"]
 
 
 def say(message: str) -> None:

@@ -97,7 +97,8 @@ def main() -> None:
     dirs = {name: args.workdir / sub for name, sub in EXPORTS.items()}
     missing = [str(d) for d in dirs.values() if not (d / "t5ort.json").is_file()]
     if missing:
-        raise SystemExit(f"no export at {', '.join(missing)}: run `python benchmarks/compare.py` first, which makes them.")
+        raise SystemExit(f"no export at {', '.join(missing)}: run `python benchmarks/compare.py` first, "
+                         "which makes them.")
     runtimes = {name: t5ort.load(d, threads=args.threads) for name, d in dirs.items()}
     junk = np.ones(args.evict_mb << 20, dtype=np.uint8)
     times: dict = collections.defaultdict(list)

@@ -62,14 +62,20 @@ def main() -> None:
     directory = args.workdir / "t5ort-int8"
     if not (directory / "t5ort.json").is_file():
         raise SystemExit(f"no export at {directory}: run `python benchmarks/compare.py` first, which makes it.")
-    layouts = {
-        "two runtimes, 2 threads each": lambda spin: [t5ort.load(directory, threads=2, spin=spin) for _ in range(CALLERS)],
-        "two runtimes, 1 thread each": lambda spin: [t5ort.load(directory, threads=1, spin=spin) for _ in range(CALLERS)],
-        "one 2-thread runtime, shared": lambda spin: [t5ort.load(directory, threads=2, spin=spin)] * CALLERS,
+    layouts = {  # name: (each runtime's threads, one runtime shared by the callers)
+        "two runtimes, 2 threads each": (2, False),
+        "two runtimes, 1 thread each": (1, False),
+        "one 2-thread runtime, shared": (2, True),
     }
+
+    def make(threads: int, shared: bool, spin: bool) -> list:
+        if shared:
+            return [t5ort.load(directory, threads=threads, spin=spin)] * CALLERS
+        return [t5ort.load(directory, threads=threads, spin=spin) for _ in range(CALLERS)]
+
     rows = []
-    for name, make in layouts.items():
-        runtimes = {spin: make(spin) for spin in (True, False)}
+    for name, (threads, shared) in layouts.items():
+        runtimes = {spin: make(threads, shared, spin) for spin in (True, False)}
         for spin in runtimes:
             per_step_ms(runtimes[spin], 1)  # warm-up
         times: dict[bool, list[float]] = {True: [], False: []}

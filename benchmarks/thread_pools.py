@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -46,10 +45,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _model import DEFAULT_WORKDIR, NEW_TOKENS, input_ids, markdown_table, other_cpu_meter, say  # noqa: E402
+from _model import (DEFAULT_WORKDIR, NEW_TOKENS, input_ids, markdown_table, other_cpu_meter,  # noqa: E402
+                    own_cpu_seconds, say)
 
-POLICIES = ["t5ort", "t5ort-nospin", "spin", "nospin", "stop", "spin-500us", "spin-1000us", "spin-2000us", "enc-nospin-dec-spin",
-            "enc-stop-dec-spin-1000us", "enc-stop-dec-spin-2000us", "enc-nospin-dec-1", "global"]
+POLICIES = ["t5ort", "t5ort-nospin", "spin", "nospin", "stop", "spin-500us", "spin-1000us", "spin-2000us",
+            "enc-nospin-dec-spin", "enc-stop-dec-spin-1000us", "enc-stop-dec-spin-2000us", "enc-nospin-dec-1", "global"]
 AFTER_S = 0.2  # each worker's CPU time is read again this long after its call
 BUSY_LOOP = "import time\nend = time.monotonic() + 3600\nwhile time.monotonic() < end: pass"  # stops by itself
 WORKLOADS = {"greedy-1": (1, 1, False), "ragged-16": (16, 1, True), "beam4-1": (1, 4, False)}
@@ -95,7 +95,7 @@ def _rules(policy: str) -> tuple[str, str]:
 
 
 def _options_for(policy: str):
-    """A replacement for graphs.session_options that applies ``policy`` to one graph (by file name)."""
+    """A replacement for graphs.session_options applying ``policy`` to one graph ("encoder" or "decoder")."""
     from t5ort.runtime import graphs
 
     def options(threads, graph: str):
@@ -133,7 +133,7 @@ def _load(directory: Path, policy: str, threads: int):
 def worker(directory: str, policy: str, threads: int, bare: bool) -> None:
     rt = _load(Path(directory), policy, threads)
     data = {name: inputs(name) for name in WORKLOADS}
-    print(f"ready {_cpu_s()}", flush=True)
+    print(f"ready {own_cpu_seconds()}", flush=True)
     for line in sys.stdin:
         name = line.strip()
         ids, mask = data[name]
@@ -153,15 +153,11 @@ def worker(directory: str, policy: str, threads: int, bare: bool) -> None:
             rt.generate(input_ids=ids, attention_mask=mask, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
                         num_beams=beams, output_logits=True)
             seconds = time.perf_counter() - t0
-        done = _cpu_s()
+        done = own_cpu_seconds()
         time.sleep(AFTER_S)  # what the pools burn once the call is over (spinning threads)
-        print(json.dumps({"ms_per_step": 1000 * seconds / NEW_TOKENS, "cpu_s": _cpu_s(),
-                          "after_ms": 1000 * (_cpu_s() - done)}), flush=True)
-
-
-def _cpu_s() -> float:
-    t = os.times()
-    return t.user + t.system
+        now = own_cpu_seconds()
+        print(json.dumps({"ms_per_step": 1000 * seconds / NEW_TOKENS, "cpu_s": now, "after_ms": 1000 * (now - done)}),
+              flush=True)
 
 
 # ---- parent ------------------------------------------------------------------------------------------

@@ -68,6 +68,12 @@ def busy_minus_own() -> float:
     return busy - (t.user + t.system + t.children_user + t.children_system)
 
 
+def own_cpu_seconds() -> float:
+    """This process's CPU seconds so far (user + system, all its threads)."""
+    t = os.times()
+    return t.user + t.system
+
+
 def process_cpu_seconds(pid: int) -> float:
     """utime + stime (+ reaped children's) of a live process, seconds (0 if it is gone)."""
     try:

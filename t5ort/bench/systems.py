@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .machine import proc_status_mb
+from .machine import own_cpu_seconds, proc_status_mb
 
 PEERS = ("pytorch", "optimum", "ctranslate2", "ctranslate2-int8")
 KINDS = ("t5ort", "t5ort-bare", *PEERS)
@@ -295,11 +295,6 @@ def load(kind: str, directory: Path, threads: int) -> System:
 # ---- the worker process ------------------------------------------------------------------------------
 
 
-def _cpu_seconds() -> float:
-    t = os.times()
-    return t.user + t.system
-
-
 def child_command(*args: str) -> tuple[list[str], dict[str, str]]:
     """The command line and environment of a worker or preparation process: ``python -m t5ort.bench._child
     ARGS``, with this t5ort importable and every library's thread pool (OpenMP for CTranslate2 and PyTorch,
@@ -338,7 +333,7 @@ def worker(kind: str, directory: str, threads: int) -> None:
         except EOFError:  # the parent went away
             return
         if request is None:
-            outgoing.send(("ok", {"peak_rss_mb": proc_status_mb("VmHWM"), "cpu_seconds": _cpu_seconds()}))
+            outgoing.send(("ok", {"peak_rss_mb": proc_status_mb("VmHWM"), "cpu_seconds": own_cpu_seconds()}))
             return
         try:
             cpu = time.process_time()
