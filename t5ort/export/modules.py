@@ -1,0 +1,300 @@
+"""The graphs t5ort exports, written as torch modules over a checkpoint's weights (never its forward code).
+
+transformers refactors its T5 modules between releases (4.x to 5.x changed the attention,
+the masks and ``compute_bias``), and tracing them gives graphs that are wrong on the
+other release. These modules take only the checkpoint's *weights* (names unchanged from
+transformers 4.x to 5.x) and the facts of :class:`T5Spec` (read from the config in one
+place), and compute T5 with plain tensor ops that trace to ONNX the same way whatever
+transformers is installed:
+
+- :class:`Encoder`: ``input_ids, attention_mask -> last_hidden_state`` and every decoder
+  layer's cross-attention keys/values (computed once per input);
+- :class:`Decoder`: T new positions per row over a self-attention cache held in place by the
+  runtime: buffers ``[rows, heads, capacity, d_kv]`` with a mask, ``past_length`` (the column
+  the first new position takes) and the new positions' keys/values out, which the runtime
+  writes into columns ``past_length ..`` itself. T = 1 is a decoding step; T > 1 teacher-forces
+  (scoring, speculative verification). Attention reads the buffer once::
+
+      scores = [q . K_buffer^T + bias(j - P - t) + mask | q . k_new^T + bias(u - t) + causal]
+      out    = softmax(scores)[:, :C] . V_buffer + softmax(scores)[:, C:] . v_new
+
+The relative position bias is looked up in a table of the checkpoint's buckets, computed here
+at export time for distances within +-``max_distance`` (beyond it the bucket no longer changes), so
+the graph holds a Gather instead of T5's float log bucketing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..runtime.errors import ExportError
+
+ACTIVATIONS = ("relu", "gelu", "gelu_new", "gelu_pytorch_tanh", "silu", "swish")
+
+
+@dataclass(frozen=True)
+class T5Spec:
+    """What differs between T5 variants, read from the config in one place (:meth:`from_config`).
+
+    ===========  ========================  =====================  ===============================
+    variant      feed-forward              position bias          encoder self-attention
+    ===========  ========================  =====================  ===============================
+    t5 v1.0      relu                      first layer's, shared  full
+    t5 v1.1/mT5  gated-gelu (gelu_new)     first layer's, shared  full
+    umt5         gated-gelu                every layer its own    full
+    longt5       gated-gelu                first layer's, shared  local or transient-global
+    ===========  ========================  =====================  ===============================
+
+    ``scale_head``: the decoder output is scaled by ``d_model ** -0.5`` before the head. transformers 4.x
+    scales where the config ties the head to the embedding; 5.x reads ``scale_decoder_outputs`` (T5,
+    UMT5, LongT5: the saved ``tie_word_embeddings``) and never scales mT5.
+    """
+
+    model_type: str
+    d_model: int
+    d_kv: int
+    num_heads: int
+    num_layers: int
+    num_decoder_layers: int
+    num_buckets: int
+    max_distance: int
+    eps: float
+    activation: str
+    gated: bool
+    scale_head: bool
+    bias_every_layer: bool
+    encoder_attention: str = "full"  # or "local", "transient-global" (LongT5)
+    local_radius: int = 0
+    global_block_size: int = 0
+
+    @classmethod
+    def from_config(cls, config) -> T5Spec:
+        activation = str(getattr(config, "dense_act_fn", "relu"))
+        if activation not in ACTIVATIONS:
+            raise ExportError(f"dense_act_fn {activation!r} is not supported; t5ort exports {ACTIVATIONS}.")
+        longt5 = config.model_type == "longt5"
+        return cls(
+            model_type=config.model_type,
+            d_model=int(config.d_model),
+            d_kv=int(config.d_kv),
+            num_heads=int(config.num_heads),
+            num_layers=int(config.num_layers),
+            num_decoder_layers=int(config.num_decoder_layers),
+            num_buckets=int(config.relative_attention_num_buckets),
+            max_distance=int(config.relative_attention_max_distance),
+            eps=float(config.layer_norm_epsilon),
+            activation=activation,
+            gated=bool(getattr(config, "is_gated_act", False)),
+            scale_head=_scales_head(config),
+            bias_every_layer=config.model_type == "umt5",
+            encoder_attention=str(config.encoder_attention_type) if longt5 else "full",
+            local_radius=int(config.local_radius) if longt5 else 0,
+            global_block_size=int(config.global_block_size) if longt5 else 0,
+        )
+
+
+def _scales_head(config) -> bool:
+    """Whether the installed transformers scales this checkpoint's decoder output (:class:`T5Spec`)."""
+    import transformers
+
+    if hasattr(config, "scale_decoder_outputs"):
+        return bool(config.scale_decoder_outputs)
+    if config.model_type == "mt5" and int(transformers.__version__.split(".")[0]) >= 5:
+        return False
+    return bool(config.tie_word_embeddings)
+
+
+# ---- the pieces ---------------------------------------------------------------------------
+
+
+def position_bucket(relative_position: torch.Tensor, bidirectional: bool, num_buckets: int,
+                    max_distance: int) -> torch.Tensor:
+    """T5's bucket of each relative position (memory - query), in transformers' float32 arithmetic."""
+    buckets = torch.zeros_like(relative_position)
+    if bidirectional:
+        num_buckets //= 2
+        buckets = buckets + (relative_position > 0).to(torch.long) * num_buckets
+        relative_position = torch.abs(relative_position)
+    else:
+        relative_position = -torch.min(relative_position, torch.zeros_like(relative_position))
+    max_exact = num_buckets // 2
+    is_small = relative_position < max_exact
+    large = max_exact + (torch.log(relative_position.float() / max_exact) / math.log(max_distance / max_exact)
+                         * (num_buckets - max_exact)).to(torch.long)
+    large = torch.min(large, torch.full_like(large, num_buckets - 1))
+    return buckets + torch.where(is_small, relative_position, large)
+
+
+def bias_table(embedding: torch.Tensor, spec: T5Spec, bidirectional: bool) -> torch.Tensor:
+    """[2 * max_distance + 1, heads]: the bias of relative positions -max_distance .. max_distance."""
+    distances = torch.arange(-spec.max_distance, spec.max_distance + 1, dtype=torch.long)
+    with torch.no_grad():
+        return embedding[position_bucket(distances, bidirectional, spec.num_buckets, spec.max_distance)].clone()
+
+
+def lookup_bias(table: torch.Tensor, relative: torch.Tensor, max_distance: int) -> torch.Tensor:
+    """The bias of ``relative`` positions [..., Q, K] as [..., heads, Q, K]."""
+    values = table[torch.clamp(relative, -max_distance, max_distance) + max_distance]  # [..., Q, K, heads]
+    return values.movedim(-1, -3)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """T5's layer norm: no mean, no bias (the variance in float32)."""
+    variance = x.to(torch.float32).pow(2).mean(-1, keepdim=True)
+    return weight * (x * torch.rsqrt(variance + eps))
+
+
+def activate(x: torch.Tensor, name: str) -> torch.Tensor:
+    if name == "relu":
+        return torch.relu(x)
+    if name in ("gelu_new", "gelu_pytorch_tanh"):  # transformers' NewGELUActivation, written out
+        return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+    if name == "gelu":
+        return torch.nn.functional.gelu(x)
+    return torch.nn.functional.silu(x)
+
+
+def feed_forward(x: torch.Tensor, layer, spec: T5Spec) -> torch.Tensor:
+    """The residual feed-forward sub-layer: x + FF(norm(x))."""
+    ff = layer.DenseReluDense
+    h = rms_norm(x, layer.layer_norm.weight, spec.eps)
+    if spec.gated:
+        h = activate(h @ ff.wi_0.weight.T, spec.activation) * (h @ ff.wi_1.weight.T)
+    else:
+        h = activate(h @ ff.wi.weight.T, spec.activation)
+    return x + h @ ff.wo.weight.T
+
+
+def split_heads(x: torch.Tensor, weight: torch.Tensor, spec: T5Spec) -> torch.Tensor:
+    """[B, L, D] -> projection -> [B, heads, L, d_kv]."""
+    batch = x.shape[0]
+    return (x @ weight.T).view(batch, -1, spec.num_heads, spec.d_kv).transpose(1, 2)
+
+
+def merge_heads(x: torch.Tensor, weight: torch.Tensor, spec: T5Spec) -> torch.Tensor:
+    """[B, heads, L, d_kv] -> [B, L, heads*d_kv] -> output projection."""
+    batch = x.shape[0]
+    return x.transpose(1, 2).reshape(batch, -1, spec.num_heads * spec.d_kv) @ weight.T
+
+
+def additive_mask(mask: torch.Tensor) -> torch.Tensor:
+    """int64 1/0 [..., K] -> float 0 / float32 min, as transformers' extended attention mask."""
+    return (1.0 - mask.to(torch.float32)) * torch.finfo(torch.float32).min
+
+
+def attend(scores: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    return torch.matmul(torch.softmax(scores.float(), dim=-1), values)
+
+
+# ---- the graphs ---------------------------------------------------------------------------
+
+
+class Encoder(torch.nn.Module):
+    """``input_ids, attention_mask`` [B, S] -> last_hidden_state [B, S, D], then per decoder layer the
+    cross-attention key and value [B, heads, S, d_kv]."""
+
+    def __init__(self, torch_model, spec: T5Spec):
+        super().__init__()
+        self.spec = spec
+        self.model = torch_model
+        blocks = torch_model.encoder.block
+        attention = _encoder_attention_name(spec)
+        if spec.bias_every_layer:
+            self.tables = [bias_table(getattr(b.layer[0], attention).relative_attention_bias.weight, spec, True)
+                           for b in blocks]
+        else:
+            self.tables = [bias_table(getattr(blocks[0].layer[0], attention).relative_attention_bias.weight, spec,
+                                      True)] * len(blocks)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        spec, model = self.spec, self.model
+        h = model.encoder.embed_tokens.weight[input_ids]  # [B, S, D]
+        if spec.encoder_attention != "full":
+            from .longt5 import encoder_layers
+
+            h = encoder_layers(h, attention_mask, model.encoder.block, spec)
+        else:
+            length = input_ids.shape[1]
+            positions = torch.arange(length, dtype=torch.long)
+            relative = positions[None, :] - positions[:, None]  # [S, S]: key - query
+            mask = additive_mask(attention_mask)[:, None, None, :]  # [B, 1, 1, S]
+            for block, table in zip(model.encoder.block, self.tables):
+                layer = block.layer[0]
+                attention = layer.SelfAttention
+                x = rms_norm(h, layer.layer_norm.weight, spec.eps)
+                q, k, v = (split_heads(x, w.weight, spec) for w in (attention.q, attention.k, attention.v))
+                scores = q @ k.transpose(2, 3) + (lookup_bias(table, relative, spec.max_distance) + mask)
+                h = h + merge_heads(attend(scores, v), attention.o.weight, spec)
+                h = feed_forward(h, block.layer[1], spec)
+        h = rms_norm(h, model.encoder.final_layer_norm.weight, spec.eps)
+        cross = []
+        for block in model.decoder.block:
+            attention = block.layer[1].EncDecAttention
+            cross += [split_heads(h, attention.k.weight, spec), split_heads(h, attention.v.weight, spec)]
+        return (h, *cross)
+
+
+def _encoder_attention_name(spec: T5Spec) -> str:
+    return {"full": "SelfAttention", "local": "LocalSelfAttention",
+            "transient-global": "TransientGlobalSelfAttention"}[spec.encoder_attention]
+
+
+class Decoder(torch.nn.Module):
+    """T new positions per row over an in-place self-attention cache (the module docstring)."""
+
+    def __init__(self, torch_model, spec: T5Spec):
+        super().__init__()
+        self.spec = spec
+        self.model = torch_model
+        blocks = torch_model.decoder.block
+        if spec.bias_every_layer:
+            self.tables = [bias_table(b.layer[0].SelfAttention.relative_attention_bias.weight, spec, False)
+                           for b in blocks]
+        else:
+            self.tables = [bias_table(blocks[0].layer[0].SelfAttention.relative_attention_bias.weight, spec,
+                                      False)] * len(blocks)
+
+    def forward(self, input_ids, encoder_attention_mask, cache_mask, past_length, *kv):
+        spec, model = self.spec, self.model
+        layers = len(model.decoder.block)
+        cache, cross = kv[: 2 * layers], kv[2 * layers:]
+        new_len = input_ids.shape[1]
+        capacity = cache[0].shape[2]
+        h = model.decoder.embed_tokens.weight[input_ids]  # [B, T, D]
+        queries = past_length + torch.arange(new_len, dtype=torch.long)  # [T]: the new positions
+        columns = torch.arange(capacity, dtype=torch.long)  # [C]
+        relative_past = columns[None, :] - queries[:, None]  # [T, C]
+        new_positions = torch.arange(new_len, dtype=torch.long)
+        relative_new = new_positions[None, :] - new_positions[:, None]  # [T, T]
+        causal = torch.where(relative_new > 0, torch.finfo(torch.float32).min, 0.0)  # [T, T]
+        self_mask = additive_mask(cache_mask)[:, None, None, :]  # [B, 1, 1, C]
+        cross_mask = additive_mask(encoder_attention_mask)[:, None, None, :]  # [B, 1, 1, S]
+        new = []
+        for i, (block, table) in enumerate(zip(model.decoder.block, self.tables)):
+            layer = block.layer[0]
+            attention = layer.SelfAttention
+            x = rms_norm(h, layer.layer_norm.weight, spec.eps)
+            q, k, v = (split_heads(x, w.weight, spec) for w in (attention.q, attention.k, attention.v))
+            key, value = cache[2 * i], cache[2 * i + 1]  # [B, H, C, d]
+            scores = torch.cat([
+                q @ key.transpose(2, 3) + (lookup_bias(table, relative_past, spec.max_distance) + self_mask),
+                q @ k.transpose(2, 3) + (lookup_bias(table, relative_new, spec.max_distance) + causal),
+            ], dim=-1)  # [B, H, T, C + T]
+            weights = torch.softmax(scores.float(), dim=-1)
+            out = weights[..., :capacity] @ value + weights[..., capacity:] @ v  # [B, H, T, d]
+            h = h + merge_heads(out, attention.o.weight, spec)
+            layer = block.layer[1]
+            attention = layer.EncDecAttention
+            x = rms_norm(h, layer.layer_norm.weight, spec.eps)
+            q = split_heads(x, attention.q.weight, spec)
+            out = attend(q @ cross[2 * i].transpose(2, 3) + cross_mask, cross[2 * i + 1])
+            h = h + merge_heads(out, attention.o.weight, spec)
+            h = feed_forward(h, block.layer[2], spec)
+            new += [k, v]
+        h = rms_norm(h, model.decoder.final_layer_norm.weight, spec.eps)
+        if spec.scale_head:
+            h = h * spec.d_model ** -0.5
+        return (h @ model.lm_head.weight.T, *new)
