@@ -1,38 +1,31 @@
 """T5 checkpoint -> encoder and decoder ONNX graphs, tokenizer and manifest, checked against PyTorch.
 
-The layout: optimum's encoder graph with the decoder layers' cross-attention
-keys/values appended (cross_kv.py), and optimum's with-past decoder, which runs
-every step, the first one with an empty self-attention cache; beside them, the
-in-flight step graph (step_decoder.py), which reads the self-attention cache in
-place and that in-flight batches run. Weights live once in ``weights.bin``
-(weights.py), shared by all three graphs. Measured on the t5-small-shaped benchmark model
-against optimum's merged decoder (an If over a first-step and a with-past
-branch): see the README's memory table.
+The graphs are t5ort's own (:mod:`t5ort.export.modules`, traced by :mod:`t5ort.export.trace`): the
+encoder, which also computes every decoder layer's cross-attention keys/values, and one decoder that
+keeps the self-attention cache in place and runs every decoding path. Weights live once in
+``weights.bin`` (weights.py), shared by both graphs. transformers is used to load the checkpoint
+(its config, weights and tokenizer) and, in the parity gate, as the reference; no module of it is traced.
 """
 
 from __future__ import annotations
 
-import copy
 import errno
 import json
 import shutil
 import tempfile
 import uuid
-import warnings
 from pathlib import Path
 from typing import Callable
 
 from ..runtime.errors import ExportError
-from .configs import custom_onnx_configs
-from .cross_kv import append_cross_kv, cross_kv_names
-from .step_decoder import STEP_FILE, check_step_graph, export_step_graph, step_io_names, step_tolerance
+from .modules import T5Spec
+from .trace import DECODER_FILE, ENCODER_FILE, decoder_io_names, encoder_io_names, export_decoder, export_encoder
 from .weights import store_weights, weights_spec
 from ..runtime.manifest import (
     FORMAT_VERSION,
     MANIFEST_NAME,
     DecoderIO,
     EncoderIO,
-    StepIO,
     Geometry,
     GraphSpec,
     Manifest,
@@ -44,9 +37,7 @@ from ..runtime.manifest import (
 )
 
 SUPPORTED_MODEL_TYPES = ("t5", "mt5", "longt5", "umt5")
-ENCODER_FILE = "encoder_model.onnx"
-DECODER_FILE = "decoder_with_past_model.onnx"
-TASK = "text2text-generation-with-past"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model", "special_tokens_map.json")
 QUANTIZE = (None, "int8", "int4")
 DTYPES = ("float32", "float16")
 
@@ -82,7 +73,7 @@ def export_model(
         say(f"loading {model}")
         torch_model, tokenizer = _load(model)
         _check_disk_space(torch_model, out_dir.parent)
-        say("exporting ONNX graphs with optimum")
+        say("exporting the encoder and decoder graphs")
         _export_graphs(torch_model, staging)
         manifest = _build_manifest(torch_model, tokenizer, staging, source=str(model))
         check_manifest(manifest, staging / MANIFEST_NAME)
@@ -92,8 +83,6 @@ def export_model(
 
         parity = gate.gate_parity(torch_model, staging, steps=check_steps, atol=atol, rel_tol=rel_tol, k=gate.K,
                                   say=say)
-        say("checking the in-flight step graph against the with-past decoder")
-        parity["step_graph"] = check_step_graph(staging, steps=check_steps, tolerance=step_tolerance(parity))
         manifest = Manifest.from_dict({**manifest.to_dict(), "parity": parity})
         if quantize == "int8":
             say("quantizing weights to int8 and measuring its fidelity against fp32")
@@ -144,9 +133,10 @@ def _parity_summary(parity: dict) -> str:
 
 
 def _check_disk_space(torch_model, where: Path) -> None:
-    """optimum writes the encoder and two decoder graphs before t5ort keeps one: budget ~4.5x the fp32 weights."""
+    """Each graph is written with its weights inside before store_weights gathers them: budget ~2.5x the
+    fp32 weights (the two graphs, then weights.bin)."""
     weights = sum(p.numel() for p in torch_model.parameters()) * 4
-    needed, free = int(4.5 * weights), shutil.disk_usage(where).free
+    needed, free = int(2.5 * weights), shutil.disk_usage(where).free
     if free < needed:
         raise ExportError(
             f"not enough disk space in {where}: the export needs about {needed / 2**20:.0f} MiB "
@@ -166,53 +156,22 @@ def _load(model: str | Path):
             f"{model}: model_type {config.model_type!r} is not supported; t5ort exports {SUPPORTED_MODEL_TYPES}."
         )
     torch_model = AutoModelForSeq2SeqLM.from_pretrained(str(model), dtype="float32").eval()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(model))
-    except (OSError, ValueError, TypeError):
-        tokenizer = None  # an ids-only export: generate(input_ids=...) still works
+    tokenizer = None  # an ids-only export: generate(input_ids=...) still works
+    local = Path(model)
+    if not local.is_dir() or any((local / f).is_file() for f in TOKENIZER_FILES):
+        # transformers 5 makes a default tokenizer for a directory that has none: only load one that is there
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(model))
+        except (OSError, ValueError, TypeError):
+            pass
     return torch_model, tokenizer
 
 
 def _export_graphs(torch_model, staging: Path) -> None:
-    import torch
-    from optimum.exporters.onnx import onnx_export_from_model
-
-    raw = staging / "_optimum"
-    with warnings.catch_warnings():
-        # The tracer warns about Python control flow that optimum's T5 config accounts for.
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        # optimum mutates the model it exports (config flags); keep ours clean for the parity check.
-        onnx_export_from_model(copy.deepcopy(torch_model), raw, task=TASK, do_validation=False, no_post_process=True,
-                               custom_onnx_configs=custom_onnx_configs(torch_model))
-    for stem in (ENCODER_FILE, DECODER_FILE):
-        files = sorted(raw.glob(stem + "*"))  # the graph and any external-data file beside it
-        if not (raw / stem).is_file():
-            raise ExportError(f"optimum wrote no {stem} (found {sorted(p.name for p in raw.iterdir())}).")
-        for f in files:
-            f.rename(staging / f.name)
-    shutil.rmtree(raw)
-    if getattr(torch_model.config, "encoder_attention_type", None) == "transient-global":
-        _reshape_zero_means_zero(staging / ENCODER_FILE)
-    append_cross_kv(staging / ENCODER_FILE, torch_model)
-    export_step_graph(torch_model, staging / STEP_FILE)
-    store_weights(staging, [ENCODER_FILE, DECODER_FILE, STEP_FILE])
-
-
-def _reshape_zero_means_zero(path: Path) -> None:
-    """Give every Reshape PyTorch's meaning of a 0 in the target shape: a dimension of size 0.
-
-    ONNX's default (allowzero=0) reads 0 as "copy the input's dimension". LongT5's
-    transient-global encoder reshapes to [batch, n_blocks, ...] where n_blocks is 0
-    for inputs shorter than one global block; with the default, those inputs fail.
-    """
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    for node in model.graph.node:
-        if node.op_type == "Reshape":
-            del node.attribute[:]
-            node.attribute.append(onnx.helper.make_attribute("allowzero", 1))
-    onnx.save(model, str(path))
+    spec = T5Spec.from_config(torch_model.config)
+    export_encoder(torch_model, spec, staging / ENCODER_FILE)
+    export_decoder(torch_model, spec, staging / DECODER_FILE)
+    store_weights(staging, [ENCODER_FILE, DECODER_FILE])
 
 
 def graph_spec(path: Path) -> GraphSpec:
@@ -228,26 +187,6 @@ def graph_spec(path: Path) -> GraphSpec:
 
     return GraphSpec(
         path.name, tuple(spec(v) for v in graph.input), tuple(spec(v) for v in graph.output), file_sha256(path)
-    )
-
-
-def _decoder_io(layers: int) -> DecoderIO:
-    """optimum's tensor names for a seq2seq decoder with past (checked against the graph by check_manifest)."""
-
-    def names(prefix: str, part: str, kind: str) -> tuple[str, ...]:
-        return tuple(f"{prefix}.{i}.{part}.{kind}" for i in range(layers))
-
-    return DecoderIO(
-        input_ids="input_ids",
-        encoder_attention_mask="encoder_attention_mask",
-        self_attention_mask="attention_mask",  # configs.py adds it; optimum names it so in the with-past graph
-        logits="logits",
-        past_self_key=names("past_key_values", "decoder", "key"),
-        past_self_value=names("past_key_values", "decoder", "value"),
-        past_cross_key=names("past_key_values", "encoder", "key"),
-        past_cross_value=names("past_key_values", "encoder", "value"),
-        present_self_key=names("present", "decoder", "key"),
-        present_self_value=names("present", "decoder", "value"),
     )
 
 
@@ -278,7 +217,6 @@ def _build_manifest(torch_model, tokenizer, staging: Path, source: str) -> Manif
     generation_config = {k: v for k, v in gen.to_diff_dict().items() if k != "transformers_version"}
     (staging / "generation_config.json").write_text(json.dumps(generation_config, indent=2) + "\n")
     encoder = graph_spec(staging / ENCODER_FILE)
-    cross_key, cross_value = cross_kv_names(int(config.num_decoder_layers))
     decoder = graph_spec(staging / DECODER_FILE)
     geometry = Geometry(
         vocab_size=int(config.vocab_size),
@@ -304,22 +242,18 @@ def _build_manifest(torch_model, tokenizer, staging: Path, source: str) -> Manif
         tokenizer=_tokenizer_spec(tokenizer, staging),
         encoder=encoder,
         decoder=decoder,
-        encoder_io=EncoderIO(input_ids="input_ids", attention_mask="attention_mask", hidden_states="last_hidden_state",
-                             cross_key=cross_key, cross_value=cross_value),
-        decoder_io=_decoder_io(geometry.num_decoder_layers),
+        encoder_io=EncoderIO(**encoder_io_names(geometry.num_decoder_layers)),
+        decoder_io=DecoderIO(**decoder_io_names(geometry.num_decoder_layers)),
         generation_config=generation_config,
         source={
             "model": source,
             "torch": torch.__version__,
             "transformers": transformers.__version__,
             "onnxruntime": onnxruntime.__version__,
-            "task": TASK,
             "export_id": uuid.uuid4().hex,
             "checkpoint_sha256": checkpoint_fingerprint(torch_model),
         },
         weights=weights_spec(staging),
-        step=graph_spec(staging / STEP_FILE),
-        step_io=StepIO(**step_io_names(geometry.num_decoder_layers)),
     )
 
 

@@ -138,7 +138,8 @@ def bias_table(embedding: torch.Tensor, spec: T5Spec, bidirectional: bool) -> to
 def lookup_bias(table: torch.Tensor, relative: torch.Tensor, max_distance: int) -> torch.Tensor:
     """The bias of ``relative`` positions [..., Q, K] as [..., heads, Q, K]."""
     values = table[torch.clamp(relative, -max_distance, max_distance) + max_distance]  # [..., Q, K, heads]
-    return values.movedim(-1, -3)
+    n = values.dim()  # static: positive axes, which the trace keeps as they are
+    return values.permute(*range(n - 3), n - 1, n - 3, n - 2)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """The decoding loop: graphs -> raw logits -> processors -> strategy, one step at a time.
 
-    text -> tokenizer -> encoder -> [ step graph -> raw logits -> processors -> strategy ]* -> result
+    text -> tokenizer -> encoder -> [ decoder graph -> raw logits -> processors -> strategy ]* -> result
 
 Pure numpy apart from the ``model`` it is handed (:class:`~t5ort.runtime.graphs.T5Graphs`
 or anything with ``start``/``step``/``reorder``).

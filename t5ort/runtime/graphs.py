@@ -4,17 +4,22 @@
 sessions, the tensor names (from the manifest) and the cache layout; the decoding
 loop only ever sees numpy logits.
 
-The encoder graph computes the cross-attention keys/values of every decoder
-layer once; the decoder graph runs every step, the first one with an empty
-self-attention cache. Every run goes through ONNX Runtime IO binding, on the CPU
-and on CUDA alike, so there is a single run path: cache tensors and
-cross-attention keys/values stay as ``OrtValue``s on the device between steps,
-and only each step's [N, vocab] logits come back to the host.
+The encoder graph computes the cross-attention keys/values of every decoder layer
+once. The decoder graph runs every step of every path (greedy, sampling, beam
+search, scoring, speculative verification, in-flight batches) over a
+self-attention cache held in place: per layer a key and a value buffer
+``[rows, heads, capacity, d_kv]`` in host memory, bound once to the decoder's
+inputs, with an int64 mask ``[rows, capacity]``. Columns ``past_length`` and later
+are free (masked). A run feeds T new positions per row and returns only their
+keys/values, which :meth:`T5Graphs.forward` writes into the next free columns;
+nothing copies the cache between steps, so a step's cost does not grow with the
+copy of a longer history. A full buffer is replaced by one twice as wide (one
+copy, amortised). Beam search reorders rows in place; rolling back (speculative
+decoding) masks columns again.
 """
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
@@ -42,26 +47,31 @@ class EncoderOutput:
         return int(self.attention_mask.shape[0])
 
 
+INITIAL_CAPACITY = 32  # cache columns a new state starts with; doubled whenever full
+
+
 @dataclass(frozen=True)
 class DecoderState:
-    """What one decoding run carries from step to step.
+    """A running batch: the cache buffers, their mask, and the encoder output the rows attend to.
 
-    ``binding`` holds the inputs that never change (the encoder mask and the
-    cross-attention keys/values); ``self_kv`` is the growing
-    self-attention cache, [key_0, value_0, key_1, ...], each
-    ``[batch, heads, past_len, d_kv]``.
-
-    ``self_mask`` int64 [batch, past_len]: which cached positions each row attends to
-    (0: padding of a row that joined a running batch late); None: all of them, as in
-    ``generate``, ``score`` and ``stream``. ``encoder``: the (padded) encoder output the
-    binding holds, kept where rows may join or leave (:meth:`T5Graphs.join`).
+    ``cache``: [key_0, value_0, key_1, ...], each [rows, heads, capacity, d_kv], host memory
+    bound to the decoder's inputs (written in place between steps); columns ``past_length``
+    and later are free. ``self_mask``: int64 [rows, capacity], 1 where a row attends (0: free
+    columns, and the left padding of a row that joined a running batch late). ``binding``:
+    the decoder's inputs bound to these arrays; ``position``: int64 [1], the bound ``past_length``.
+    A state is used once: the next step's state shares (and changes) its arrays.
     """
 
-    binding: ort.IOBinding
-    self_kv: tuple[ort.OrtValue, ...]
+    cache: tuple[np.ndarray, ...]
+    self_mask: np.ndarray
     past_length: int
-    self_mask: np.ndarray | None = None
-    encoder: EncoderOutput | None = None
+    encoder: EncoderOutput
+    binding: ort.IOBinding
+    position: np.ndarray
+
+    @property
+    def capacity(self) -> int:
+        return int(self.self_mask.shape[1])
 
 
 def host_array(value: ort.OrtValue) -> np.ndarray:
@@ -97,8 +107,7 @@ SPIN_US = 1000  # how long a decoder session's idle thread spins for the next st
 
 
 def session_options(threads: int | None, role: str = "decoder", spin: bool = True) -> ort.SessionOptions:
-    """The options of a t5ort session of ``role`` (``"encoder"`` or ``"decoder"``: the with-past decoder
-    and the in-flight step graph); benchmarks give the peers' onnxruntime sessions the decoder's.
+    """The options of a t5ort session of ``role`` (``"encoder"`` or ``"decoder"``); benchmarks give the peers' onnxruntime sessions the decoder's.
 
     What the intra-op threads do when they run out of work, with ``spin`` (``load(spin=...)``):
 
@@ -147,7 +156,7 @@ def _providers(provider: str, device_id: int) -> list:
 
 
 class T5Graphs:
-    """Runs the encoder and merged-decoder graphs described by a manifest."""
+    """Runs the encoder and decoder graphs described by a manifest."""
 
     def __init__(
         self,
@@ -167,25 +176,19 @@ class T5Graphs:
         self._device_id = device_id
         self._dtype = _NUMPY_DTYPES[manifest.dtype]  # of the caches; the logits are float32 (manifest-declared)
         self._logits_dtype = np.dtype(manifest.decoder.tensor(manifest.decoder_io.logits).dtype)
-        options = session_options(threads, "encoder", spin)
-        decoding = session_options(threads, "decoder", spin)  # the graphs that run once per step
+        g = manifest.geometry
+        self._heads, self._d_kv, self._vocab = g.num_heads, g.d_kv, g.vocab_size
         providers = _providers(provider, device_id)
         self._check_weights(directory)
-        self.encoder_session = self._open(directory, manifest.encoder, options, providers)
-        self.decoder_session = self._open(directory, manifest.decoder, decoding, providers)
-        # The in-flight step graph keeps its cache in host buffers: CPU only (CUDA batches use the decoder).
-        # Opened on first use: its session holds its own pre-packed copy of the decoder's weights (149 MB
-        # of RSS on the t5-small shape), which a runtime that never batches in flight does not need.
-        self._step = (directory, decoding, providers) if manifest.step is not None and provider == "cpu" else None
-        self._step_session: ort.InferenceSession | None = None
-        self._step_lock = threading.Lock()
-        if self._step is not None:  # a missing or changed file is still reported at load
-            self._check_file(directory / manifest.step.file, manifest.step.sha256, "graph file")
+        self.encoder_session = self._open(directory, manifest.encoder, session_options(threads, "encoder", spin),
+                                          providers)
+        self.decoder_session = self._open(directory, manifest.decoder, session_options(threads, "decoder", spin),
+                                          providers)
         io, eio = manifest.decoder_io, manifest.encoder_io
-        self._cross = [n for pair in zip(eio.cross_key, eio.cross_value) for n in pair]
-        self._past_self = [n for pair in zip(io.past_self_key, io.past_self_value) for n in pair]
-        self._past_cross = [n for pair in zip(io.past_cross_key, io.past_cross_value) for n in pair]
-        self._present_self = [n for pair in zip(io.present_self_key, io.present_self_value) for n in pair]
+        self._encoder_cross = [n for pair in zip(eio.cross_key, eio.cross_value) for n in pair]
+        self._cache_names = [n for pair in zip(io.cache_key, io.cache_value) for n in pair]
+        self._cross_names = [n for pair in zip(io.cross_key, io.cross_value) for n in pair]
+        self._new_names = [n for pair in zip(io.new_key, io.new_value) for n in pair]
 
     def _check_file(self, path: Path, sha256: str | None, what: str) -> None:
         """``path`` exists and, with verify, has the checksum recorded in the manifest."""
@@ -198,7 +201,7 @@ class T5Graphs:
             )
 
     def _check_weights(self, directory: Path) -> None:
-        """The shared weights file, where the export has one (older-style graphs hold their weights inline)."""
+        """The shared weights file, where the export has one."""
         if self.manifest.weights is not None:
             self._check_file(directory / self.manifest.weights.file, self.manifest.weights.sha256, "weights file")
 
@@ -232,35 +235,63 @@ class T5Graphs:
         """Run the encoder once. ``input_ids``/``attention_mask``: int64 [batch, src_len]."""
         io = self.manifest.encoder_io
         binding = self.encoder_session.io_binding()
-        binding.bind_cpu_input(io.input_ids, input_ids)
-        binding.bind_cpu_input(io.attention_mask, attention_mask)
-        for name in self._cross:
+        binding.bind_cpu_input(io.input_ids, np.ascontiguousarray(input_ids, np.int64))
+        binding.bind_cpu_input(io.attention_mask, np.ascontiguousarray(attention_mask, np.int64))
+        for name in self._encoder_cross:
             binding.bind_output(name, self._device, self._device_id)
         self.encoder_session.run_with_iobinding(binding)
-        return EncoderOutput(cross_kv=tuple(binding.get_outputs()), attention_mask=attention_mask)
+        return EncoderOutput(cross_kv=tuple(binding.get_outputs()),
+                             attention_mask=np.ascontiguousarray(attention_mask, np.int64))
 
-    # ---- decoder -------------------------------------------------------------
+    # ---- decoder states ------------------------------------------------------
 
-    def start(self, encoder_output: EncoderOutput) -> DecoderState:
-        """A fresh decoding state: the encoder's cross keys/values bound, an empty self-attention cache."""
-        io = self.manifest.decoder_io
-        g = self.manifest.geometry
+    def _state(self, cache: tuple[np.ndarray, ...], self_mask: np.ndarray, past_length: int,
+               encoder: EncoderOutput) -> DecoderState:
+        """A state over these arrays, with a fresh binding of all of them (OrtValues over the arrays' own
+        memory on the CPU: what the runtime writes into them between steps, the graph reads)."""
         binding = self.decoder_session.io_binding()
-        binding.bind_cpu_input(io.encoder_attention_mask, encoder_output.attention_mask)
-        for name, value in zip(self._past_cross, encoder_output.cross_kv):
+        position = np.array([past_length], np.int64)
+        for name, array in ((self.manifest.decoder_io.past_length, position),
+                            (self.manifest.decoder_io.self_attention_mask, self_mask),
+                            (self.manifest.decoder_io.encoder_attention_mask, encoder.attention_mask),
+                            *zip(self._cache_names, cache)):
+            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array))
+        for name, value in zip(self._cross_names, encoder.cross_kv):
             binding.bind_ortvalue_input(name, value)
-        empty = np.zeros((encoder_output.batch_size, g.num_heads, 0, g.d_kv), dtype=self._dtype)
-        for name in self._past_self:  # the first step's cache: no positions yet
-            binding.bind_cpu_input(name, empty)
-        return DecoderState(binding=binding, self_kv=(), past_length=0, encoder=encoder_output)
+        return DecoderState(cache, self_mask, past_length, encoder, binding, position)
+
+    def _buffers(self, cache, self_mask: np.ndarray, used: int,
+                 capacity: int) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+        """New buffers of ``capacity`` columns holding the first ``used`` columns of ``cache``/``self_mask``."""
+        rows = self_mask.shape[0]
+        mask = np.zeros((rows, capacity), np.int64)
+        mask[:, :used] = self_mask[:, :used]
+        out = []
+        for value in cache:
+            buffer = np.empty((rows, self._heads, capacity, self._d_kv), self._dtype)
+            buffer[:, :, :used] = value[:, :, :used]
+            buffer[:, :, used:] = 0
+            out.append(buffer)
+        return tuple(out), mask
+
+    def _empty(self, rows: int, capacity: int) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+        cache = tuple(np.zeros((rows, self._heads, capacity, self._d_kv), self._dtype) for _ in self._cache_names)
+        return cache, np.zeros((rows, capacity), np.int64)
+
+    def start(self, encoder_output: EncoderOutput, capacity: int = INITIAL_CAPACITY) -> DecoderState:
+        """A fresh decoding state over ``encoder_output``: an empty cache of ``capacity`` columns."""
+        cache, mask = self._empty(encoder_output.batch_size, max(1, capacity))
+        return self._state(cache, mask, 0, encoder_output)
+
+    # ---- the decoder ---------------------------------------------------------
 
     def step(self, tokens: np.ndarray, state: DecoderState,
              out: np.ndarray | None = None) -> tuple[np.ndarray, DecoderState]:
-        """Feed one token per row (int64 [batch]); return that step's raw logits [batch, vocab].
+        """Feed one token per row (int64 [rows]); return that step's raw logits [rows, vocab].
 
-        ``out``: a C-contiguous float32 [batch, vocab] host array that onnxruntime
-        writes the logits into (and that is returned), so that a caller keeping every
-        step's logits spends no copy on them.
+        ``out``: a C-contiguous float32 [rows, vocab] host array that onnxruntime writes the
+        logits into (and that is returned), so that a caller keeping every step's logits spends
+        no copy on them.
         """
         logits, state = self.forward(np.asarray(tokens).reshape(-1, 1), state,
                                      out=None if out is None else out[:, None, :])
@@ -268,38 +299,54 @@ class T5Graphs:
 
     def forward(self, decoder_input_ids: np.ndarray, state: DecoderState,
                 out: np.ndarray | None = None) -> tuple[np.ndarray, DecoderState]:
-        """Feed ``decoder_input_ids`` [batch, T] after the cached positions; return raw logits [batch, T, vocab].
+        """Feed ``decoder_input_ids`` [rows, T] after the cached positions; return raw logits [rows, T, vocab].
 
-        T > 1 at the first call is one teacher-forced pass (causal within the T positions).
-        ``out``: as in :meth:`step`, [batch, T, vocab].
+        T > 1 is one teacher-forced pass (causal within the T positions). ``out``: as in :meth:`step`,
+        [rows, T, vocab].
         """
-        io = self.manifest.decoder_io
-        binding = state.binding
-        batch, new = decoder_input_ids.shape
-        binding.bind_cpu_input(io.input_ids, np.ascontiguousarray(decoder_input_ids, dtype=np.int64))
-        if state.self_mask is None:  # every cached and new position attended
-            self_mask = None
-            binding.bind_cpu_input(io.self_attention_mask, np.ones((batch, state.past_length + new), np.int64))
-        else:  # [batch, past + new]: the new positions are always attended
-            self_mask = np.concatenate([state.self_mask, np.ones((batch, new), np.int64)], axis=1)
-            binding.bind_cpu_input(io.self_attention_mask, self_mask)
-        for name, value in zip(self._past_self, state.self_kv):  # nothing to bind at the first step
-            binding.bind_ortvalue_input(name, value)
+        rows, new = decoder_input_ids.shape
+        past = state.past_length
+        if past + new > state.capacity:  # full: twice as wide (one copy of the cache)
+            cache, mask = self._buffers(state.cache, state.self_mask, past, max(past + new, 2 * state.capacity))
+            state = self._state(cache, mask, past, state.encoder)
+        io, binding = self.manifest.decoder_io, state.binding
+        binding.bind_cpu_input(io.input_ids, np.ascontiguousarray(decoder_input_ids, np.int64))
+        expected = (rows, new, self._vocab)
         if out is None:
-            binding.bind_output(io.logits, "cpu")
-        else:
-            expected = (*decoder_input_ids.shape, self.manifest.geometry.vocab_size)
-            if out.shape != expected or out.dtype != self._logits_dtype or not out.flags.c_contiguous:
-                raise ValueError(f"out must be a C-contiguous {self._logits_dtype.name} array of shape "
-                                 f"{expected}, got {out.dtype} {out.shape}.")
-            binding.bind_output(io.logits, "cpu", 0, out.dtype, list(out.shape), out.ctypes.data)
-        for name in self._present_self:
-            binding.bind_output(name, self._device, self._device_id)
+            out = np.empty(expected, self._logits_dtype)
+        elif out.shape != expected or out.dtype != self._logits_dtype or not out.flags.c_contiguous:
+            raise ValueError(f"out must be a C-contiguous {self._logits_dtype.name} array of shape "
+                             f"{expected}, got {out.dtype} {out.shape}.")
+        binding.bind_output(io.logits, "cpu", 0, out.dtype, list(out.shape), out.ctypes.data)
+        kv = np.empty((len(self._new_names), rows, self._heads, new, self._d_kv), self._dtype)
+        for i, name in enumerate(self._new_names):
+            binding.bind_output(name, "cpu", 0, kv.dtype, list(kv.shape[1:]), kv[i].ctypes.data)
+        state.position[0] = past
         self.decoder_session.run_with_iobinding(binding)
-        logits, *self_kv = binding.get_outputs()
         binding.clear_binding_outputs()
-        new_state = replace(state, self_kv=tuple(self_kv), past_length=state.past_length + new, self_mask=self_mask)
-        return host_array(logits) if out is None else out, new_state
+        for buffer, value in zip(state.cache, kv):  # the new positions, into the next free columns
+            buffer[:, :, past:past + new] = value
+        state.self_mask[:, past:past + new] = 1
+        return out, replace(state, past_length=past + new)
+
+    def reorder(self, state: DecoderState, source: np.ndarray) -> DecoderState:
+        """Cache rows taken from ``source`` [rows] (beam search), in place. Cross keys/values stay:
+        a beam's source row always belongs to the same input, whose cross keys/values are the same."""
+        if np.array_equal(source, np.arange(len(source))):
+            return state
+        past = state.past_length
+        for buffer in state.cache:
+            buffer[:, :, :past] = buffer[source, :, :past]  # [rows, heads, past, d_kv]
+        state.self_mask[:] = state.self_mask[source]
+        return state
+
+    def truncate(self, state: DecoderState, past_length: int) -> DecoderState:
+        """Forget the cached positions from ``past_length`` on (the tokens a verify pass fed beyond them
+        were not kept): their columns are free again. Cross keys/values stay."""
+        if not 0 <= past_length <= state.past_length:
+            raise ValueError(f"past_length must lie in [0, {state.past_length}], got {past_length}.")
+        state.self_mask[:, past_length:state.past_length] = 0
+        return replace(state, past_length=past_length)
 
     # ---- batch reshaping (beams, return sequences) ------------------------------
 
@@ -315,77 +362,43 @@ class T5Graphs:
                          for value in encoder_output.cross_kv)
         return EncoderOutput(cross_kv, np.repeat(encoder_output.attention_mask, times, axis=0))
 
-    def reorder(self, state: DecoderState, source: np.ndarray) -> DecoderState:
-        """Self-attention cache rows taken from ``source`` [rows] (beam search). Cross keys/values stay:
-        a beam's source row always belongs to the same input, whose cross keys/values are the same."""
-        if np.array_equal(source, np.arange(len(source))):
-            return state
-        kv = tuple(self._to_device(host_array(value)[source]) for value in state.self_kv)  # [rows, heads, past, d_kv]
-        return replace(state, self_kv=kv, self_mask=None if state.self_mask is None else state.self_mask[source])
+    def take(self, encoder_output: EncoderOutput, rows: np.ndarray) -> EncoderOutput:
+        """Only ``rows`` of an encoder output (before decoding)."""
+        return EncoderOutput(tuple(self._to_device(host_array(v)[rows]) for v in encoder_output.cross_kv),
+                             encoder_output.attention_mask[rows])
+
+    def _cross_from_host(self, host_kv, attention_mask: np.ndarray) -> EncoderOutput:
+        """Cross keys/values from host arrays; on the CPU the OrtValues share their memory (no copy), so
+        :meth:`fill` can write new rows' keys/values into them in place."""
+        host_kv = tuple(np.ascontiguousarray(h) for h in host_kv)
+        return EncoderOutput(tuple(self._to_device(h) for h in host_kv),
+                             np.ascontiguousarray(attention_mask, np.int64), host_kv)
 
     # ---- in-flight batching: rows join and leave a running batch --------------------
-
-    @property
-    def step_session(self) -> ort.InferenceSession | None:
-        """The in-flight step graph's session, opened on first use; None where the export has none (or on CUDA)."""
-        if self._step is not None and self._step_session is None:
-            with self._step_lock:
-                if self._step_session is None:
-                    directory, options, providers = self._step
-                    self._step_session = self._open(directory, self.manifest.step, options, providers)
-        return self._step_session
-
-    def inflight(self, step_graph: bool = True):
-        """The object whose join/fill/step/reorder/select/compact an in-flight batch runs: the export's
-        step graph (:class:`~t5ort.runtime.stepcache.StepGraphs`, no cache copy per step) where it has
-        one and ``step_graph``, else these graphs' own methods below (the with-past decoder)."""
-        if step_graph and self.step_session is not None:
-            from .stepcache import StepGraphs
-
-            return StepGraphs(self, self.step_session)
-        return self
-
-    def _rebind(self, encoder_output: EncoderOutput, self_kv: tuple[ort.OrtValue, ...], past_length: int,
-                self_mask: np.ndarray) -> DecoderState:
-        """A state over new rows: a fresh binding of ``encoder_output``, the given cache and mask."""
-        state = self.start(encoder_output)
-        return replace(state, self_kv=self_kv, past_length=past_length, self_mask=self_mask)
 
     def join(self, state: DecoderState | None, encoder_output: EncoderOutput) -> DecoderState:
         """``state``'s rows followed by ``encoder_output``'s rows, which have no history yet.
 
-        The new rows' self-attention cache is left-padded to the running rows' past length
-        (zeros, masked out: they attend only to what they feed from now on); the cross-attention
-        keys/values of both are padded to the longer source, with the encoder mask. T5's
-        position bias depends only on query-key distances, so a row gets the logits it would
-        get alone. ``state`` None: a batch of the new rows only.
+        The new rows' cache is left-padded to the running rows' past length (masked out: they
+        attend only to what they feed from now on); the cross-attention keys/values of both are
+        padded to the longer source, with the encoder mask. T5's position bias depends only on
+        query-key distances, so a row gets the logits it would get alone. ``state`` None: a batch
+        of the new rows only.
         """
+        new_kv = [host_array(v) for v in encoder_output.cross_kv]
+        new_mask, rows = encoder_output.attention_mask, encoder_output.batch_size
         if state is None:
-            return replace(self.start(encoder_output),
-                           self_mask=np.zeros((encoder_output.batch_size, 0), np.int64))
-        old, new = state.encoder, encoder_output
-        if old is None:
-            raise ValueError("join() needs a state made by start() or join() (it keeps the encoder output).")
-        width = max(old.attention_mask.shape[1], new.attention_mask.shape[1])
-        host_kv = tuple(np.concatenate([_pad_axis(host_array(a), 2, width), _pad_axis(host_array(b), 2, width)])
-                        for a, b in zip(old.cross_kv, new.cross_kv))  # [rows + new, heads, width, d_kv]
-        encoder_mask = np.concatenate([_pad_axis(old.attention_mask, 1, width),
-                                       _pad_axis(new.attention_mask, 1, width)])  # [rows + new, width]
-        past, rows = state.past_length, new.batch_size
-        self_mask = state.self_mask if state.self_mask is not None else np.ones((old.batch_size, past), np.int64)
-        self_mask = np.concatenate([self_mask, np.zeros((rows, past), np.int64)])  # [rows + new, past]
-        self_kv = ()
-        if state.self_kv:
-            self_kv = tuple(self._to_device(np.concatenate([host_array(v), np.zeros((rows, *v.shape()[1:]),
-                                                                                     self._dtype)]))
-                            for v in state.self_kv)  # [rows + new, heads, past, d_kv]
-        return self._rebind(self._cross_from_host(host_kv, encoder_mask), self_kv, past, self_mask)
-
-    def _cross_from_host(self, host_kv: tuple[np.ndarray, ...], attention_mask: np.ndarray) -> EncoderOutput:
-        """Cross keys/values from host arrays; on the CPU the OrtValues share their memory (no copy)."""
-        host_kv = tuple(np.ascontiguousarray(h) for h in host_kv)
-        return EncoderOutput(tuple(self._to_device(h) for h in host_kv), attention_mask,
-                             host_kv if self._device == "cpu" else None)
+            cache, mask = self._empty(rows, INITIAL_CAPACITY)
+            return self._state(cache, mask, 0, self._cross_from_host((np.array(v) for v in new_kv), new_mask))
+        old = state.encoder
+        old_kv = old.host_kv if old.host_kv is not None else tuple(host_array(v) for v in old.cross_kv)
+        width = max(old.attention_mask.shape[1], new_mask.shape[1])
+        host_kv = (np.concatenate([_pad_axis(a, 2, width), _pad_axis(b, 2, width)])
+                   for a, b in zip(old_kv, new_kv))  # [rows + new, heads, width, d_kv]
+        encoder_mask = np.concatenate([_pad_axis(old.attention_mask, 1, width), _pad_axis(new_mask, 1, width)])
+        cache = tuple(np.concatenate([v, np.zeros((rows, *v.shape[1:]), self._dtype)]) for v in state.cache)
+        self_mask = np.concatenate([state.self_mask, np.zeros((rows, state.capacity), np.int64)])
+        return self._state(cache, self_mask, state.past_length, self._cross_from_host(host_kv, encoder_mask))
 
     def fill(self, state: DecoderState, rows: np.ndarray, encoder_output: EncoderOutput,
              source_rows: np.ndarray) -> DecoderState:
@@ -393,34 +406,22 @@ class T5Graphs:
         ``source_rows``, which have no history yet: no copy of the cache.
 
         Their cached positions are masked out (the old keys/values stay, never attended to), their
-        cross-attention keys/values and encoder mask are written in place (on the CPU). The new
-        sources must fit the batch's source width (:meth:`join` otherwise).
+        cross-attention keys/values and encoder mask are written in place. The new sources must fit
+        the batch's source width (:meth:`join` otherwise).
         """
-        enc = state.encoder
-        if enc is None or state.self_mask is None:
-            raise ValueError("fill() needs a state made by join() (it keeps the encoder output and the mask).")
         rows = np.asarray(rows, np.int64)
+        enc = state.encoder
         check_sources_fit(enc.attention_mask, encoder_output, source_rows)
-        in_place = enc.host_kv is not None
-        host_kv = enc.host_kv if in_place else tuple(np.array(host_array(v)) for v in enc.cross_kv)
-        mask = enc.attention_mask.copy()  # [rows, width]
-        write_sources(host_kv, mask, rows, encoder_output, source_rows)
-        self_mask = state.self_mask.copy()
-        self_mask[rows] = 0  # [rows, past]: the old history is not theirs
-        io = self.manifest.decoder_io
-        state.binding.bind_cpu_input(io.encoder_attention_mask, mask)
-        if in_place:
-            encoder = EncoderOutput(enc.cross_kv, mask, host_kv)
-        else:
-            encoder = self._cross_from_host(host_kv, mask)
-            for name, value in zip(self._past_cross, encoder.cross_kv):
-                state.binding.bind_ortvalue_input(name, value)
-        return replace(state, encoder=encoder, self_mask=self_mask)
-
-    def take(self, encoder_output: EncoderOutput, rows: np.ndarray) -> EncoderOutput:
-        """Only ``rows`` of an encoder output (before decoding)."""
-        return EncoderOutput(tuple(self._to_device(host_array(v)[rows]) for v in encoder_output.cross_kv),
-                             encoder_output.attention_mask[rows])
+        if enc.host_kv is None or self._device != "cpu":  # not shared with the bound values: rebind
+            encoder = self._cross_from_host(tuple(np.array(host_array(v)) for v in enc.cross_kv),
+                                            enc.attention_mask.copy())
+            write_sources(encoder.host_kv, encoder.attention_mask, rows, encoder_output, source_rows)
+            state.self_mask[rows] = 0
+            return self._state(state.cache, state.self_mask, state.past_length,
+                               self._cross_from_host(encoder.host_kv, encoder.attention_mask))
+        write_sources(enc.host_kv, enc.attention_mask, rows, encoder_output, source_rows)  # the bound arrays
+        state.self_mask[rows] = 0  # their old history is not theirs
+        return state
 
     def select(self, state: DecoderState, rows: np.ndarray) -> DecoderState:
         """Only ``rows`` (int [kept], in the order given) of a running batch; the others are dropped.
@@ -429,49 +430,32 @@ class T5Graphs:
         and cached positions that no kept row attends to (the leading columns) go too.
         """
         rows = np.asarray(rows, dtype=np.int64)
-        if state.encoder is None:
-            raise ValueError("select() needs a state made by start() or join() (it keeps the encoder output).")
         if len(rows) == 0:
             raise ValueError("select() needs at least one row to keep.")
-        encoder_mask = state.encoder.attention_mask[rows]
+        enc = state.encoder
+        encoder_mask = enc.attention_mask[rows]
         width = int(np.flatnonzero(encoder_mask.any(axis=0)).max()) + 1  # right-padded sources
-        host_kv = tuple(host_array(v)[rows, :, :width] for v in state.encoder.cross_kv)
-        self_mask = (np.ones((len(rows), state.past_length), np.int64) if state.self_mask is None
-                     else state.self_mask[rows])
-        start = _leading_unused(self_mask)
-        self_kv = tuple(self._to_device(host_array(v)[rows, :, start:]) for v in state.self_kv)
-        return self._rebind(self._cross_from_host(host_kv, np.ascontiguousarray(encoder_mask[:, :width])), self_kv,
-                            state.past_length - start, np.ascontiguousarray(self_mask[:, start:]))
+        host_kv = (host_array(v)[rows, :, :width] for v in enc.cross_kv)  # copies (rows is an index array)
+        used = state.self_mask[rows, :state.past_length]
+        start = _leading_unused(used)
+        past = state.past_length - start
+        cache, mask = self._buffers(tuple(v[rows, :, start:state.past_length] for v in state.cache),
+                                    used[:, start:], past, past + INITIAL_CAPACITY)
+        return self._state(cache, mask, past, self._cross_from_host(host_kv, encoder_mask[:, :width]))
 
     def unused_columns(self, state: DecoderState) -> int:
         """Leading cached positions that no row attends to (what :meth:`compact` would drop)."""
-        return 0 if state.self_mask is None else _leading_unused(state.self_mask)
+        return _leading_unused(state.self_mask[:, :state.past_length])
 
     def compact(self, state: DecoderState) -> DecoderState:
         """Drop the leading cached positions that every row has masked (after long rows left)."""
         start = self.unused_columns(state)
         if start == 0:
             return state
-        self_kv = tuple(self._to_device(host_array(v)[:, :, start:]) for v in state.self_kv)  # [rows, heads, past', d_kv]
-        return replace(state, self_kv=self_kv, past_length=state.past_length - start,
-                       self_mask=np.ascontiguousarray(state.self_mask[:, start:]))
-
-    # ---- speculative decoding ---------------------------------------------------
-
-    def truncate(self, state: DecoderState, past_length: int) -> DecoderState:
-        """The state with its self-attention cache cut back to the first ``past_length`` positions
-        (the tokens a verify pass fed beyond them were not kept). Cross keys/values stay."""
-        if not 0 <= past_length <= state.past_length:
-            raise ValueError(f"past_length must lie in [0, {state.past_length}], got {past_length}.")
-        if past_length == state.past_length:
-            return state
-        import dataclasses
-
-        kv = tuple(self._to_device(host_array(value)[:, :, :past_length])  # [batch, heads, past_length, d_kv]
-                   for value in state.self_kv)
-        mask = getattr(state, "self_mask", None)  # [batch, past]
-        changes = {} if mask is None else {"self_mask": mask[:, :past_length]}
-        return dataclasses.replace(state, self_kv=kv, past_length=past_length, **changes)
+        past = state.past_length - start
+        cache, mask = self._buffers(tuple(v[:, :, start:state.past_length] for v in state.cache),
+                                    state.self_mask[:, start:state.past_length], past, past + INITIAL_CAPACITY)
+        return self._state(cache, mask, past, state.encoder)
 
 
 def check_sources_fit(batch_mask: np.ndarray, encoder_output: EncoderOutput, source_rows) -> None:

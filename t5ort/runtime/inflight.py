@@ -17,10 +17,9 @@ masked out, and its source is padded to the longest one in the batch, with the e
 (:meth:`~t5ort.runtime.graphs.T5Graphs.join`). Its tokens equal the solo run's and its raw
 logits lie within the fp32 parity tolerance of them (tests/test_inflight.py).
 
-The batch runs on the export's step graph where it has one
-(:class:`~t5ort.runtime.stepcache.StepGraphs`: the cache stays in place, only each step's
-new keys/values come back), else on the with-past decoder (:class:`~t5ort.runtime.graphs.T5Graphs`,
-which copies the whole cache every step); the layout and the results are the same.
+The batch runs on the export's one decoder graph, as every other path does
+(:class:`~t5ort.runtime.graphs.T5Graphs`: the cache stays in place, only each step's new
+keys/values come back).
 
 Finished rows are not removed at once: removing rows copies the whole cache, so dead rows
 (fed padding) stay until they are more than ``dead_row_fraction`` of the batch, and a new
@@ -109,22 +108,17 @@ class BatchStats:
 class InflightBatch:
     """A running decoder batch whose members join and leave at step boundaries."""
 
-    def __init__(self, runtime, *, dead_row_fraction: float = 0.25, step_graph: bool = True):
+    def __init__(self, runtime, *, dead_row_fraction: float = 0.25):
         if not 0.0 <= dead_row_fraction <= 1.0:
             raise ValueError(f"dead_row_fraction must lie in [0, 1], got {dead_row_fraction!r}.")
         self.runtime = runtime
-        self.graphs = runtime.graphs.inflight(step_graph)  # the export's step graph where it has one
+        self.graphs = runtime.graphs
         self.dead_row_fraction = dead_row_fraction
         self.members: list[Member] = []
         self.state = None  # graphs.DecoderState over every member's rows, in member order
         self.stats = BatchStats()
 
     # ---- what is in the batch ---------------------------------------------------------
-
-    @property
-    def decoder(self) -> str:
-        """Which graph the batch runs: "step graph" (the export's, cache in place) or "with-past decoder"."""
-        return "with-past decoder" if self.graphs is self.runtime.graphs else "step graph"
 
     @property
     def rows(self) -> int:

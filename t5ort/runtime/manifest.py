@@ -6,12 +6,10 @@ guesses names from the graphs. Shapes keep the exporter's named dynamic axes
 so the batch, the encoder length, the new decoder positions and the cached
 length stay apart.
 
-Format versions: 3 adds the decoder self-attention mask (``DecoderIO.self_attention_mask``,
-[batch_size, past_decoder_sequence_length + decoder_sequence_length]), which lets rows with
-different histories share a batch (in-flight batching). Older exports are refused with
-"re-export": their decoder graph has no such input, so nothing can upgrade them in place.
-Within format 3, ``graphs.step`` (the in-flight step graph, :class:`StepIO`) is optional:
-exports without it (older ones, fp16) run in-flight batches on the with-past decoder.
+Format versions: 4 has one decoder graph, which keeps the self-attention cache in place
+(:class:`DecoderIO`) and runs every decoding path; its graphs are t5ort's own, built from the
+checkpoint's weights. Older exports (3: optimum's with-past decoder beside an in-flight step
+graph) are refused with "re-export": nothing can turn their graphs into format 4's in place.
 """
 
 from __future__ import annotations
@@ -24,8 +22,8 @@ from typing import Any
 
 from .errors import ArtifactError
 
-FORMAT_VERSION = 3
-SELF_ATTENTION_AXIS = "past_decoder_sequence_length + decoder_sequence_length"
+FORMAT_VERSION = 4
+CAPACITY_AXIS = "cache_capacity"
 MANIFEST_NAME = "t5ort.json"
 
 
@@ -114,37 +112,16 @@ class EncoderIO:
 
 @dataclass(frozen=True)
 class DecoderIO:
-    """Tensor names of the decoder step graph, by role.
+    """Tensor names of the decoder graph (t5ort/export/trace.py), by role; per-layer names in layer order.
 
-    Cache names are per decoder layer, in layer order. ``past_*`` are inputs,
-    ``present_*`` outputs; ``self`` is the growing self-attention cache (empty at
-    the first step) and ``cross`` the encoder's cross-attention keys/values.
-    ``self_attention_mask``: int64 [batch_size, past_decoder_sequence_length +
-    decoder_sequence_length], 1 where a row attends to a cached or new position, 0 at
-    padding (a row that joined a running batch late sits left-padded in the cache).
-    """
-
-    input_ids: str
-    encoder_attention_mask: str
-    self_attention_mask: str
-    logits: str
-    past_self_key: tuple[str, ...]
-    past_self_value: tuple[str, ...]
-    past_cross_key: tuple[str, ...]
-    past_cross_value: tuple[str, ...]
-    present_self_key: tuple[str, ...]
-    present_self_value: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class StepIO:
-    """Tensor names of the in-flight step graph (t5ort/export/step_decoder.py), by role.
-
-    One new position per row over a self-attention cache the runtime keeps:
-    ``cache_key``/``cache_value`` [batch_size, heads, cache_capacity, d_kv] (inputs),
-    ``self_attention_mask`` int64 [batch_size, cache_capacity] over them, ``past_length``
-    int64 [1] (the new position's column), the cross keys/values as in the decoder, and
-    outputs ``logits`` and the new position's ``new_key``/``new_value`` [batch_size, heads, 1, d_kv].
+    T new positions per row (``input_ids`` [batch_size, decoder_sequence_length]) over a
+    self-attention cache the runtime keeps in place: ``cache_key``/``cache_value`` [batch_size,
+    heads, cache_capacity, d_kv] (inputs), ``self_attention_mask`` int64 [batch_size,
+    cache_capacity] over them (1: attend; 0: free or padding), ``past_length`` int64 [1] (the
+    column the first new position takes), the encoder's ``cross_key``/``cross_value`` and
+    ``encoder_attention_mask``. Outputs: ``logits`` [batch_size, decoder_sequence_length, vocab]
+    and the new positions' ``new_key``/``new_value`` [batch_size, heads,
+    decoder_sequence_length, d_kv], which the runtime writes into the cache.
     """
 
     input_ids: str
@@ -208,8 +185,6 @@ class Manifest:
     source: dict[str, Any] = field(default_factory=dict)
     quantization: dict[str, Any] = field(default_factory=dict)  # empty: fp32 weights
     weights: WeightsSpec | None = None  # None: weights inside the graph files
-    step: GraphSpec | None = None  # the in-flight step graph; None: in-flight batching uses the decoder
-    step_io: StepIO | None = None
 
     # ---- (de)serialisation -------------------------------------------------
 
@@ -227,7 +202,6 @@ class Manifest:
             "graphs": {
                 "encoder": {**self.encoder.to_dict(), "io": io(self.encoder_io)},
                 "decoder": {**self.decoder.to_dict(), "io": io(self.decoder_io)},
-                **({"step": {**self.step.to_dict(), "io": io(self.step_io)}} if self.step else {}),
             },
             "generation_config": self.generation_config,
             "parity": self.parity,
@@ -258,8 +232,6 @@ class Manifest:
             source=d.get("source", {}),
             quantization=d.get("quantization", {}),
             weights=WeightsSpec(**d["weights"]) if d.get("weights") else None,
-            step=GraphSpec.from_dict(graphs["step"]) if "step" in graphs else None,
-            step_io=StepIO(**tup(graphs["step"]["io"])) if "step" in graphs else None,
         )
 
     def write(self, directory: str | Path) -> Path:
@@ -284,8 +256,8 @@ def read_manifest(directory: str | Path) -> Manifest:
         raise ArtifactError(f"{path}: unreadable manifest ({exc}); re-export the model with `t5ort export`.") from exc
     version = raw.get("format_version") if isinstance(raw, dict) else None
     if version != FORMAT_VERSION:
-        older = (f" (format {version} decoders take no self-attention mask, which format {FORMAT_VERSION} "
-                 "needs for in-flight batching)") if isinstance(version, int) and version < FORMAT_VERSION else ""
+        older = (f" (format {version} exports hold optimum's decoder graphs; format {FORMAT_VERSION} has t5ort's "
+                 "own, with the cache in place)") if isinstance(version, int) and version < FORMAT_VERSION else ""
         raise ArtifactError(
             f"{path}: format_version {version!r}, but this t5ort reads format_version {FORMAT_VERSION}{older}; "
             f"re-export the model with this version of `t5ort export` (t5ort export CHECKPOINT {directory} --force)."
@@ -301,11 +273,9 @@ def read_manifest(directory: str | Path) -> Manifest:
 def check_manifest(m: Manifest, path: Path) -> None:
     """Every tensor name the runtime will use exists in its graph's signature, one per decoder layer."""
     layers = m.geometry.num_decoder_layers
-    per_layer = {"decoder": (m.decoder_io, ("past_self_key", "past_self_value", "past_cross_key", "past_cross_value",
-                                             "present_self_key", "present_self_value")),
+    per_layer = {"decoder": (m.decoder_io, ("cache_key", "cache_value", "cross_key", "cross_value", "new_key",
+                                             "new_value")),
                  "encoder": (m.encoder_io, ("cross_key", "cross_value"))}
-    if m.step is not None:
-        per_layer["step"] = (m.step_io, ("cache_key", "cache_value", "cross_key", "cross_value", "new_key", "new_value"))
     for graph, (io, roles) in per_layer.items():
         for role in roles:
             if len(getattr(io, role)) != layers:
@@ -314,7 +284,7 @@ def check_manifest(m: Manifest, path: Path) -> None:
                     f"{layers}; re-export the model."
                 )
     _check_geometry(m, path)
-    graphs = [(m.encoder, m.encoder_io), (m.decoder, m.decoder_io)] + ([(m.step, m.step_io)] if m.step else [])
+    graphs = [(m.encoder, m.encoder_io), (m.decoder, m.decoder_io)]
     for graph, names_obj in graphs:
         known = {t.name for t in graph.inputs} | {t.name for t in graph.outputs}
         for value in names_obj.__dict__.values():
@@ -327,12 +297,12 @@ def check_manifest(m: Manifest, path: Path) -> None:
 
 
 def _check_self_attention_mask(m: Manifest, path: Path) -> None:
-    """The decoder's self-attention mask spans the cached and the new positions: its own named axis."""
+    """The decoder's self-attention mask spans the cache buffer's columns: its own named axis."""
     spec = m.decoder.tensor(m.decoder_io.self_attention_mask)
-    if spec.dtype != "int64" or len(spec.shape) != 2 or spec.shape[1] != SELF_ATTENTION_AXIS:
+    if spec.dtype != "int64" or len(spec.shape) != 2 or spec.shape[1] != CAPACITY_AXIS:
         raise ArtifactError(
             f"{path}: decoder input {spec.name!r} is {spec.dtype} {list(spec.shape)}; the self-attention mask must "
-            f"be int64 [batch_size, {SELF_ATTENTION_AXIS!r}]; re-export the model."
+            f"be int64 [batch_size, {CAPACITY_AXIS!r}]; re-export the model."
         )
 
 
@@ -343,7 +313,7 @@ def _check_geometry(m: Manifest, path: Path) -> None:
         (m.decoder.file, io.logits): {-1: g.vocab_size},
         (m.encoder.file, m.encoder_io.hidden_states): {-1: g.d_model},
     }
-    for name in io.past_self_key + io.past_cross_value:
+    for name in io.cache_key + io.cross_value:
         expected[(m.decoder.file, name)] = {1: g.num_heads, 3: g.d_kv}
     for name in m.encoder_io.cross_key + m.encoder_io.cross_value:
         expected[(m.encoder.file, name)] = {1: g.num_heads, 3: g.d_kv}

@@ -256,7 +256,8 @@ class T5Runtime:
         decoder_input_ids[:, 0] = st.decoder_start_token_id
         decoder_input_ids[:, 1:] = np.where(valid[:, :-1], labels[:, :-1], st.pad_token_id)
         graphs = self.graphs
-        logits, _ = graphs.forward(decoder_input_ids, graphs.start(graphs.encode(ids, mask)))  # [N, T, vocab]
+        state = graphs.start(graphs.encode(ids, mask), capacity=decoder_input_ids.shape[1])
+        logits, _ = graphs.forward(decoder_input_ids, state)  # [N, T, vocab]
         if not np.isfinite(logits).all():
             raise FloatingPointError("non-finite raw logits (NaN or inf) in score().")
         targets_clipped = np.where(valid, labels, 0)
