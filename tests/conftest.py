@@ -17,7 +17,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from t5ort.export.vocab import generated_corpus, train_sentencepiece  # noqa: E402
+from t5ort.export.vocab import generated_corpus, t5_tokenizer, train_sentencepiece  # noqa: E402
 
 SOURCES = [
     "translate English to German: the small house near the river",
@@ -62,11 +62,10 @@ def make_eos_reachable(model, tokenizer) -> None:
 
 @pytest.fixture(scope="session")
 def sp_checkpoint(tmp_path_factory) -> Path:
-    from transformers import T5TokenizerFast
 
     root = tmp_path_factory.mktemp("sp_ckpt")
     spm_path = train_sentencepiece(root / "spiece.model", generated_corpus() + SOURCES)
-    tokenizer = T5TokenizerFast(vocab_file=str(spm_path), extra_ids=0, legacy=False)
+    tokenizer = t5_tokenizer(spm_path)
     model = tiny_t5(len(tokenizer), v1_1=True)
     make_eos_reachable(model, tokenizer)
     ckpt = root / "model"

@@ -67,7 +67,7 @@ def _sentencepiece_bytes() -> bytes:
     """One seeded unigram vocabulary (pad 0, eos 1, unk 2), trained once per process."""
     import tempfile
 
-    from t5ort.export.vocab import generated_corpus, train_sentencepiece
+    from t5ort.export.vocab import generated_corpus, t5_tokenizer, train_sentencepiece
 
     with tempfile.TemporaryDirectory() as tmp:
         path = train_sentencepiece(Path(tmp) / "spiece.model", generated_corpus() + SOURCES + TARGETS)
@@ -75,12 +75,11 @@ def _sentencepiece_bytes() -> bytes:
 
 
 def sentencepiece_tokenizer(directory: Path):
-    from transformers import T5TokenizerFast
 
     directory.mkdir(parents=True, exist_ok=True)
     spm_path = directory / "spiece.model"
     spm_path.write_bytes(_sentencepiece_bytes())
-    return T5TokenizerFast(vocab_file=str(spm_path), extra_ids=0, legacy=False)
+    return t5_tokenizer(spm_path)
 
 
 def byte_tokenizer(directory: Path):

@@ -52,12 +52,15 @@ def _attention(x, attention, bias, one_hot, spec: T5Spec, block_len: int) -> tor
     q = _heads(_blocks(x @ attention.q.weight.T, block_len), spec)  # [B, nb, H, bl, d]
     k = _heads(_three_blocks(x @ attention.k.weight.T, block_len), spec)  # [B, nb, H, 3bl, d]
     v = _heads(_three_blocks(x @ attention.v.weight.T, block_len), spec)
-    if one_hot is not None:  # every block also attends the G globals
+    scores = q @ k.transpose(3, 4)  # [B, nb, H, bl, 3bl]
+    if one_hot is None:
+        out = attend(scores + bias, v)  # [B, nb, H, bl, d]
+    else:  # every block also attends the G globals
         g = rms_norm(one_hot.transpose(1, 2) @ x, attention.global_input_layer_norm.weight, spec.eps)  # [B, G, D]
-        side = (-1, q.shape[1], -1, -1, -1)
-        k = torch.cat([k, _heads(g @ attention.k.weight.T, spec)[:, None].expand(side)], dim=3)  # [B, nb, H, 3bl+G, d]
-        v = torch.cat([v, _heads(g @ attention.v.weight.T, spec)[:, None].expand(side)], dim=3)
-    out = attend(q @ k.transpose(3, 4) + bias, v)  # [B, nb, H, bl, d]
+        side_k = _heads(g @ attention.k.weight.T, spec)[:, None]  # [B, 1, H, G, d]
+        side_v = _heads(g @ attention.v.weight.T, spec)[:, None]
+        weights = torch.softmax(torch.cat([scores, q @ side_k.transpose(3, 4)], dim=-1) + bias, dim=-1)
+        out = weights[..., :3 * block_len] @ v + weights[..., 3 * block_len:] @ side_v  # [B, nb, H, bl, d]
     out = out.transpose(1, 2).flatten(2, 3)[:, :, :length]  # [B, H, S, d]
     return merge_heads(out, attention.o.weight, spec)
 

@@ -121,8 +121,8 @@ def quantize_int4(staging: Path, manifest: Manifest, fidelity_steps: int = 32) -
 
 
 def graph_files(manifest: Manifest) -> tuple[str, ...]:
-    """The export's graph files: encoder, decoder and, where it has one, the in-flight step graph."""
-    return (manifest.encoder.file, manifest.decoder.file) + ((manifest.step.file,) if manifest.step else ())
+    """The export's graph files: encoder and decoder."""
+    return (manifest.encoder.file, manifest.decoder.file)
 
 
 def rewrite_graphs(staging: Path, manifest: Manifest, convert: Callable[[Path, Path], None],
@@ -140,14 +140,12 @@ def rewrite_graphs(staging: Path, manifest: Manifest, convert: Callable[[Path, P
     store_weights(work, list(files))
     d = manifest.to_dict()
     encoder, decoder = graph_spec(work / manifest.encoder.file), graph_spec(work / manifest.decoder.file)
-    dtype = decoder.tensor(manifest.decoder_io.past_self_key[0]).dtype  # the caches' element type
+    dtype = decoder.tensor(manifest.decoder_io.cache_key[0]).dtype  # the caches' element type
     rewritten = Manifest.from_dict({
         **d,
         "dtype": dtype,
         "graphs": {"encoder": {**encoder.to_dict(), "io": d["graphs"]["encoder"]["io"]},
-                   "decoder": {**decoder.to_dict(), "io": d["graphs"]["decoder"]["io"]},
-                   **({"step": {**graph_spec(work / manifest.step.file).to_dict(), "io": d["graphs"]["step"]["io"]}}
-                      if manifest.step else {})},
+                   "decoder": {**decoder.to_dict(), "io": d["graphs"]["decoder"]["io"]}},
         "weights": weights_spec(work).__dict__,
     })
     for extra in staging.iterdir():  # tokenizer and generation defaults, so the new graphs load on their own

@@ -31,3 +31,18 @@ def train_sentencepiece(path: Path, texts: Iterable[str], vocab_size: int = 160)
     )
     path.write_bytes(model.getvalue())
     return path
+
+
+def t5_tokenizer(spm_path: Path):
+    """transformers' T5 tokenizer over the sentencepiece model at ``spm_path`` (no extra ids), the same on
+    transformers 4.x and 5.x: 5.x's constructor takes no ``vocab_file``, and ``from_pretrained`` on a
+    directory holding ``spiece.model`` converts it alike on both."""
+    import shutil
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    with tempfile.TemporaryDirectory() as directory:
+        shutil.copy(spm_path, Path(directory) / "spiece.model")
+        (Path(directory) / "config.json").write_text('{"model_type": "t5"}')
+        return AutoTokenizer.from_pretrained(directory, extra_ids=0, legacy=False)
