@@ -8,9 +8,9 @@ summed over the block's tokens, normed again (``global_input_layer_norm``). The 
 and for transient-global the globals' side bias) comes from layer 0's weights and serves every layer.
 
 This reproduces transformers' ``LongT5LocalAttention`` / ``LongT5TransientGlobalAttention``, padding
-included: masked scores get -1e10 (so a padding token averages its 3 blocks), tokens after the last
-full global block join it, a row shorter than one global block has none (its tokens attend no global),
-and a padding token attends the globals past its row's end.
+included: masked scores get -1e10 (a row with every key masked averages them all), tokens after the
+last full global block join it, a row shorter than one global block has none (its tokens attend no
+global), and a padding token attends the globals past its row's end.
 
 The graph traces for every batch and length: shapes come from the runtime shape (padding to a multiple
 of ``block_len``), and G is never written in a reshape (the side bias is built in the blocked layout by
@@ -59,7 +59,8 @@ def _attention(x, attention, bias, one_hot, spec: T5Spec, block_len: int) -> tor
         g = rms_norm(one_hot.transpose(1, 2) @ x, attention.global_input_layer_norm.weight, spec.eps)  # [B, G, D]
         side_k = _heads(g @ attention.k.weight.T, spec)[:, None]  # [B, 1, H, G, d]
         side_v = _heads(g @ attention.v.weight.T, spec)[:, None]
-        weights = torch.softmax(torch.cat([scores, q @ side_k.transpose(3, 4)], dim=-1) + bias, dim=-1)
+        scores = torch.cat([scores, q @ side_k.transpose(3, 4)], dim=-1) + bias  # [B, nb, H, bl, 3bl + G]
+        weights = torch.softmax(scores.float(), dim=-1)
         out = weights[..., :3 * block_len] @ v + weights[..., 3 * block_len:] @ side_v  # [B, nb, H, bl, d]
     out = out.transpose(1, 2).flatten(2, 3)[:, :, :length]  # [B, H, S, d]
     return merge_heads(out, attention.o.weight, spec)
@@ -85,8 +86,8 @@ def _side_bias(attention_mask, ids, segments, first, spec: T5Spec, block_len: in
 
 
 def _global_blocks(attention_mask, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each token's global block [B, S] (-1: padding or no full block) and each global's segment [B, G]:
-    1 up to the row's last block, else 0 (transformers' ``_make_global_fixed_block_ids``)."""
+    """Each token's global block [B, S] (-1: padding, or the row has no full block) and each global's
+    segment [B, G]: 1 up to the row's last block, 0 past it (transformers' ``_make_global_fixed_block_ids``)."""
     positions = torch.arange(attention_mask.shape[1])  # [S]
     ids = torch.where(attention_mask != 0, positions // block_size, -1)  # [B, S]
     full = ((positions % block_size == block_size - 1) & (ids >= 0)).sum(-1, keepdim=True) - 1  # [B, 1]
