@@ -14,12 +14,14 @@ the way a buggy exporter would, then :func:`reseal` records the new checksums in
 
 from __future__ import annotations
 
+import re
+
 import json
 from pathlib import Path
 
 import numpy as np
 
-ENCODER, DECODER = "encoder_model.onnx", "decoder_with_past_model.onnx"
+ENCODER, DECODER = "encoder_model.onnx", "decoder_model.onnx"
 EPSILON = 1e-4
 BREAKS = ("bucket", "scale", "epsilon", "weight")
 
@@ -70,7 +72,7 @@ def scale_scores(graph, scale: float) -> int:
     nodes, count = [], 0
     for node in graph.node:
         nodes.append(node)
-        if node.op_type == "MatMul" and node.name.endswith(("SelfAttention/MatMul", "EncDecAttention/MatMul")):
+        if node.op_type == "MatMul" and re.search(r"/scores(_\d+)?/MatMul$", node.name):
             stem, out = f"{node.name}/broken", node.output[0]
             node.output[0] = f"{stem}/unscaled"
             nodes += [_const(f"{stem}/scale", np.array(scale, np.float32)),
@@ -88,7 +90,7 @@ def change_epsilon(graph, epsilon: float) -> int:
     constants = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
     count = 0
     for node in graph.node:
-        if node.op_type == "Add" and "layer_norm/" in node.name:
+        if node.op_type == "Add" and re.search(r"/layer_norm(_\d+)?/", node.name):
             for name in node.input:
                 if name in constants:
                     value = constants[name].attribute[0]

@@ -70,17 +70,14 @@ def test_manifest_of_another_format_version(sp_export, tmp_path):
         t5ort.load(d)
 
 
-def test_format_2_export_without_the_self_attention_mask_is_refused(sp_export, tmp_path):
-    """A format-2 export (decoder without the self-attention mask) as the previous t5ort wrote it."""
+def test_format_3_export_is_refused_with_how_to_re_export(sp_export, tmp_path):
+    """A format-3 export (optimum's with-past decoder beside a step graph), as the previous t5ort wrote it."""
     d = copy_export(sp_export, tmp_path)
     manifest = json.loads((d / "t5ort.json").read_text())
-    manifest["format_version"] = 2
-    del manifest["graphs"]["decoder"]["io"]["self_attention_mask"]
-    manifest["graphs"]["decoder"]["inputs"] = [t for t in manifest["graphs"]["decoder"]["inputs"]
-                                               if t["name"] != "attention_mask"]
+    manifest["format_version"] = 3
     (d / "t5ort.json").write_text(json.dumps(manifest))
-    with pytest.raises(ArtifactError, match=r"format_version 2, but this t5ort reads format_version 3 \(format 2 "
-                                            r"decoders take no self-attention mask.*re-export.*--force"):
+    with pytest.raises(ArtifactError, match=r"format_version 3, but this t5ort reads format_version 4 \(format 3 "
+                                            r"exports hold optimum's decoder graphs.*re-export.*--force"):
         t5ort.load(d)
 
 
@@ -88,12 +85,12 @@ def test_self_attention_mask_declared_with_the_wrong_axes(sp_export, tmp_path):
     d = copy_export(sp_export, tmp_path)
     manifest = json.loads((d / "t5ort.json").read_text())
     for t in manifest["graphs"]["decoder"]["inputs"]:
-        if t["name"] == "attention_mask":
+        if t["name"] == "cache_mask":
             t["shape"] = ["batch_size", "decoder_sequence_length"]
     (d / "t5ort.json").write_text(json.dumps(manifest))
-    with pytest.raises(ArtifactError, match=r"'attention_mask' is int64 \['batch_size', 'decoder_sequence_length'\]; "
+    with pytest.raises(ArtifactError, match=r"'cache_mask' is int64 \['batch_size', 'decoder_sequence_length'\]; "
                                             r"the self-attention mask must be int64 \[batch_size, "
-                                            r"'past_decoder_sequence_length \+ decoder_sequence_length'\]"):
+                                            r"'cache_capacity'\]"):
         t5ort.load(d)
 
 
@@ -109,17 +106,17 @@ def test_manifest_naming_a_tensor_the_graph_lacks(sp_export, tmp_path):
     manifest = json.loads((d / "t5ort.json").read_text())
     manifest["graphs"]["decoder"]["io"]["logits"] = "lm_logits"
     (d / "t5ort.json").write_text(json.dumps(manifest))
-    with pytest.raises(ArtifactError, match="'lm_logits' is not in the signature of decoder_with_past_model.onnx"):
+    with pytest.raises(ArtifactError, match="'lm_logits' is not in the signature of decoder_model.onnx"):
         t5ort.load(d)
 
 
 def test_truncated_graph(sp_export, tmp_path):
     d = copy_export(sp_export, tmp_path)
-    graph = d / "decoder_with_past_model.onnx"
+    graph = d / "decoder_model.onnx"
     graph.write_bytes(graph.read_bytes()[:1000])
-    with pytest.raises(ArtifactError, match=r"decoder_with_past_model\.onnx: checksum differs.*re-export"):
+    with pytest.raises(ArtifactError, match=r"decoder_model\.onnx: checksum differs.*re-export"):
         t5ort.load(d)
-    with pytest.raises(ArtifactError, match=r"decoder_with_past_model\.onnx: onnxruntime cannot load"):
+    with pytest.raises(ArtifactError, match=r"decoder_model\.onnx: onnxruntime cannot load"):
         t5ort.load(d, verify=False)
 
 
@@ -146,13 +143,13 @@ def test_manifest_geometry_that_does_not_match_the_graphs(sp_export, tmp_path):
     manifest = json.loads((d / "t5ort.json").read_text())
     manifest["geometry"]["num_heads"] += 1
     (d / "t5ort.json").write_text(json.dumps(manifest))
-    with pytest.raises(ArtifactError, match=r"geometry does not match decoder_with_past_model\.onnx"):
+    with pytest.raises(ArtifactError, match=r"geometry does not match decoder_model\.onnx"):
         t5ort.load(d)
 
 
 def test_graph_swapped_for_another_models_graph(sp_export, byte_export, tmp_path):
     d = copy_export(sp_export, tmp_path)
-    for name in ("encoder_model.onnx", "decoder_with_past_model.onnx", "weights.bin"):
+    for name in ("encoder_model.onnx", "decoder_model.onnx", "weights.bin"):
         shutil.copy(byte_export / name, d / name)
     with pytest.raises(ArtifactError, match=r"_model\.onnx: the graph's tensors do not match"):
         t5ort.load(d, verify=False)

@@ -30,15 +30,14 @@ def fp16_export(sp_checkpoint, tmp_path_factory):
 def test_fp16_manifest_graphs_and_caches(fp16_export):
     m = json.loads((fp16_export / "t5ort.json").read_text())
     assert m["dtype"] == "float16"
-    assert "step" not in m["graphs"] and not (fp16_export / "decoder_step_model.onnx").exists()  # in flight: the decoder
     parity = m["quantization"]["parity_fp16"]
     assert parity["max_abs_diff"] <= parity["tolerance"] and parity["atol"] == FP16_ATOL
     dec = {t["name"]: t["dtype"] for t in m["graphs"]["decoder"]["inputs"] + m["graphs"]["decoder"]["outputs"]}
-    assert dec["past_key_values.0.decoder.key"] == dec["present.1.decoder.value"] == "float16"
-    assert dec["past_key_values.0.encoder.key"] == "float16" and dec["logits"] == "float32"
+    assert dec["cache.0.key"] == dec["new.1.value"] == "float16"  # the in-place decoder, as on fp32
+    assert dec["cross.0.key"] == "float16" and dec["logits"] == "float32"
     enc = {t["name"]: t["dtype"] for t in m["graphs"]["encoder"]["outputs"]}
-    assert enc["present.0.encoder.key"] == "float16"
-    graph = onnx.load(str(fp16_export / "decoder_with_past_model.onnx"), load_external_data=False).graph
+    assert enc["cross.0.key"] == "float16"
+    graph = onnx.load(str(fp16_export / "decoder_model.onnx"), load_external_data=False).graph
     weights = [t for t in graph.initializer if len(t.dims) == 2]
     halves = [t for t in weights if t.data_type == onnx.TensorProto.FLOAT16]
     assert len(halves) > len(weights) / 2  # attention, wi, embeddings, lm_head; wo stays fp32
@@ -93,7 +92,7 @@ def test_fp16_survives_a_residual_stream_beyond_65504(sp_checkpoint, tmp_path):
     t5ort.export(big, out, dtype="float16")  # raises ParityError unless within the fp16 tolerance
     parity = json.loads((out / "t5ort.json").read_text())["quantization"]["parity_fp16"]
     assert parity["max_abs_diff"] <= parity["tolerance"]
-    for name in ("encoder_model.onnx", "decoder_with_past_model.onnx"):
+    for name in ("encoder_model.onnx", "decoder_model.onnx"):
         assert drop_fp16_round_trips(onnx.load(str(out / name), load_external_data=False).graph) == 0
 
 

@@ -39,7 +39,7 @@ def int8_weight_fraction(path) -> float:
 
 
 def test_int8_graphs_hold_int8_weights(int8_export, sp_export):
-    for name in ("encoder_model.onnx", "decoder_with_past_model.onnx", "decoder_step_model.onnx"):
+    for name in ("encoder_model.onnx", "decoder_model.onnx"):
         assert int8_weight_fraction(sp_export / name) == 0
         assert int8_weight_fraction(int8_export / name) > 0.85  # the rest: norms and position biases, large next to a 32-wide model
 
@@ -63,30 +63,6 @@ def test_int8_runtime_generates_close_to_fp32(int8_export, sp_runtime):
     assert agree >= 0.8
     res = int8.generate(SOURCES, max_new_tokens=8, num_beams=2)
     assert res.sequences.shape[0] == 3 and np.isfinite(res.logits).all()
-
-
-def test_int8_in_flight_batch_runs_the_int8_step_graph_like_the_int8_decoder(int8_export):
-    """The quantized export keeps its step graph (quantized too), and an in-flight batch on it gives what
-    the int8 with-past decoder gives in the same batch (a member joining late), within the fp32 parity
-    tolerance. (Not the solo run's: int8 activations are quantized with one scale over the batch.)"""
-    int8 = t5ort.load(int8_export)
-    ids = [int8.encode_texts([s])[0][0] for s in SOURCES[:2]]
-
-    def run(step_graph: bool) -> list[np.ndarray]:
-        batch = InflightBatch(int8, step_graph=step_graph)
-        assert (type(batch.graphs).__name__ == "StepGraphs") is step_graph
-        batch.add(ids[0], max_new_tokens=6, min_new_tokens=6)
-        batch.step()
-        batch.add(ids[1], max_new_tokens=6, min_new_tokens=6)  # joins late: left-padded
-        steps = []
-        while len(batch):
-            steps.append(np.concatenate([out.logits for out in batch.step()]))
-        return steps
-
-    on_step_graph, on_decoder = run(True), run(False)
-    assert len(on_step_graph) == len(on_decoder)
-    for a, b in zip(on_step_graph, on_decoder):
-        assert a.shape == b.shape and np.abs(a - b).max() <= tolerance(b)  # measured: equal to the bit
 
 
 def test_unknown_quantization_is_refused(sp_checkpoint, tmp_path):
@@ -118,11 +94,11 @@ def op_counts(path) -> dict[str, int]:
 
 
 def test_int4_graphs_hold_4bit_matmuls_and_embeddings(numbers_int4):
-    enc, dec = (op_counts(numbers_int4 / name) for name in ("encoder_model.onnx", "decoder_with_past_model.onnx"))
+    enc, dec = (op_counts(numbers_int4 / name) for name in ("encoder_model.onnx", "decoder_model.onnx"))
     assert dec["MatMulNBits"] == 2 * 9 + 1  # 2 layers (self q, k, v, o; cross q, o; wi_0, wi_1, wo) + lm_head
     assert enc["MatMulNBits"] == 2 * 7 + 2 * 2  # 2 layers (q, k, v, o; wi_0, wi_1, wo) + the decoder's cross k, v
     assert dec["GatherBlockQuantized"] == 1 and enc["GatherBlockQuantized"] == 1  # the word embedding
-    for path in (numbers_int4 / "encoder_model.onnx", numbers_int4 / "decoder_with_past_model.onnx"):
+    for path in (numbers_int4 / "encoder_model.onnx", numbers_int4 / "decoder_model.onnx"):
         model = onnx.load(str(path), load_external_data=False)
         weights = {t.name for t in model.graph.initializer}
         float_matmuls = [n.name for n in model.graph.node if n.op_type == "MatMul" and weights & set(n.input)]

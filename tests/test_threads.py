@@ -33,15 +33,14 @@ def _config(session, key: str) -> str | None:
 
 def test_encoder_threads_sleep_after_a_run_and_decoder_threads_spin_for_a_bounded_time(sp_export):
     """The default: every session's threads spin within a run; the encoder's sleep once it ends, the
-    decoders' (with-past and in-flight step graph) after at most SPIN_US."""
+    decoder's after at most SPIN_US."""
     g = t5ort.load(sp_export, threads=2).graphs
     assert [_config(s, "session.intra_op.allow_spinning")
-            for s in (g.encoder_session, g.decoder_session, g.step_session)] == ["1", "1", "1"]
+            for s in (g.encoder_session, g.decoder_session)] == ["1", "1"]
     assert _config(g.encoder_session, "session.force_spinning_stop") == "1"
     assert _config(g.encoder_session, "session.intra_op.spin_duration_us") is None
-    for decoder in (g.decoder_session, g.step_session):
-        assert _config(decoder, "session.intra_op.spin_duration_us") == str(graphs.SPIN_US)
-        assert _config(decoder, "session.force_spinning_stop") is None
+    assert _config(g.decoder_session, "session.intra_op.spin_duration_us") == str(graphs.SPIN_US)
+    assert _config(g.decoder_session, "session.force_spinning_stop") is None
 
 
 def test_spin_false_never_spins_and_gives_the_same_results(sp_export):
@@ -49,7 +48,7 @@ def test_spin_false_never_spins_and_gives_the_same_results(sp_export):
     spinning, blocking = t5ort.load(sp_export, threads=2), t5ort.load(sp_export, threads=2, spin=False)
     g = blocking.graphs
     assert [_config(s, "session.intra_op.allow_spinning")
-            for s in (g.encoder_session, g.decoder_session, g.step_session)] == ["0", "0", "0"]
+            for s in (g.encoder_session, g.decoder_session)] == ["0", "0"]
     ids = spinning.encode_texts(["one two three"])[0]
     a = spinning.generate(input_ids=ids, max_new_tokens=6, output_logits=True)
     b = blocking.generate(input_ids=ids, max_new_tokens=6, output_logits=True)

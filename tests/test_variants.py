@@ -78,7 +78,7 @@ def test_manifest_geometry_matches_the_config(variant):
     )
     assert g["vocab_size"] == len(variant.tokenizer)
     assert m["tokenizer"]["kind"] == ("byt5" if variant.name == "byt5" else "tokenizers")
-    assert len(m["graphs"]["decoder"]["io"]["past_self_key"]) == config.num_decoder_layers
+    assert len(m["graphs"]["decoder"]["io"]["cache_key"]) == config.num_decoder_layers
     parity = m["parity"]
     print(f"{variant.name}: export check max |raw logit diff| = {parity['max_abs_diff']:.3g}")
     assert 0 <= parity["max_abs_diff"] <= parity["tolerance"]

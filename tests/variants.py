@@ -75,6 +75,7 @@ def _sentencepiece_bytes() -> bytes:
 
 
 def sentencepiece_tokenizer(directory: Path):
+    from t5ort.export.vocab import t5_tokenizer
 
     directory.mkdir(parents=True, exist_ok=True)
     spm_path = directory / "spiece.model"

@@ -23,7 +23,7 @@ from ..runtime.manifest import Manifest
 
 FP16_ATOL = 2e-2
 FP16_REL_TOL = 1e-2
-_FP32_NODES = re.compile(r"/layer\.\d+/Add$|layer_norm/|/DenseReluDense/wo/")
+_FP32_NODES = re.compile(r"/(residual|layer_norm|ff_out)(_\d+)?/")  # modules.Scope's names
 METHOD = ("onnxruntime convert_float_to_float16; residual adds, RMSNorms and feed-forward output projections "
           "(wo) kept in float32; float32 logits, float16 caches")
 
@@ -41,9 +41,6 @@ def to_fp16(staging: Path, manifest: Manifest, torch_model, steps: int) -> Manif
     def convert(src: Path, dst: Path) -> None:
         convert_graph(src, dst, keep_float32=[manifest.decoder_io.logits] if src.name == manifest.decoder.file else [])
 
-    if manifest.step is not None:  # its node names are not optimum's: in-flight batches use the fp16 decoder
-        (staging / manifest.step.file).unlink()
-        manifest = dataclasses.replace(manifest, step=None, step_io=None)
     half, work = rewrite_graphs(staging, manifest, convert, "fp16")
     parity = check_parity(torch_model, work, steps=steps, atol=FP16_ATOL, rel_tol=FP16_REL_TOL)
     half = Manifest.from_dict({**half.to_dict(), "quantization": {"weights": "float16", "method": METHOD,
@@ -64,7 +61,7 @@ def convert_graph(src: Path, dst: Path, keep_float32: list[str]) -> None:
     blocked = fp32_nodes(model.graph)
     if not blocked:
         raise ValueError(f"{src}: found no residual Add / layer_norm / wo nodes to keep in float32; "
-                         "the graph does not look like optimum's T5 export.")
+                         "the graph does not look like t5ort's T5 export.")
     half = convert_float_to_float16(model, keep_io_types=keep_float32, node_block_list=blocked)
     drop_fp16_round_trips(half.graph)
     large = half.ByteSize() > 1 << 30  # protobuf caps a file at 2 GiB; store_weights gathers the data after

@@ -193,22 +193,55 @@ def attend(scores: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
 # ---- the graphs ---------------------------------------------------------------------------
 
 
-class Encoder(torch.nn.Module):
+class Scope(torch.nn.Module):
+    """Runs ``fn(*args)`` under this module's name, so that the traced ONNX nodes carry it (``/layer_norm/Add``):
+    the fp16 conversion keeps the residual stream's nodes (``residual``, ``layer_norm``, ``ff_out``) in float32
+    by these names, and the tests find the attention scores (``scores``) by them."""
+
+    def forward(self, fn, *args):
+        return fn(*args)
+
+
+class _Graph(torch.nn.Module):
+    """What both graphs share: the checkpoint, its facts, the named scopes, the position-bias tables
+    (buffers named ``relative_attention_bias_{layer}``)."""
+
+    def __init__(self, torch_model, spec: T5Spec, stack, attention: str, bidirectional: bool):
+        super().__init__()
+        self.spec = spec
+        self.model = torch_model
+        for name in ("layer_norm", "residual", "scores", "ff_out"):
+            setattr(self, name, Scope())
+        owners = stack.block if spec.bias_every_layer else stack.block[:1]
+        for i, block in enumerate(owners):
+            self.register_buffer(f"relative_attention_bias_{i}", bias_table(
+                getattr(block.layer[0], attention).relative_attention_bias.weight, spec, bidirectional))
+
+    def table(self, layer: int) -> torch.Tensor:
+        return getattr(self, f"relative_attention_bias_{layer if self.spec.bias_every_layer else 0}")
+
+    def norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return self.layer_norm(rms_norm, x, weight, self.spec.eps)
+
+    def add(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.residual(torch.add, h, x)
+
+    def feed_forward(self, h: torch.Tensor, layer) -> torch.Tensor:
+        ff, spec = layer.DenseReluDense, self.spec
+        x = self.norm(h, layer.layer_norm.weight)
+        if spec.gated:
+            x = activate(x @ ff.wi_0.weight.T, spec.activation) * (x @ ff.wi_1.weight.T)
+        else:
+            x = activate(x @ ff.wi.weight.T, spec.activation)
+        return self.add(h, self.ff_out(torch.matmul, x, ff.wo.weight.T))
+
+
+class Encoder(_Graph):
     """``input_ids, attention_mask`` [B, S] -> last_hidden_state [B, S, D], then per decoder layer the
     cross-attention key and value [B, heads, S, d_kv]."""
 
     def __init__(self, torch_model, spec: T5Spec):
-        super().__init__()
-        self.spec = spec
-        self.model = torch_model
-        blocks = torch_model.encoder.block
-        attention = _encoder_attention_name(spec)
-        if spec.bias_every_layer:
-            self.tables = [bias_table(getattr(b.layer[0], attention).relative_attention_bias.weight, spec, True)
-                           for b in blocks]
-        else:
-            self.tables = [bias_table(getattr(blocks[0].layer[0], attention).relative_attention_bias.weight, spec,
-                                      True)] * len(blocks)
+        super().__init__(torch_model, spec, torch_model.encoder, _encoder_attention_name(spec), True)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         spec, model = self.spec, self.model
@@ -222,15 +255,16 @@ class Encoder(torch.nn.Module):
             positions = torch.arange(length, dtype=torch.long)
             relative = positions[None, :] - positions[:, None]  # [S, S]: key - query
             mask = additive_mask(attention_mask)[:, None, None, :]  # [B, 1, 1, S]
-            for block, table in zip(model.encoder.block, self.tables):
+            for i, block in enumerate(model.encoder.block):
                 layer = block.layer[0]
                 attention = layer.SelfAttention
-                x = rms_norm(h, layer.layer_norm.weight, spec.eps)
+                x = self.norm(h, layer.layer_norm.weight)
                 q, k, v = (split_heads(x, w.weight, spec) for w in (attention.q, attention.k, attention.v))
-                scores = q @ k.transpose(2, 3) + (lookup_bias(table, relative, spec.max_distance) + mask)
-                h = h + merge_heads(attend(scores, v), attention.o.weight, spec)
-                h = feed_forward(h, block.layer[1], spec)
-        h = rms_norm(h, model.encoder.final_layer_norm.weight, spec.eps)
+                scores = self.scores(torch.matmul, q, k.transpose(2, 3)) + (
+                    lookup_bias(self.table(i), relative, spec.max_distance) + mask)
+                h = self.add(h, merge_heads(attend(scores, v), attention.o.weight, spec))
+                h = self.feed_forward(h, block.layer[1])
+        h = self.norm(h, model.encoder.final_layer_norm.weight)
         cross = []
         for block in model.decoder.block:
             attention = block.layer[1].EncDecAttention
@@ -243,20 +277,11 @@ def _encoder_attention_name(spec: T5Spec) -> str:
             "transient-global": "TransientGlobalSelfAttention"}[spec.encoder_attention]
 
 
-class Decoder(torch.nn.Module):
+class Decoder(_Graph):
     """T new positions per row over an in-place self-attention cache (the module docstring)."""
 
     def __init__(self, torch_model, spec: T5Spec):
-        super().__init__()
-        self.spec = spec
-        self.model = torch_model
-        blocks = torch_model.decoder.block
-        if spec.bias_every_layer:
-            self.tables = [bias_table(b.layer[0].SelfAttention.relative_attention_bias.weight, spec, False)
-                           for b in blocks]
-        else:
-            self.tables = [bias_table(blocks[0].layer[0].SelfAttention.relative_attention_bias.weight, spec,
-                                      False)] * len(blocks)
+        super().__init__(torch_model, spec, torch_model.decoder, "SelfAttention", False)
 
     def forward(self, input_ids, encoder_attention_mask, cache_mask, past_length, *kv):
         spec, model = self.spec, self.model
@@ -274,28 +299,31 @@ class Decoder(torch.nn.Module):
         self_mask = additive_mask(cache_mask)[:, None, None, :]  # [B, 1, 1, C]
         cross_mask = additive_mask(encoder_attention_mask)[:, None, None, :]  # [B, 1, 1, S]
         new = []
-        for i, (block, table) in enumerate(zip(model.decoder.block, self.tables)):
+        for i, block in enumerate(model.decoder.block):
+            table = self.table(i)
             layer = block.layer[0]
             attention = layer.SelfAttention
-            x = rms_norm(h, layer.layer_norm.weight, spec.eps)
+            x = self.norm(h, layer.layer_norm.weight)
             q, k, v = (split_heads(x, w.weight, spec) for w in (attention.q, attention.k, attention.v))
             key, value = cache[2 * i], cache[2 * i + 1]  # [B, H, C, d]
             scores = torch.cat([
-                q @ key.transpose(2, 3) + (lookup_bias(table, relative_past, spec.max_distance) + self_mask),
-                q @ k.transpose(2, 3) + (lookup_bias(table, relative_new, spec.max_distance) + causal),
+                self.scores(torch.matmul, q, key.transpose(2, 3))
+                + (lookup_bias(table, relative_past, spec.max_distance) + self_mask),
+                self.scores(torch.matmul, q, k.transpose(2, 3))
+                + (lookup_bias(table, relative_new, spec.max_distance) + causal),
             ], dim=-1)  # [B, H, T, C + T]
             weights = torch.softmax(scores.float(), dim=-1)
             out = weights[..., :capacity] @ value + weights[..., capacity:] @ v  # [B, H, T, d]
-            h = h + merge_heads(out, attention.o.weight, spec)
+            h = self.add(h, merge_heads(out, attention.o.weight, spec))
             layer = block.layer[1]
             attention = layer.EncDecAttention
-            x = rms_norm(h, layer.layer_norm.weight, spec.eps)
+            x = self.norm(h, layer.layer_norm.weight)
             q = split_heads(x, attention.q.weight, spec)
-            out = attend(q @ cross[2 * i].transpose(2, 3) + cross_mask, cross[2 * i + 1])
-            h = h + merge_heads(out, attention.o.weight, spec)
-            h = feed_forward(h, block.layer[2], spec)
+            out = attend(self.scores(torch.matmul, q, cross[2 * i].transpose(2, 3)) + cross_mask, cross[2 * i + 1])
+            h = self.add(h, merge_heads(out, attention.o.weight, spec))
+            h = self.feed_forward(h, block.layer[2])
             new += [k, v]
-        h = rms_norm(h, model.decoder.final_layer_norm.weight, spec.eps)
+        h = self.norm(h, model.decoder.final_layer_norm.weight)
         if spec.scale_head:
             h = h * spec.d_model ** -0.5
         return (h @ model.lm_head.weight.T, *new)

@@ -82,6 +82,7 @@ def export_encoder(torch_model, spec: T5Spec, path: Path) -> None:
             io["hidden_states"]: {0: BATCH, 1: SOURCE}, **{n: {0: BATCH, 2: SOURCE} for n in cross}}
     _export(Encoder(torch_model, spec).eval(), (ids, mask), path, [io["input_ids"], io["attention_mask"]],
             [io["hidden_states"], *cross], axes)
+    _declare_outputs(path, {name: [BATCH, spec.num_heads, SOURCE, spec.d_kv] for name in cross})
     if spec.encoder_attention != "full":
         reshape_zero_means_zero(path)
 
@@ -106,6 +107,23 @@ def export_decoder(torch_model, spec: T5Spec, path: Path) -> None:
             **{n: {0: BATCH, 2: CAPACITY} for n in cache_in}, **{n: {0: BATCH, 2: SOURCE} for n in cross_in},
             **{n: {0: BATCH, 2: NEW} for n in new_out}}
     _export(Decoder(torch_model, spec).eval(), args, path, inputs, [io["logits"], *new_out], axes)
+    _declare_outputs(path, {name: [BATCH, heads, NEW, d_kv] for name in new_out})
+
+
+def _declare_outputs(path: Path, shapes: dict) -> None:
+    """Write the outputs' full shapes (the tracer leaves the heads and d_kv of sliced tensors symbolic)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    for output in model.graph.output:
+        if output.name in shapes:
+            for dim, size in zip(output.type.tensor_type.shape.dim, shapes[output.name]):
+                dim.Clear()
+                if isinstance(size, int):
+                    dim.dim_value = size
+                else:
+                    dim.dim_param = size
+    onnx.save(model, str(path))
 
 
 def reshape_zero_means_zero(path: Path) -> None:

@@ -644,7 +644,6 @@ def _operation_routes(app: FastAPI, state: ServeState) -> None:
                                "max_new_tokens": runtime.limits.max_new_tokens,
                                "max_result_bytes": runtime.limits.max_result_bytes},
             "batching": type(state.scheduler).__name__,
-            "inflight_decoder": getattr(getattr(state.scheduler, "main", None), "decoder", None),
             "version": _version(),
             "router": "t5ort",
         }
