@@ -19,9 +19,9 @@ from t5ort.export import parity
 
 @pytest.fixture(scope="module")
 def ill_torch(ill_checkpoint):
-    from transformers import AutoModelForSeq2SeqLM
+    from t5ort.export.exporter import load_float32
 
-    return AutoModelForSeq2SeqLM.from_pretrained(ill_checkpoint, dtype="float32").eval()
+    return load_float32(ill_checkpoint)
 
 
 def test_ill_conditioned_checkpoint_is_like_t5_v1_1(ill_torch):

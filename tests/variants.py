@@ -67,7 +67,7 @@ def _sentencepiece_bytes() -> bytes:
     """One seeded unigram vocabulary (pad 0, eos 1, unk 2), trained once per process."""
     import tempfile
 
-    from t5ort.export.vocab import generated_corpus, t5_tokenizer, train_sentencepiece
+    from t5ort.export.vocab import generated_corpus, train_sentencepiece
 
     with tempfile.TemporaryDirectory() as tmp:
         path = train_sentencepiece(Path(tmp) / "spiece.model", generated_corpus() + SOURCES + TARGETS)
@@ -96,9 +96,11 @@ def byte_tokenizer(directory: Path):
 def make_eos_reachable(model, tokenizer, step: int = 3) -> None:
     """Make EOS beat the token that row 0 of SOURCES produces at ``step``, so rows end at different steps.
 
-    Only for an untied head (``lm_head`` is then not the input embedding).
+    Only for an untied head (``lm_head`` is then not the input embedding). transformers 5 ties every T5's
+    head; a head whose weights differ from the embedding's is loaded untied again, so it is untied here.
     """
-    assert not model.config.tie_word_embeddings
+    if model.lm_head.weight is model.shared.weight:
+        model.lm_head.weight = torch.nn.Parameter(model.shared.weight.detach().clone())
     enc = tokenizer(SOURCES, return_tensors="pt", padding=True)
     with torch.no_grad():
         seq = model.generate(**enc, max_new_tokens=step + 1, do_sample=False)
@@ -233,9 +235,11 @@ def build(name: str, directory: Path) -> Path:
 
 def load_torch(checkpoint: Path):
     """The checkpoint's PyTorch model (eval, fp32) and tokenizer, as transformers loads them."""
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    model = AutoModelForSeq2SeqLM.from_pretrained(str(checkpoint), dtype="float32").eval()
+    from t5ort.export.exporter import load_float32
+
+    model = load_float32(checkpoint)
     return model, AutoTokenizer.from_pretrained(str(checkpoint))
 
 

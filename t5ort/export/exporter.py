@@ -155,7 +155,7 @@ def _load(model: str | Path):
         raise ExportError(
             f"{model}: model_type {config.model_type!r} is not supported; t5ort exports {SUPPORTED_MODEL_TYPES}."
         )
-    torch_model = AutoModelForSeq2SeqLM.from_pretrained(str(model), dtype="float32").eval()
+    torch_model = load_float32(model)
     tokenizer = None  # an ids-only export: generate(input_ids=...) still works
     local = Path(model)
     if not local.is_dir() or any((local / f).is_file() for f in TOKENIZER_FILES):
@@ -165,6 +165,18 @@ def _load(model: str | Path):
         except (OSError, ValueError, TypeError):
             pass
     return torch_model, tokenizer
+
+
+def load_float32(checkpoint: str | Path):
+    """The checkpoint as a float32 PyTorch model in eval mode, on any supported transformers (``dtype=`` from
+    4.56 on, ``torch_dtype=`` before)."""
+    import torch
+    import transformers
+    from transformers import AutoModelForSeq2SeqLM
+
+    major, minor = (int(part) for part in transformers.__version__.split(".")[:2])
+    key = "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+    return AutoModelForSeq2SeqLM.from_pretrained(str(checkpoint), **{key: torch.float32}).eval()
 
 
 def _export_graphs(torch_model, staging: Path) -> None:

@@ -136,14 +136,16 @@ def _validate(texts, input_ids, attention_mask, num_beams, max_new_tokens) -> bo
 
 
 def _load_checkpoint(checkpoint: str | Path):
-    from transformers import AutoConfig, AutoModelForSeq2SeqLM
+    from transformers import AutoConfig
+
+    from .exporter import load_float32
 
     try:
         AutoConfig.from_pretrained(str(checkpoint))
     except (OSError, ValueError) as exc:
         raise ExportError(f"--checkpoint {checkpoint}: cannot read a model config ({exc}); "
                           "pass the checkpoint directory the export was made from.") from exc
-    return AutoModelForSeq2SeqLM.from_pretrained(str(checkpoint), dtype="float32").eval()
+    return load_float32(checkpoint)
 
 
 def verify_source(manifest, torch_model, out_dir: Path, checkpoint: Path) -> None:

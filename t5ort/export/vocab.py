@@ -36,13 +36,14 @@ def train_sentencepiece(path: Path, texts: Iterable[str], vocab_size: int = 160)
 def t5_tokenizer(spm_path: Path):
     """transformers' T5 tokenizer over the sentencepiece model at ``spm_path`` (no extra ids), the same on
     transformers 4.x and 5.x: 5.x's constructor takes no ``vocab_file``, and ``from_pretrained`` on a
-    directory holding ``spiece.model`` converts it alike on both."""
+    directory holding ``spiece.model`` converts it alike on both. That directory is made beside
+    ``spm_path`` and kept: a 4.x tokenizer saves its ``spiece.model`` from there."""
     import shutil
-    import tempfile
 
     from transformers import AutoTokenizer
 
-    with tempfile.TemporaryDirectory() as directory:
-        shutil.copy(spm_path, Path(directory) / "spiece.model")
-        (Path(directory) / "config.json").write_text('{"model_type": "t5"}')
-        return AutoTokenizer.from_pretrained(directory, extra_ids=0, legacy=False)
+    directory = spm_path.parent / f"{spm_path.stem}-tokenizer"
+    directory.mkdir(exist_ok=True)
+    shutil.copy(spm_path, directory / "spiece.model")
+    (directory / "config.json").write_text('{"model_type": "t5"}')
+    return AutoTokenizer.from_pretrained(str(directory), extra_ids=0, legacy=False)
