@@ -50,17 +50,17 @@ def test_logits_off_fits_where_logits_do_not(sp_export):
 
 
 def test_nan_logits_are_reported_with_step_and_row(sp_runtime, monkeypatch):
-    real_step = sp_runtime.graphs.step
+    real_forward = sp_runtime.graphs.forward
     calls = []
 
-    def faulty_step(tokens, state, out=None):
-        logits, state = real_step(tokens, state, out=out)
+    def faulty_forward(tokens, state, out=None):
+        logits, state = real_forward(tokens, state, out=out)  # [rows, 1, vocab]: one step per pass
         calls.append(1)
         if len(calls) == 3:
-            logits[1, 4] = np.nan
+            logits[1, 0, 4] = np.nan
         return logits, state
 
-    monkeypatch.setattr(sp_runtime.graphs, "step", faulty_step)
+    monkeypatch.setattr(sp_runtime.graphs, "forward", faulty_forward)
     with pytest.raises(FloatingPointError, match=r"at step 2, decoder rows \[1\]"):
         sp_runtime.generate(SOURCES, max_new_tokens=6, min_new_tokens=6)
 

@@ -175,8 +175,8 @@ class T5Runtime:
                           per_step * (opts.output_logits + opts.output_scores), "the raw logits and scores")
         speculation = None
         if opts.speculative or assistant is not None:
-            out = speculative.run(self, ids, mask, opts, self._special(opts), assistant, self._token_text())
-            speculation = out.stats
+            out, speculation = speculative.run(self, ids, mask, opts, self._special(opts), assistant,
+                                               self._token_text())
         else:
             out = decode(self.graphs, self.graphs.encode(ids, mask), opts, self._special(opts), self.vocab_size,
                          self._token_text(), self.buffers)

@@ -9,9 +9,10 @@ same :class:`~t5ort.runtime.strategies.SingleSequenceSearch`, processors and
 stopping criteria, called once per emitted token with the same ``input_ids``);
 only where the raw logits come from differs: position i of a k-token pass instead
 of a one-token step. Those agree to floating-point rounding (the parity bound of
-:func:`near_tie_bound`), so the sequences are plain greedy's except where the two
+:func:`~t5ort.runtime.decoding.near_tie_bound`), so the sequences are plain greedy's except where the two
 best processed scores are closer than that bound: such a step is decided again
-from a one-token pass, computed as plain greedy computes it (see :func:`decode`).
+from a one-token pass, computed as plain greedy computes it. The loop is the decoding loop itself
+(:func:`~t5ort.runtime.decoding.run_steps` with a drafter); this module holds the drafters.
 
 Drafters (``propose(sequence, limit) -> tokens`` and ``accepted(...)``):
 
@@ -20,47 +21,21 @@ Drafters (``propose(sequence, limit) -> tokens`` and ``accepted(...)``):
 - :class:`DraftModel`: a second, smaller t5ort runtime with the same vocabulary,
   decoding greedily with its own cache, rolled back like the target's.
 
-Batch 1 only: rows accept different numbers of tokens, which needs a decoder
-graph with a self-attention mask over ragged caches (not exported yet).
+Batch 1 only: rows accept different numbers of tokens, so their positions would differ, and
+the decoder graph takes one ``past_length`` for all rows (per-row cache lengths: not yet).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Protocol, Sequence
+from dataclasses import replace
+from typing import Sequence
 
 import numpy as np
 
-from .decoding import Special, make_strategy
-from .numerics import checked_logsumexp
+from .decoding import DecodeOutput, Drafter, Special, decode
 from .options import GenerationOptions
 from .processors import build_processors
 from .results import SpeculationStats
-
-
-class Drafter(Protocol):
-    def propose(self, sequence: np.ndarray, limit: int) -> np.ndarray:
-        """Up to ``limit`` tokens (int64 [k], k may be 0) that greedy may emit after ``sequence`` [length]."""
-
-    def accepted(self, sequence: np.ndarray, drafted: int, kept: int) -> None:
-        """After a verify pass: ``kept`` of the ``drafted`` tokens held; ``sequence`` is the new output."""
-
-
-def near_tie_bound(logits: np.ndarray) -> float:
-    """Two processed scores closer than this may swap order between a k-token pass and one-token steps.
-
-    Twice the project's fp32 parity bound (1e-4 + 2e-6 * max |logit|): each of the
-    two scores may move by up to the bound.
-    """
-    return 2.0 * (1e-4 + 2e-6 * float(np.abs(logits).max()))
-
-
-def _top_two_gap(scores: np.ndarray) -> float:
-    finite = scores[np.isfinite(scores)]
-    if finite.size < 2:
-        return float("inf")
-    two = np.partition(finite, finite.size - 2)[-2:]
-    return float(two[1] - two[0])
 
 
 # ---- drafters ----------------------------------------------------------------------
@@ -162,93 +137,6 @@ class DraftModel:
             self.num_tokens = self.num_tokens + 2.0 if kept == drafted else max(1.0, self.num_tokens - 1.0)
 
 
-# ---- the loop ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True, eq=False)
-class SpeculativeOutput:
-    search: object  # SearchOutput
-    logits: np.ndarray | None  # float32 [1, steps, vocab], raw
-    scores: np.ndarray | None  # float32 [1, steps, vocab], processed
-    stats: SpeculationStats
-
-
-def decode(model, encoder_output, options: GenerationOptions, special: Special, vocab_size: int,
-           drafter: Drafter, token_text=None) -> SpeculativeOutput:
-    """Greedy decoding of one input row with drafted tokens verified in one decoder pass each.
-
-    Each round feeds [last token, d_1..d_k] after the cache and walks the k + 1
-    rows of raw logits in order, exactly as plain greedy's steps (processors,
-    argmax, stopping criteria); it stops at the first row whose pick is not the
-    next draft, or when greedy is done. The cache is then cut back to the tokens
-    kept. Near-ties: where the two best processed scores of a row differ by less
-    than :func:`near_tie_bound`, that row is computed again by a one-token pass
-    (the cache cut back to before it) and decided from those logits, which replace
-    it in the result; the round ends there.
-    """
-    max_steps = options.max_new_tokens
-    raw = np.empty((max_steps, 1, vocab_size), np.float32)  # step-major, as plain greedy's buffer
-    processed = np.empty((1, max_steps, vocab_size), np.float32) if options.output_scores else None
-    strategy = make_strategy(options, 1, special, token_text)
-    processors = build_processors(options, special.eos_token_ids)
-    state = model.start(encoder_output)
-    stats = dict(rounds=0, drafted=0, accepted=0, decoder_passes=0, redecided=0)
-    step, done = 0, False
-    while not done:
-        sequence = strategy.input_ids[0]
-        drafts = drafter.propose(sequence, max_steps - step - 1)
-        k = len(drafts)
-        fed = np.concatenate([sequence[-1:], drafts])[None]  # [1, k + 1]: the last token, then the drafts
-        past = state.past_length
-        _, state = model.forward(fed, state, out=raw[step: step + k + 1].reshape(1, k + 1, vocab_size))
-        stats["decoder_passes"] += 1
-        for i in range(k + 1):  # row i: the logits after fed[:, :i + 1]
-            logits = raw[step]  # [1, vocab]; step-major rows of the buffer are contiguous
-            lse = checked_logsumexp(logits, f"at step {step}")
-            scores = _process(processors, strategy.input_ids, logits)
-            redecide = k > 0 and _top_two_gap(scores[0]) < near_tie_bound(logits)
-            if redecide:  # the same row from a one-token pass, as plain greedy computes it
-                state = model.truncate(state, past + i)
-                _, state = model.forward(fed[:, i: i + 1], state, out=raw[step].reshape(1, 1, vocab_size))
-                stats["decoder_passes"] += 1
-                stats["redecided"] += 1
-                lse = checked_logsumexp(logits, f"at step {step}")
-                scores = _process(processors, strategy.input_ids, logits)
-            tokens, _, done = strategy.update(logits, scores, lse)
-            _store(processed, step, scores)
-            step += 1
-            matched = i < k and tokens[0] == drafts[i]
-            if done or not matched or redecide:
-                break
-        kept = i + int(matched)  # drafts emitted as they were
-        if not redecide:  # after a re-decided row the cache already ends at [last token, d_1..d_i]
-            state = model.truncate(state, past + 1 + i)  # [last token, d_1..d_i]
-        stats["rounds"] += 1
-        stats["drafted"] += k
-        stats["accepted"] += kept
-        drafter.accepted(strategy.input_ids[0], k, kept)
-    search = strategy.finalize()
-    steps = search.sequences.shape[1] - 1
-    return SpeculativeOutput(
-        search=search,
-        logits=raw[:steps].transpose(1, 0, 2) if options.output_logits else None,
-        scores=None if processed is None else processed[:, :steps],
-        stats=SpeculationStats(**stats, draft_passes=getattr(drafter, "passes", 0)),
-    )
-
-
-def _process(processors, input_ids: np.ndarray, logits: np.ndarray) -> np.ndarray:
-    scores = logits
-    for processor in processors:
-        scores = processor(input_ids, scores)
-    return scores
-
-
-def _store(processed: np.ndarray | None, step: int, scores: np.ndarray) -> None:
-    if processed is not None:
-        processed[:, step] = scores
-
-
 # ---- the entry point of T5Runtime.generate -----------------------------------------
 
 
@@ -279,7 +167,7 @@ def check_request(options: GenerationOptions, assistant, batch: int, target) -> 
 
 
 def run(target, input_ids: np.ndarray, attention_mask: np.ndarray, options: GenerationOptions, special: Special,
-        assistant=None, token_text=None) -> SpeculativeOutput:
+        assistant=None, token_text=None) -> tuple[DecodeOutput, SpeculationStats]:
     """Speculative greedy decoding of one input (int64 [1, L]) by runtime ``target``, drafting by
     prompt lookup (``options.prompt_lookup_num_tokens``) or by the ``assistant`` runtime."""
     check_request(options, assistant, input_ids.shape[0], target)
@@ -292,6 +180,8 @@ def run(target, input_ids: np.ndarray, attention_mask: np.ndarray, options: Gene
         )
     else:
         drafter = PromptLookup(source, options.prompt_lookup_num_tokens, options.max_matching_ngram_size or 2)
-    graphs = target.graphs
-    return decode(graphs, graphs.encode(input_ids, attention_mask), options, special, target.vocab_size, drafter,
-                  token_text)
+    graphs, stats = target.graphs, {}
+    out = decode(graphs, graphs.encode(input_ids, attention_mask), options, special, target.vocab_size, token_text,
+                 drafter=drafter, stats=stats)
+    counts = {key: stats.get(key, 0) for key in ("rounds", "drafted", "accepted", "decoder_passes", "redecided")}
+    return out, SpeculationStats(**counts, draft_passes=getattr(drafter, "passes", 0))
