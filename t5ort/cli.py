@@ -556,17 +556,30 @@ def int_list(text: str) -> list[int]:
     return values
 
 
+def peer_python_arg(text: str) -> tuple[str, str]:
+    """--peer-python PEER=PATH."""
+    peer, sep, path = text.partition("=")
+    if not sep or not peer.strip() or not path.strip():
+        raise argparse.ArgumentTypeError(f"expected PEER=PATH, e.g. optimum=.venv-optimum/bin/python, got {text!r}")
+    return peer.strip(), path.strip()
+
+
 def cmd_bench(args) -> int:
     from . import bench
 
     peers = None
     if args.peers is not None:
         peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+    peer_python = {}
+    for peer, path in args.peer_python or ():
+        if peer in peer_python:
+            raise ValueError(f"--peer-python {peer}=... is given twice; give one interpreter per peer.")
+        peer_python[peer] = path
     result = bench.run(args.out_dirs, checkpoint=args.checkpoint, peers=peers,
                        inputs=read_bench_inputs(Path(args.inputs)) if args.inputs else None,
                        batch_sizes=args.batch_sizes, num_beams=args.num_beams, max_new_tokens=args.max_new_tokens,
                        threads=args.threads, repeats=args.repeats, bare=args.bare, work_dir=args.work_dir,
-                       progress=Progress(args.quiet))
+                       peer_python=peer_python or None, progress=Progress(args.quiet))
     print(bench.format_table(result))
     if args.json:
         bench.write_json(result, args.json)
@@ -592,6 +605,9 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--repeats", type=positive_int, default=3, help="interleaved timed rounds (default 3)")
     p.add_argument("--bare", action="store_true", help="also time each export's decoder session alone")
     p.add_argument("--work-dir", help="where the peers' conversions are cached (default ~/.cache/t5ort/bench)")
+    p.add_argument("--peer-python", action="append", type=peer_python_arg, metavar="PEER=PATH",
+                   help="run PEER (its conversion and worker) under another environment's Python, e.g. "
+                        "optimum=.venv-optimum/bin/python (repeatable; t5ort need not be installed there)")
     p.add_argument("--json", metavar="FILE", help="write every timing to FILE")
     p.add_argument("--plot", metavar="FILE.png", help="write a chart of ms/step (matplotlib)")
     p.add_argument("--quiet", action="store_true", help="no progress messages")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -103,3 +105,108 @@ def test_cli_prints_the_table_and_writes_json_and_chart(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "t5ort.cli", "bench", str(ONNX), "--batch-sizes", "1,x"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--batch-sizes" in bad.stderr
+
+
+# ---- peer_python: a peer in an environment of its own (Optimum pins transformers<4.58) ----------------------
+
+
+def make_python(where, *site_dirs) -> str:
+    """A fresh interpreter (a venv without pip, ~0.1 s) that sees ``site_dirs`` through a .pth file: their
+    packages but not the .pth files in them, so not this editable t5ort; without ``site_dirs``, nothing."""
+    import venv
+
+    venv.create(where, with_pip=False)
+    python = where / "bin" / "python"
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    if site_dirs:
+        (Path(purelib) / "parent-env.pth").write_text("".join(f"{d}\n" for d in dict.fromkeys(site_dirs)))
+    return str(python)
+
+
+@pytest.mark.parametrize("peer_python, match", [
+    ({"vllm": sys.executable}, r"peer_python names an unknown peer 'vllm' \(--peer-python vllm=PATH\)"),
+    ({"optimum": "/nonexistent/bin/python"}, r"peer_python\['optimum'\] \(--peer-python optimum=PATH\): "
+                                             r"/nonexistent/bin/python does not exist.*python3 -m venv"),
+    ({"optimum": "/bin/false"}, r"--peer-python optimum=PATH\): /bin/false is not a Python interpreter"),
+    ({"optimum": str(CHECKPOINT / "config.json")}, r"config.json is not executable.*\.venv-optimum/bin/python"),
+    ({"optimum": str(CHECKPOINT)}, r"is a directory, not an interpreter"),
+    ({"ctranslate2": sys.executable}, r"'ctranslate2' .*not among the peers run \(pytorch, optimum\)"),
+])
+def test_bad_peer_python_is_refused_before_any_work(peer_python, match, tmp_path):
+    with pytest.raises(ValueError, match=match):
+        bench.run([ONNX], checkpoint=CHECKPOINT, peers=["pytorch", "optimum"], peer_python=peer_python,
+                  work_dir=tmp_path)
+    assert not list(tmp_path.iterdir())  # nothing converted, nothing cached
+
+
+def test_cli_names_a_bad_peer_python():
+    base = [sys.executable, "-m", "t5ort.cli", "bench", str(ONNX), "--checkpoint", str(CHECKPOINT)]
+    out = subprocess.run(base + ["--peer-python", "optimum=/nonexistent/python"], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 2 and "--peer-python optimum=PATH" in out.stderr and "does not exist" in out.stderr
+    out = subprocess.run(base + ["--peer-python", "optimum"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "--peer-python" in out.stderr and "expected PEER=PATH" in out.stderr
+
+
+def test_a_peer_runs_under_its_own_interpreter(tmp_path, monkeypatch):
+    """PyTorch under a fresh interpreter that has torch (this environment's packages) but not t5ort: its worker
+    imports t5ort from the checkout (PYTHONPATH). CTranslate2 under a bare one: skipped, as that interpreter
+    (not this one) says it lacks its modules."""
+    import sysconfig
+
+    paths = sysconfig.get_paths()
+    with_torch = make_python(tmp_path / "with-torch", paths["purelib"], paths["platlib"])
+    bare = make_python(tmp_path / "bare")
+    monkeypatch.chdir(tmp_path)  # not the checkout: the children find t5ort through PYTHONPATH only
+    alone = subprocess.run([with_torch, "-c", "import t5ort"], capture_output=True, text=True)
+    assert alone.returncode != 0 and "No module named 't5ort'" in alone.stderr  # t5ort is not installed there
+    res = bench.run([ONNX], checkpoint=CHECKPOINT, peers=["pytorch", "ctranslate2"],
+                    peer_python={"pytorch": with_torch, "ctranslate2": bare}, batch_sizes=(2,), num_beams=(1,),
+                    max_new_tokens=3, threads=1, repeats=1, work_dir=tmp_path / "work")
+    systems = {s.label: s for s in res.systems}
+    assert list(systems) == ["t5ort fp32", "PyTorch"]
+    assert systems["PyTorch"].python == with_torch and systems["t5ort fp32"].python == sys.executable
+    assert set(systems["PyTorch"].versions) == {"torch", "transformers"}
+    assert res.measurement("PyTorch", res.workloads[0]).token_agreement == 1.0
+    assert res.skipped["CT2 fp32"] == f"numpy, onnxruntime, ctranslate2 not installed in {bare}"
+    assert res.settings["peer_python"] == {"pytorch": with_torch, "ctranslate2": bare}
+    table = bench.format_table(res)
+    assert f"| {with_torch} (" in table and "| torch " in table
+
+
+def optimum_python() -> str | None:
+    """An interpreter that has optimum-onnx: $T5ORT_OPTIMUM_PYTHON, else a venv next to this one (the README's
+    .venv-optimum in the checkout, or a sibling of the running venv), else this one."""
+    from t5ort.bench import systems
+
+    root = Path(t5ort.__file__).resolve().parent.parent
+    candidates = [os.environ.get("T5ORT_OPTIMUM_PYTHON"), root / ".venv-optimum" / "bin" / "python"]
+    candidates += sorted(p for p in Path(sys.prefix).parent.glob("*/bin/python")
+                         if (p.parent.parent / "pyvenv.cfg").is_file())
+    candidates.append(sys.executable)
+    for c in dict.fromkeys(str(c) for c in candidates if c):
+        try:
+            probe = systems.probe_python(c, "optimum")
+        except ValueError:
+            continue
+        if not probe["missing"] and not probe["missing_prepare"]:
+            return c
+    return None
+
+
+def test_optimum_runs_under_its_own_interpreter(tmp_path):
+    python = optimum_python()
+    if python is None:
+        pytest.skip("no Python with optimum-onnx found: set T5ORT_OPTIMUM_PYTHON, or make one: python3 -m venv "
+                    ".venv-optimum && .venv-optimum/bin/pip install torch==2.13.0 'optimum-onnx[onnxruntime]'")
+    messages = []
+    res = bench.run([ONNX], checkpoint=CHECKPOINT, peers=["optimum"], peer_python={"optimum": python},
+                    batch_sizes=(2,), num_beams=(1,), max_new_tokens=3, threads=1, repeats=1,
+                    work_dir=tmp_path / "work", progress=messages.append)
+    assert not res.skipped, res.skipped
+    optimum = {s.label: s for s in res.systems}["Optimum"]
+    assert optimum.python == os.path.abspath(python)
+    assert {"optimum", "optimum-onnx", "transformers", "torch"} <= set(optimum.versions)
+    assert res.measurement("Optimum", res.workloads[0]).token_agreement == 1.0
+    assert any(m.startswith("Optimum: converting") and m.endswith(f"with {optimum.python}") for m in messages)

@@ -9,7 +9,8 @@ Every system runs in its own worker process; repetitions are interleaved; the re
 holds every raw timing with its medians and spreads, tokens/s, time to first token,
 peak RSS, artifact size and whether every system's tokens agree. Nothing is printed:
 ``progress`` receives the stage messages. The peers' packages (torch, optimum,
-ctranslate2) are imported only inside their own workers.
+ctranslate2) are imported only inside their own workers, which may run under another
+environment's Python: ``peer_python={"optimum": ".venv-optimum/bin/python"}``.
 """
 
 from __future__ import annotations

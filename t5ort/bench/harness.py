@@ -8,7 +8,7 @@ import subprocess
 import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -102,14 +102,19 @@ def _batch(pool: list[list[int]], batch: int, pad: int) -> tuple[np.ndarray, np.
     return ids, mask
 
 
+def _child_command(*args: str, python: str | None = None):
+    """``sy.child_command``, given ``python=`` only when set (benchmarks/old_vs_new.py patches in one without)."""
+    return sy.child_command(*args, python=python) if python else sy.child_command(*args)
+
+
 class _Worker:
     """One system in its own process (``python -m t5ort.bench._child worker ...``), requests pickled over pipes."""
 
-    def __init__(self, label: str, kind: str, directory: Path, threads: int):
+    def __init__(self, label: str, kind: str, directory: Path, threads: int, python: str | None = None):
         from multiprocessing.connection import Connection
 
         self.label, self.kind, self.directory = label, kind, directory
-        command, env = sy.child_command("worker", kind, str(directory), str(threads))
+        command, env = _child_command("worker", kind, str(directory), str(threads), python=python)
         self.process = subprocess.Popen(command, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self._send = Connection(os.dup(self.process.stdin.fileno()), readable=False)
         self._recv = Connection(os.dup(self.process.stdout.fileno()), writable=False)
@@ -148,22 +153,51 @@ class _Worker:
         self._recv.close()
 
 
-def _prepare_peers(peers, checkpoint: Path, work_dir: Path, say) -> dict[str, str]:
-    """Make the peers' missing artifacts, each in a throwaway process; {peer: why skipped} for failures."""
+def _prepare_peers(peers, checkpoint: Path, work_dir: Path, say, pythons: dict[str, dict]) -> dict[str, str]:
+    """Make the peers' missing artifacts, each in a throwaway process (under the peer's own interpreter where
+    ``pythons`` has one); {peer: why skipped} for failures."""
     skipped = {}
     for peer in peers:
         if sy.artifact_ready(peer, checkpoint, work_dir):
             continue
-        missing = sy.missing_modules(peer, prepare=True)
+        probe = pythons.get(peer)
+        missing = probe["missing_prepare"] if probe else sy.missing_modules(peer, prepare=True)
         if missing:
-            skipped[peer] = f"making its artifact needs {', '.join(missing)} (not installed)"
+            skipped[peer] = f"making its artifact needs {', '.join(missing)} (not installed{_in(probe)})"
             continue
-        say(f"{PEER_LABELS[peer]}: converting {checkpoint} into {sy.artifact_dir(peer, checkpoint, work_dir)}")
-        command, env = sy.child_command("prepare", peer, str(checkpoint), str(work_dir))
+        say(f"{PEER_LABELS[peer]}: converting {checkpoint} into {sy.artifact_dir(peer, checkpoint, work_dir)}"
+            + (f" with {probe['python']}" if probe else ""))
+        command, env = _child_command("prepare", peer, str(checkpoint), str(work_dir),
+                                      python=probe["python"] if probe else None)
         code = subprocess.run(command, env=env, stdout=subprocess.DEVNULL).returncode
         if code != 0 or not sy.artifact_ready(peer, checkpoint, work_dir):
             skipped[peer] = f"making its artifact failed (exit code {code}; its error is on stderr)"
     return skipped
+
+
+def _in(probe: dict | None) -> str:
+    return f" in {probe['python']}" if probe else ""
+
+
+def _peer_pythons(peer_python, peers: tuple[str, ...], checkpoint) -> dict[str, dict]:
+    """{peer: sy.probe_python(...)} for ``peer_python``; ValueError for unknown or idle peers and bad paths."""
+    if not peer_python:
+        return {}
+    if not isinstance(peer_python, Mapping):
+        raise ValueError("peer_python must map peer names to Python interpreters, e.g. {'optimum': "
+                         f"'.venv-optimum/bin/python'}} (--peer-python optimum=PATH), got {peer_python!r}.")
+    for p in peer_python:
+        if p not in sy.PEERS:
+            raise ValueError(f"peer_python names an unknown peer {p!r} (--peer-python {p}=PATH); use any of "
+                             f"{', '.join(sy.PEERS)}.")
+    if checkpoint is None:
+        raise ValueError("peer_python (--peer-python) needs checkpoint= (--checkpoint): the peers run on the PyTorch "
+                         "checkpoint the exports were made from.")
+    for p in peer_python:
+        if p not in peers:
+            raise ValueError(f"peer_python names {p!r} (--peer-python {p}=PATH), which is not among the peers run "
+                             f"({', '.join(peers) or 'none'}): add it to peers (--peers) or leave it out.")
+    return {p: sy.probe_python(path, p) for p, path in peer_python.items()}
 
 
 def _versions() -> dict[str, str]:
@@ -194,6 +228,7 @@ def run(
     bare: bool = False,
     workloads: Sequence[tuple[int, int]] | None = None,
     work_dir: str | Path | None = None,
+    peer_python: Mapping[str, str | os.PathLike] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> BenchResult:
     """Time generation on one model's exports ``out_dirs`` and, with ``checkpoint``, on its ``peers``.
@@ -210,6 +245,11 @@ def run(
       the first three), with ``checkpoint`` only; those not installed are skipped (``skipped``
       says why). Optimum's export and CTranslate2's conversions are made once, in
       ``work_dir`` (default ``~/.cache/t5ort/bench``), and reused while the checkpoint is unchanged.
+    - ``peer_python``: {peer: Python interpreter} to run a peer in an environment of its own, e.g.
+      ``{"optimum": ".venv-optimum/bin/python"}`` (optimum-onnx pins transformers<4.58). That peer's
+      conversion and worker run under it, importing t5ort from this checkout (on their PYTHONPATH;
+      it need not be installed there), and the modules it lacks are asked of it. Each system's
+      interpreter and package versions are in ``systems``.
     - ``workloads``: (batch, num_beams) pairs to run instead of every ``batch_sizes`` x ``num_beams``.
     - ``bare``: also time each export's decoder session alone (encode, then one step after
       another on a fixed token: no search, no processors, nothing kept): generate / bare is
@@ -247,6 +287,7 @@ def run(
         checkpoint = Path(checkpoint)
         if not (checkpoint / "config.json").is_file():
             raise ValueError(f"checkpoint={str(checkpoint)!r} is not a checkpoint directory (no config.json).")
+    pythons = _peer_pythons(peer_python, peers, checkpoint)
     work_dir = Path(work_dir) if work_dir is not None else Path.home() / ".cache" / "t5ort" / "bench"
     _, first_dir, first_manifest = exports[0]
     pool = _input_pool(inputs, max(batch_sizes), first_dir, first_manifest, INPUT_LENGTH)
@@ -258,19 +299,21 @@ def run(
         entries += [(f"{label} bare decoder", "t5ort-bare", d) for label, d, _ in exports]
     if peers:
         work_dir.mkdir(parents=True, exist_ok=True)
-        missing = {p: f"{', '.join(m)} not installed" for p in peers if (m := sy.missing_modules(p))}
+        missing = {p: f"{', '.join(m)} not installed{_in(pythons.get(p))}" for p in peers
+                   if (m := pythons[p]["missing"] if p in pythons else sy.missing_modules(p))}
         skipped |= {PEER_LABELS[p]: why for p, why in missing.items()}
         ready = [p for p in peers if p not in missing]
-        failed = _prepare_peers(ready, checkpoint, work_dir, say)
+        failed = _prepare_peers(ready, checkpoint, work_dir, say, pythons)
         skipped |= {PEER_LABELS[p]: why for p, why in failed.items()}
         entries += [(PEER_LABELS[p], p, sy.artifact_dir(p, checkpoint, work_dir)) for p in ready if p not in failed]
 
     workers: list[_Worker] = []
     try:
         for label, kind, directory in entries:
-            say(f"loading {label} from {directory}")
+            python = pythons[kind]["python"] if kind in pythons else None
+            say(f"loading {label} from {directory}" + (f" with {python}" if python else ""))
             try:
-                workers.append(_Worker(label, kind, directory, threads))
+                workers.append(_Worker(label, kind, directory, threads, python))
             except RuntimeError as exc:
                 skipped[label] = "failed to load: " + str(exc).strip().splitlines()[-1]
         if not any(w.kind == "t5ort" for w in workers):
@@ -285,7 +328,10 @@ def run(
             infos.append(SystemInfo(label=wk.label, kind=wk.kind, artifact=str(wk.directory),
                                     artifact_mb=_size_mb(wk.kind, wk.directory),
                                     load_seconds=wk.info["load_seconds"],
-                                    rss_after_load_mb=wk.info["rss_after_load_mb"], peak_rss_mb=end["peak_rss_mb"]))
+                                    rss_after_load_mb=wk.info["rss_after_load_mb"], peak_rss_mb=end["peak_rss_mb"],
+                                    python=wk.info.get("python", ""),
+                                    python_version=wk.info.get("python_version", ""),
+                                    versions=wk.info.get("versions", {})))
     finally:
         for wk in workers:
             wk.close()
@@ -295,7 +341,8 @@ def run(
     settings = {"workloads": [list(p) for p in pairs], "max_new_tokens": max_new_tokens,
                 "threads": threads, "repeats": repeats, "pause_s": PAUSE_S, "bare": bare,
                 "inputs": "seeded random ids" if inputs is None else f"{len(list(inputs))} given",
-                "checkpoint": None if checkpoint is None else str(checkpoint), "peers": list(peers)}
+                "checkpoint": None if checkpoint is None else str(checkpoint), "peers": list(peers),
+                "peer_python": {p: probe["python"] for p, probe in pythons.items()}}
     return BenchResult(machine=info, settings=settings, reference=reference, systems=tuple(infos),
                        measurements=tuple(measurements), skipped=skipped)
 

@@ -22,10 +22,13 @@ def format_table(result: BenchResult) -> str:
     parts = [markdown_table(["", ""], [[k, str(v)] for k, v in result.machine.items()])]
     if result.skipped:
         parts.append("Skipped: " + "; ".join(f"{k}: {v}" for k, v in result.skipped.items()))
+    several = len({s.python for s in result.systems}) > 1  # some peer ran under its own interpreter
     parts.append(markdown_table(
-        ["system", "artifact", "size on disk", "load s", "RSS after load", "peak RSS"],
+        ["system", "artifact", "size on disk", "load s", "RSS after load", "peak RSS", "versions"]
+        + (["python"] if several else []),
         [[s.label, s.artifact, f"{s.artifact_mb:.1f} MB", f"{s.load_seconds:.1f}", f"{s.rss_after_load_mb:.0f} MB",
-          f"{s.peak_rss_mb:.0f} MB"] for s in result.systems]))
+          f"{s.peak_rss_mb:.0f} MB", ", ".join(f"{k} {v}" for k, v in s.versions.items()) or "-"]
+         + ([f"{s.python} ({s.python_version})"] if several else []) for s in result.systems]))
     repeats = result.settings["repeats"]
     for w in result.workloads:
         rows = []

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,9 @@ class SystemInfo:
     load_seconds: float
     rss_after_load_mb: float
     peak_rss_mb: float  # the worker process's peak RSS over the whole run (load included), MB (2**20 bytes)
+    python: str = ""  # the interpreter its worker ran under (a peer's own with peer_python)
+    python_version: str = ""
+    versions: dict = field(default_factory=dict)  # its packages' versions there: torch, transformers, optimum, ...
 
 
 @dataclass(frozen=True)

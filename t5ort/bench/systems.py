@@ -17,14 +17,20 @@ Systems (``kind``):
   return_logits_vocab=True)`` on CTranslate2's conversion (float32 / int8).
 
 Only this module's workers import torch, transformers, optimum or ctranslate2,
-and only for the systems that need them.
+and only for the systems that need them. A peer may run under another Python
+interpreter (``python=``: its own environment, e.g. Optimum's, which pins
+transformers<4.58): its worker and preparation processes run there, importing
+t5ort from this checkout (put on their PYTHONPATH), and :func:`probe_python` asks
+that interpreter which modules it lacks.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
+import subprocess
 import sys
 import time
 import traceback
@@ -47,11 +53,30 @@ NEEDS = {  # kind -> modules its worker imports
 }
 PREPARE_NEEDS = {"optimum": ["optimum.exporters"], "ctranslate2": ["ctranslate2", "transformers", "torch"],
                  "ctranslate2-int8": ["ctranslate2", "transformers", "torch"]}
+BASE_NEEDS = ["numpy", "onnxruntime"]  # what any child imports with t5ort itself (another interpreter may lack them)
+VERSIONED = {  # kind -> the distributions whose versions its worker reports
+    "t5ort": ("onnxruntime",),
+    "t5ort-bare": ("onnxruntime",),
+    "pytorch": ("torch", "transformers"),
+    "optimum": ("torch", "transformers", "optimum", "optimum-onnx", "onnxruntime"),
+    "ctranslate2": ("ctranslate2",),
+    "ctranslate2-int8": ("ctranslate2",),
+}
+INSTALL = {  # kind -> what to pip install into an environment of its own
+    "pytorch": "torch transformers onnxruntime",
+    "optimum": "torch 'optimum-onnx[onnxruntime]'",
+    "ctranslate2": "torch transformers ctranslate2 onnxruntime",
+    "ctranslate2-int8": "torch transformers ctranslate2 onnxruntime",
+}
 OPTIMUM_LOADED = ("encoder_model.onnx", "decoder_model_merged.onnx")  # what ORTModelForSeq2SeqLM opens
 TOKENIZER_FILES = ("tokenizer.json", "spiece.model", "tokenizer_config.json")
 
 
-def missing_modules(kind: str, prepare: bool = False) -> list[str]:
+def missing_modules(kind: str, prepare: bool = False, python: str | None = None) -> list[str]:
+    """The modules ``kind``'s worker (or, with ``prepare``, its preparation) needs and cannot find: in this
+    interpreter, or in ``python`` (another interpreter, asked with :func:`probe_python`)."""
+    if python is not None:
+        return probe_python(python, kind)["missing_prepare" if prepare else "missing"]
     import importlib.util
 
     out = []
@@ -61,6 +86,97 @@ def missing_modules(kind: str, prepare: bool = False) -> list[str]:
                 out.append(m)
         except ModuleNotFoundError:
             out.append(m)
+    return out
+
+
+PROBE_MARK = "t5ort-bench-probe "
+# Run as ``python -c PROBE JSON`` under a peer's interpreter (with this checkout on PYTHONPATH, as its
+# children have it): which of the asked modules it cannot find, and its versions. Plain enough for any
+# Python 3, so that a too-old one is reported as such.
+PROBE = r"""
+import importlib.util, json, platform, sys
+ask = json.loads(sys.argv[1])
+def missing(names):
+    out = []
+    for name in names:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except Exception:
+            found = False
+        if not found:
+            out.append(name)
+    return out
+versions = {}
+for dist in ask["versions"]:
+    try:
+        from importlib.metadata import version
+        versions[dist] = version(dist)
+    except Exception:
+        pass
+print(ask["mark"] + json.dumps({"executable": sys.executable, "python_version": platform.python_version(),
+      "version_info": list(sys.version_info[:2]), "missing": missing(ask["needs"]),
+      "missing_prepare": missing(ask["prepare"]), "versions": versions}))
+"""
+
+
+def _python_error(kind: str, python, problem: str) -> ValueError:
+    venv = f".venv-{kind}"
+    return ValueError(
+        f"peer_python[{kind!r}] (--peer-python {kind}=PATH): {problem}. Pass the path of the Python interpreter "
+        f"of an environment that has {kind}'s packages, e.g. `python3 -m venv {venv} && {venv}/bin/pip install "
+        f"{INSTALL.get(kind, 'torch transformers onnxruntime')}`, then {venv}/bin/python.")
+
+
+def probe_python(python, kind: str) -> dict:
+    """Run ``python`` (a path, or a name on PATH) with a tiny ``-c`` script: ``{"python": its path,
+    "python_version", "missing": modules kind's worker lacks there, "missing_prepare": modules making
+    kind's artifact lacks there, "versions": {distribution: version}}``. ValueError (naming peer_python
+    and the fix) where ``python`` is not an executable Python 3.10+."""
+    path = str(python)
+    if not path:
+        raise _python_error(kind, python, "the path is empty")
+    if os.sep not in path and not Path(path).exists():
+        path = shutil.which(path) or path
+    if not Path(path).exists():
+        raise _python_error(kind, python, f"{path} does not exist")
+    if Path(path).is_dir():
+        hint = next((f" (did you mean {Path(path) / b}?)" for b in ("bin/python", "Scripts/python.exe")
+                     if (Path(path) / b).is_file()), "")
+        raise _python_error(kind, python, f"{path} is a directory, not an interpreter{hint}")
+    if not os.access(path, os.X_OK):
+        raise _python_error(kind, python, f"{path} is not executable")
+    path = os.path.abspath(path)  # not resolved: a venv's python is a symlink to its base interpreter
+    ask = {"mark": PROBE_MARK, "needs": list(dict.fromkeys(BASE_NEEDS + NEEDS[kind])),
+           "prepare": list(dict.fromkeys(BASE_NEEDS + PREPARE_NEEDS.get(kind, []))),
+           "versions": list(dict.fromkeys(("numpy", *VERSIONED[kind])))}
+    try:
+        out = subprocess.run([path, "-c", PROBE, json.dumps(ask)], env=child_env(), capture_output=True,
+                             text=True, timeout=120)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise _python_error(kind, python, f"{path} could not be run as Python ({exc})") from None
+    lines = [line for line in out.stdout.splitlines() if line.startswith(PROBE_MARK)]
+    if out.returncode != 0 or not lines:
+        said = (out.stderr.strip().splitlines() or [""])[-1]
+        said = "" if not said or PROBE_MARK.strip() in said else f": {said[:160]}"  # not its echo of the script
+        raise _python_error(kind, python, f"{path} is not a Python interpreter (it ran our `-c` script with exit "
+                                          f"code {out.returncode} and no answer{said})")
+    info = json.loads(lines[-1][len(PROBE_MARK):])
+    if tuple(info["version_info"]) < (3, 10):
+        raise _python_error(kind, python, f"{path} is Python {info['python_version']}; t5ort needs 3.10 or newer")
+    return {"python": path, "python_version": info["python_version"], "missing": info["missing"],
+            "missing_prepare": info["missing_prepare"], "versions": info["versions"]}
+
+
+def dist_versions(kind: str) -> dict[str, str]:
+    """The versions of ``kind``'s distributions installed in this interpreter."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for dist in VERSIONED[kind]:
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            pass
     return out
 
 
@@ -295,20 +411,28 @@ def load(kind: str, directory: Path, threads: int) -> System:
 # ---- the worker process ------------------------------------------------------------------------------
 
 
-def child_command(*args: str) -> tuple[list[str], dict[str, str]]:
-    """The command line and environment of a worker or preparation process: ``python -m t5ort.bench._child
-    ARGS``, with this t5ort importable and every library's thread pool (OpenMP for CTranslate2 and PyTorch,
-    OpenBLAS) sized by the worker's threads; the parent's own environment is left as it is."""
+def child_env() -> dict[str, str]:
+    """The parent's environment with this checkout first on PYTHONPATH: any interpreter, t5ort installed in it
+    or not, imports this t5ort."""
     import t5ort
 
     env = dict(os.environ)
     root = str(Path(t5ort.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
+def child_command(*args: str, python: str | None = None) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of a worker or preparation process: ``python -m t5ort.bench._child
+    ARGS`` (``python``: this interpreter by default, or a peer's own), with this t5ort importable and every
+    library's thread pool (OpenMP for CTranslate2 and PyTorch, OpenBLAS) sized by the worker's threads; the
+    parent's own environment is left as it is."""
+    env = child_env()
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args[0] == "worker":
         for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             env[var] = args[3]
-    return [sys.executable, "-m", "t5ort.bench._child", *args], env
+    return [python or sys.executable, "-m", "t5ort.bench._child", *args], env
 
 
 def worker(kind: str, directory: str, threads: int) -> None:
@@ -323,7 +447,8 @@ def worker(kind: str, directory: str, threads: int) -> None:
         start = time.perf_counter()
         system = load(kind, Path(directory), threads)
         outgoing.send(("ok", {"load_seconds": time.perf_counter() - start,
-                              "rss_after_load_mb": proc_status_mb("VmRSS")}))
+                              "rss_after_load_mb": proc_status_mb("VmRSS"), "python": sys.executable,
+                              "python_version": platform.python_version(), "versions": dist_versions(kind)}))
     except BaseException:  # noqa: BLE001 - reported to the parent, which skips the system
         outgoing.send(("error", traceback.format_exc()))
         return
