@@ -34,17 +34,47 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 _NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class EncoderOutput:
-    """The encoder's result for one batch: cross-attention keys/values (on the device) and the source mask."""
+    """The encoder's result for a batch of sources, computed once and reusable: every decoder layer's
+    cross-attention keys/values (``OrtValue``s on the runtime's device) and the source mask.
+
+    ``T5Runtime.encode`` makes one; ``generate``, ``stream``, ``score`` and ``decoder`` take it in place of
+    the inputs (``encoder_output=``), so a source is encoded once for any number of calls. ``rows`` of it
+    (``encoder_output[rows]``: an int, a slice or an index array, repeats allowed) are another one.
+    """
 
     cross_kv: tuple[ort.OrtValue, ...]  # [key_0, value_0, key_1, ...], each [batch, heads, src_len, d_kv]
     attention_mask: np.ndarray  # [batch, src_len] int64
     host_kv: tuple[np.ndarray, ...] | None = None  # writable host arrays that cross_kv shares (in-flight batching)
+    input_ids: np.ndarray | None = None  # [batch, src_len] int64, the sources (prompt lookup, caches)
+    device: tuple[str, int] = ("cpu", 0)  # where cross_kv lives: (device, device id)
 
     @property
     def batch_size(self) -> int:
         return int(self.attention_mask.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        """The memory it holds: the cross-attention keys/values and the mask (and the source ids)."""
+        kv = sum(int(np.prod(v.shape())) * np.dtype(_ORT_TYPES.get(v.data_type(), np.float32)).itemsize
+                 for v in self.cross_kv)
+        return kv + self.attention_mask.nbytes + (0 if self.input_ids is None else self.input_ids.nbytes)
+
+    def __getitem__(self, rows) -> EncoderOutput:
+        index = np.arange(self.batch_size)[rows]
+        index = np.atleast_1d(index).astype(np.int64)  # an int keeps its row as a batch of one
+        if index.size == 0:
+            raise IndexError(f"rows {rows!r} select no row of this encoder output (batch {self.batch_size}).")
+        device, device_id = self.device
+        cross_kv = tuple(ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(host_array(v)[index]), device,
+                                                          device_id) for v in self.cross_kv)
+        return EncoderOutput(cross_kv, np.ascontiguousarray(self.attention_mask[index]), None,
+                             None if self.input_ids is None else np.ascontiguousarray(self.input_ids[index]),
+                             self.device)
+
+
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
 INITIAL_CAPACITY = 32  # cache columns a new state starts with; doubled whenever full
@@ -241,7 +271,9 @@ class T5Graphs:
             binding.bind_output(name, self._device, self._device_id)
         self.encoder_session.run_with_iobinding(binding)
         return EncoderOutput(cross_kv=tuple(binding.get_outputs()),
-                             attention_mask=np.ascontiguousarray(attention_mask, np.int64))
+                             attention_mask=np.ascontiguousarray(attention_mask, np.int64),
+                             input_ids=np.ascontiguousarray(input_ids, np.int64),
+                             device=(self._device, self._device_id))
 
     # ---- decoder states ------------------------------------------------------
 
@@ -358,21 +390,19 @@ class T5Graphs:
         ``times`` may also give each row its own count (in-flight batching: each member's beams or samples)."""
         if np.all(np.asarray(times) == 1):
             return encoder_output
-        cross_kv = tuple(self._to_device(np.repeat(host_array(value), times, axis=0))  # [batch*times, heads, src, d_kv]
-                         for value in encoder_output.cross_kv)
-        return EncoderOutput(cross_kv, np.repeat(encoder_output.attention_mask, times, axis=0))
+        return encoder_output[np.repeat(np.arange(encoder_output.batch_size), times)]
 
     def take(self, encoder_output: EncoderOutput, rows: np.ndarray) -> EncoderOutput:
         """Only ``rows`` of an encoder output (before decoding)."""
-        return EncoderOutput(tuple(self._to_device(host_array(v)[rows]) for v in encoder_output.cross_kv),
-                             encoder_output.attention_mask[rows])
+        return encoder_output[rows]
 
     def _cross_from_host(self, host_kv, attention_mask: np.ndarray) -> EncoderOutput:
         """Cross keys/values from host arrays; on the CPU the OrtValues share their memory (no copy), so
         :meth:`fill` can write new rows' keys/values into them in place."""
         host_kv = tuple(np.ascontiguousarray(h) for h in host_kv)
         return EncoderOutput(tuple(self._to_device(h) for h in host_kv),
-                             np.ascontiguousarray(attention_mask, np.int64), host_kv)
+                             np.ascontiguousarray(attention_mask, np.int64), host_kv,
+                             device=(self._device, self._device_id))
 
     # ---- in-flight batching: rows join and leave a running batch --------------------
 

@@ -10,8 +10,9 @@ import numpy as np
 
 from . import speculative
 from .buffers import BufferPool
+from .decoder import Decoder
 from .decoding import Special, decode, start
-from .graphs import T5Graphs
+from .graphs import EncoderOutput, T5Graphs
 from .manifest import Manifest, read_manifest
 from .options import GenerationOptions
 from .results import GenerationResult, ScoreResult, StepEvent
@@ -120,6 +121,45 @@ class T5Runtime:
                 raise ValueError("attention_mask has a row with no 1: every row needs at least one token.")
         return np.ascontiguousarray(ids, dtype=np.int64), np.ascontiguousarray(mask, dtype=np.int64)
 
+    def encode(self, texts: Sequence[str] | None = None, *, input_ids: np.ndarray | None = None,
+               attention_mask: np.ndarray | None = None) -> EncoderOutput:
+        """Run the encoder once over ``texts`` (or ``input_ids`` [N, L] with an optional right-padded
+        ``attention_mask``). The :class:`~t5ort.runtime.graphs.EncoderOutput` (every decoder layer's
+        cross-attention keys/values; ``nbytes``; ``[rows]``) goes to ``generate``, ``stream``, ``score`` and
+        ``decoder`` as ``encoder_output=``, in place of the inputs, as often as you like."""
+        ids, mask = self._inputs(texts, input_ids, attention_mask)
+        self.limits.check(ids, 0, 0, "encode()")
+        return self.graphs.encode(ids, mask)
+
+    def _encoded(self, texts, input_ids, attention_mask, encoder_output) -> EncoderOutput:
+        """The inputs' encoder output: ``encoder_output`` as given, or the inputs encoded."""
+        if encoder_output is None:
+            return self.graphs.encode(*self._inputs(texts, input_ids, attention_mask))
+        if not isinstance(encoder_output, EncoderOutput):
+            raise TypeError(f"encoder_output must come from runtime.encode(...), got {type(encoder_output).__name__}.")
+        if texts is not None or input_ids is not None or attention_mask is not None:
+            raise ValueError("pass encoder_output or the inputs (texts / input_ids, attention_mask), not both.")
+        if encoder_output.device != (self.graphs._device, self.graphs._device_id):
+            raise ValueError(f"encoder_output lives on {encoder_output.device}, this runtime on "
+                             f"{(self.graphs._device, self.graphs._device_id)}; encode with this runtime.")
+        return encoder_output
+
+    def decoder(self, source: Sequence[str] | EncoderOutput | None = None, *, input_ids: np.ndarray | None = None,
+                attention_mask: np.ndarray | None = None, rows_per_input: int = 1) -> Decoder:
+        """A step-level :class:`~t5ort.runtime.decoder.Decoder` over ``source`` (texts, or an encoder output
+        from :meth:`encode`; or ``input_ids``), each input's rows repeated ``rows_per_input`` times:
+        ``logits`` out, your tokens in (``append``, ``append_many``), ``select``, ``rollback``."""
+        _positive_or_none("rows_per_input", rows_per_input)
+        if rows_per_input is None:
+            raise ValueError("rows_per_input must be a positive int, got None.")
+        if isinstance(source, EncoderOutput):
+            encoded = self._encoded(None, input_ids, attention_mask, source)
+        else:
+            encoded = self._encoded(source, input_ids, attention_mask, None)
+        st = self.manifest.special_tokens
+        return Decoder(self.graphs, self.graphs.expand(encoded, rows_per_input), st.decoder_start_token_id,
+                       self.vocab_size)
+
     def _inputs(self, texts, input_ids, attention_mask) -> tuple[np.ndarray, np.ndarray]:
         if (texts is None) == (input_ids is None):
             raise ValueError("pass exactly one of texts or input_ids.")
@@ -148,6 +188,7 @@ class T5Runtime:
         *,
         input_ids: np.ndarray | None = None,
         attention_mask: np.ndarray | None = None,
+        encoder_output: EncoderOutput | None = None,
         **options: Any,
     ) -> GenerationResult:
         """Generate with the raw logits of every step, like transformers' ``generate``.
@@ -158,7 +199,8 @@ class T5Runtime:
         ``max_new_tokens``, ``min_new_tokens``, ``num_beams``, ``do_sample``,
         ``temperature``, ``top_k``, ``top_p``, ``logits_processor``, ``output_logits``,
         ``output_scores``... The result matches ``generate(output_logits=True,
-        return_dict_in_generate=True)``.
+        return_dict_in_generate=True)``. ``encoder_output`` (from :meth:`encode`) in place of the inputs
+        reuses an encoder pass.
 
         Speculative greedy decoding (one input at a time; the result is plain greedy's,
         see :mod:`t5ort.runtime.speculative`): ``prompt_lookup_num_tokens=K`` drafts from
@@ -169,16 +211,17 @@ class T5Runtime:
             raise TypeError("t5ort names the draft runtime assistant=..., not assistant_model=.")
         assistant = options.pop("assistant", None)
         opts = GenerationOptions.create(**options).validate(self.vocab_size)
-        ids, mask = self._inputs(texts, input_ids, attention_mask)
-        per_step = ids.shape[0] * opts.rows_per_input * opts.max_new_tokens * self.vocab_size * 4
-        self.limits.check(ids, opts.max_new_tokens,
+        encoded = self._encoded(texts, input_ids, attention_mask, encoder_output)
+        mask = encoded.attention_mask
+        per_step = mask.shape[0] * opts.rows_per_input * opts.max_new_tokens * self.vocab_size * 4
+        self.limits.check(mask, opts.max_new_tokens,
                           per_step * (opts.output_logits + opts.output_scores), "the raw logits and scores")
         speculation = None
         if opts.speculative or assistant is not None:
-            out, speculation = speculative.run(self, ids, mask, opts, self._special(opts), assistant,
+            out, speculation = speculative.run(self, encoded, opts, self._special(opts), assistant,
                                                self._token_text())
         else:
-            out = decode(self.graphs, self.graphs.encode(ids, mask), opts, self._special(opts), self.vocab_size,
+            out = decode(self.graphs, encoded, opts, self._special(opts), self.vocab_size,
                          self._token_text(), self.buffers)
         search = out.search
         return GenerationResult(
@@ -198,6 +241,7 @@ class T5Runtime:
         *,
         input_ids: np.ndarray | None = None,
         attention_mask: np.ndarray | None = None,
+        encoder_output: EncoderOutput | None = None,
         **options: Any,
     ) -> Iterator[StepEvent]:
         """Greedy or sampled decoding, one :class:`StepEvent` per step, nothing accumulated.
@@ -212,10 +256,9 @@ class T5Runtime:
         opts = GenerationOptions.create(**options, output_logits=False).validate(self.vocab_size)
         if opts.strategy == "beam":
             raise ValueError("stream() supports greedy and sampling; use generate() for num_beams > 1.")
-        ids, mask = self._inputs(texts, input_ids, attention_mask)
-        self.limits.check(ids, opts.max_new_tokens, 0, "stream()")
-        strategy, steps = start(self.graphs, self.graphs.encode(ids, mask), opts, self._special(opts),
-                                self._token_text())
+        encoded = self._encoded(texts, input_ids, attention_mask, encoder_output)
+        self.limits.check(encoded.attention_mask, opts.max_new_tokens, 0, "stream()")
+        strategy, steps = start(self.graphs, encoded, opts, self._special(opts), self._token_text())
         for step in steps:
             yield StepEvent(
                 step=step.index,
@@ -238,25 +281,40 @@ class T5Runtime:
         attention_mask: np.ndarray | None = None,
         target_ids: np.ndarray | None = None,
         output_logits: bool = True,
+        encoder_output: EncoderOutput | None = None,
     ) -> ScoreResult:
-        """Score given targets under the model: one encoder pass, one decoder pass over the whole target.
+        """Score given targets under the model: one decoder pass over the whole targets, each distinct
+        source encoded once.
 
         ``targets`` (strings, tokenized with EOS like transformers' ``labels``) or
-        ``target_ids`` (int [N, T], -100 marks padding as in transformers' labels).
-        ``logits`` equal ``model(input_ids, attention_mask=..., labels=target_ids).logits``.
+        ``target_ids`` (int [N, T], -100 marks padding as in transformers' labels): one per input, or
+        any number for a single input (``score([question], [answer_1, ..., answer_k])``: K rows, one
+        encoder pass). ``encoder_output`` (from :meth:`encode`) in place of the inputs reuses an encoder
+        pass. ``logits`` equal ``model(input_ids, attention_mask=..., labels=target_ids).logits``.
         """
         if not isinstance(output_logits, bool):
             raise TypeError(f"output_logits must be a bool, got {type(output_logits).__name__}.")
-        ids, mask = self._inputs(texts, input_ids, attention_mask)
-        labels = self._targets(targets, target_ids, ids.shape[0])
-        self.limits.check(ids, labels.shape[1], labels.size * self.vocab_size * 4, "the logits of score()")
+        if encoder_output is None:
+            ids, mask = self._inputs(texts, input_ids, attention_mask)
+            unique, rows = _distinct_rows(ids, mask)
+            encoded = self.graphs.encode(ids[unique], mask[unique])
+        else:
+            encoded = self._encoded(texts, input_ids, attention_mask, encoder_output)
+            rows = np.arange(encoded.batch_size)
+        labels = self._targets(targets, target_ids, len(rows))
+        if len(rows) == 1 and labels.shape[0] > 1:  # one source, many targets
+            rows = np.zeros(labels.shape[0], np.int64)
+        self.limits.check(encoded.attention_mask, labels.shape[1], labels.size * self.vocab_size * 4,
+                          "the logits of score()")
         valid = labels != -100
         st = self.manifest.special_tokens
         decoder_input_ids = np.empty_like(labels)
         decoder_input_ids[:, 0] = st.decoder_start_token_id
         decoder_input_ids[:, 1:] = np.where(valid[:, :-1], labels[:, :-1], st.pad_token_id)
         graphs = self.graphs
-        state = graphs.start(graphs.encode(ids, mask), capacity=decoder_input_ids.shape[1])
+        if not np.array_equal(rows, np.arange(encoded.batch_size)):
+            encoded = encoded[rows]
+        state = graphs.start(encoded, capacity=decoder_input_ids.shape[1])
         logits, _ = graphs.forward(decoder_input_ids, state)  # [N, T, vocab]
         if not np.isfinite(logits).all():
             raise FloatingPointError("non-finite raw logits (NaN or inf) in score().")
@@ -283,9 +341,21 @@ class T5Runtime:
             bad = (labels != -100) & ((labels < 0) | (labels >= self.vocab_size))
             if bad.any():
                 raise ValueError(f"target_ids must lie in [0, {self.vocab_size}) or be -100 (padding).")
-        if labels.shape[0] != batch:
-            raise ValueError(f"{labels.shape[0]} targets for {batch} inputs; pass one target per input.")
+        if labels.shape[0] != batch and batch != 1:
+            raise ValueError(f"{labels.shape[0]} targets for {batch} inputs; pass one target per input, or "
+                             "any number of targets for one input.")
         return labels.astype(np.int64)
+
+
+def _distinct_rows(ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(first index of each distinct (ids, mask) row, each row's index into those): so that a batch that
+    repeats a source encodes it once."""
+    keys = np.concatenate([ids, mask], axis=1)
+    _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    order = np.argsort(first)  # keep the first-seen order
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return first[order], rank[inverse.reshape(-1)]
 
 
 def _positive_or_none(name: str, value) -> None:

@@ -166,11 +166,12 @@ def check_request(options: GenerationOptions, assistant, batch: int, target) -> 
                          "self-attention mask, which t5ort does not export yet. Call generate once per input.")
 
 
-def run(target, input_ids: np.ndarray, attention_mask: np.ndarray, options: GenerationOptions, special: Special,
+def run(target, encoded, options: GenerationOptions, special: Special,
         assistant=None, token_text=None) -> tuple[DecodeOutput, SpeculationStats]:
-    """Speculative greedy decoding of one input (int64 [1, L]) by runtime ``target``, drafting by
+    """Speculative greedy decoding of one encoded input (batch 1) by runtime ``target``, drafting by
     prompt lookup (``options.prompt_lookup_num_tokens``) or by the ``assistant`` runtime."""
-    check_request(options, assistant, input_ids.shape[0], target)
+    check_request(options, assistant, encoded.batch_size, target)
+    input_ids, attention_mask = encoded.input_ids, encoded.attention_mask
     source = input_ids[0, attention_mask[0] == 1]
     if assistant is not None:
         drafter: Drafter = DraftModel(
@@ -181,7 +182,6 @@ def run(target, input_ids: np.ndarray, attention_mask: np.ndarray, options: Gene
     else:
         drafter = PromptLookup(source, options.prompt_lookup_num_tokens, options.max_matching_ngram_size or 2)
     graphs, stats = target.graphs, {}
-    out = decode(graphs, graphs.encode(input_ids, attention_mask), options, special, target.vocab_size, token_text,
-                 drafter=drafter, stats=stats)
+    out = decode(graphs, encoded, options, special, target.vocab_size, token_text, drafter=drafter, stats=stats)
     counts = {key: stats.get(key, 0) for key in ("rounds", "drafted", "accepted", "decoder_passes", "redecided")}
     return out, SpeculationStats(**counts, draft_passes=getattr(drafter, "passes", 0))
