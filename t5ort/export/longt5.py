@@ -21,13 +21,15 @@ from __future__ import annotations
 
 import torch
 
-from .modules import T5Spec, attend, bias_table, feed_forward, lookup_bias, merge_heads, rms_norm
+from .modules import T5Spec, attend, bias_table, lookup_bias, merge_heads
 
 MASKED = -1e10  # transformers' (and the original's) masked score
 
 
-def encoder_layers(h: torch.Tensor, attention_mask: torch.Tensor, blocks, spec: T5Spec) -> torch.Tensor:
-    """Embeddings [B, S, D] -> every encoder layer -> [B, S, D], before the final layer norm."""
+def encoder_layers(graph, h: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Embeddings [B, S, D] -> every encoder layer -> [B, S, D], before the final layer norm. ``graph``: the
+    :class:`~t5ort.export.modules.Encoder`, whose named norm, residual and feed-forward this uses."""
+    blocks, spec = graph.model.encoder.block, graph.spec
     block_len = spec.local_radius + 1
     transient_global = spec.encoder_attention == "transient-global"
     name = "TransientGlobalSelfAttention" if transient_global else "LocalSelfAttention"
@@ -40,23 +42,23 @@ def encoder_layers(h: torch.Tensor, attention_mask: torch.Tensor, blocks, spec: 
         bias = torch.cat([bias, _side_bias(attention_mask, ids, segments, first, spec, block_len)], dim=-1)
     for block in blocks:
         layer = block.layer[0]
-        x = rms_norm(h, layer.layer_norm.weight, spec.eps)
-        h = h + _attention(x, getattr(layer, name), bias, one_hot, spec, block_len)
-        h = feed_forward(h, block.layer[1], spec)
+        x = graph.norm(h, layer.layer_norm.weight)
+        h = graph.add(h, _attention(graph, x, getattr(layer, name), bias, one_hot, block_len))
+        h = graph.feed_forward(h, block.layer[1])
     return h
 
 
-def _attention(x, attention, bias, one_hot, spec: T5Spec, block_len: int) -> torch.Tensor:
+def _attention(graph, x, attention, bias, one_hot, block_len: int) -> torch.Tensor:
     """One layer's attention over its normed input x [B, S, D] -> [B, S, D] (before the residual)."""
-    length = x.shape[1]
+    spec, length = graph.spec, x.shape[1]
     q = _heads(_blocks(x @ attention.q.weight.T, block_len), spec)  # [B, nb, H, bl, d]
     k = _heads(_three_blocks(x @ attention.k.weight.T, block_len), spec)  # [B, nb, H, 3bl, d]
     v = _heads(_three_blocks(x @ attention.v.weight.T, block_len), spec)
-    scores = q @ k.transpose(3, 4)  # [B, nb, H, bl, 3bl]
+    scores = graph.scores(torch.matmul, q, k.transpose(3, 4))  # [B, nb, H, bl, 3bl]
     if one_hot is None:
         out = attend(scores + bias, v)  # [B, nb, H, bl, d]
     else:  # every block also attends the G globals
-        g = rms_norm(one_hot.transpose(1, 2) @ x, attention.global_input_layer_norm.weight, spec.eps)  # [B, G, D]
+        g = graph.norm(one_hot.transpose(1, 2) @ x, attention.global_input_layer_norm.weight)  # [B, G, D]
         side_k = _heads(g @ attention.k.weight.T, spec)[:, None]  # [B, 1, H, G, d]
         side_v = _heads(g @ attention.v.weight.T, spec)[:, None]
         scores = torch.cat([scores, q @ side_k.transpose(3, 4)], dim=-1) + bias  # [B, nb, H, bl, 3bl + G]

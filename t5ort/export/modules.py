@@ -158,17 +158,6 @@ def activate(x: torch.Tensor, name: str) -> torch.Tensor:
     return torch.nn.functional.silu(x)
 
 
-def feed_forward(x: torch.Tensor, layer, spec: T5Spec) -> torch.Tensor:
-    """The residual feed-forward sub-layer: x + FF(norm(x))."""
-    ff = layer.DenseReluDense
-    h = rms_norm(x, layer.layer_norm.weight, spec.eps)
-    if spec.gated:
-        h = activate(h @ ff.wi_0.weight.T, spec.activation) * (h @ ff.wi_1.weight.T)
-    else:
-        h = activate(h @ ff.wi.weight.T, spec.activation)
-    return x + h @ ff.wo.weight.T
-
-
 def split_heads(x: torch.Tensor, weight: torch.Tensor, spec: T5Spec) -> torch.Tensor:
     """[B, L, D] -> projection -> [B, heads, L, d_kv]."""
     batch = x.shape[0]
@@ -249,7 +238,7 @@ class Encoder(_Graph):
         if spec.encoder_attention != "full":
             from .longt5 import encoder_layers
 
-            h = encoder_layers(h, attention_mask, model.encoder.block, spec)
+            h = encoder_layers(self, h, attention_mask)
         else:
             length = input_ids.shape[1]
             positions = torch.arange(length, dtype=torch.long)
