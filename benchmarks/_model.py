@@ -47,16 +47,11 @@ def checkpoint(workdir: Path) -> Path:
 
 
 def current_t5ort_export(directory: Path) -> bool:
-    """True when ``directory`` holds a t5ort export in the manifest format this t5ort reads, with the
-    in-flight step graph this t5ort exports."""
+    """True when ``directory`` holds a t5ort export in the manifest format this t5ort reads."""
     from t5ort.runtime.manifest import FORMAT_VERSION, MANIFEST_NAME
 
     path = directory / MANIFEST_NAME
-    if not path.is_file():
-        return False
-    manifest = json.loads(path.read_text())
-    fp16 = manifest.get("quantization", {}).get("weights") == "float16"  # fp16 exports have no step graph
-    return manifest.get("format_version") == FORMAT_VERSION and (fp16 or "step" in manifest.get("graphs", {}))
+    return path.is_file() and json.loads(path.read_text()).get("format_version") == FORMAT_VERSION
 
 
 def ort_session_options(threads: int):
