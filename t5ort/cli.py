@@ -378,56 +378,136 @@ def cmd_serve(args) -> int:
         batch_window_ms=args.batch_window_ms, shutdown_grace=args.shutdown_grace,
         model_name=args.model_name or Path(args.out_dir).resolve().name,
     ).validate()
+    security = serve_security(args, os.environ)
     progress = Progress(args.quiet)
     configure_logging(args.log_level)
     if args.ray is not None:
+        if security.api_keys or security.metrics_api_keys:
+            raise ValueError("--api-key, --api-key-file, T5ORT_API_KEY and --metrics-api-key are not applied by "
+                             "--ray (Ray Serve's proxy answers the requests); serve without --ray, or keep the Ray "
+                             "cluster's port on a private network.")
         return cmd_serve_ray(args, config, progress)
+    if not security.api_keys and not is_loopback(args.host):
+        print(f"t5ort serve: warning: --host {args.host} is reachable from other machines and no API key is set: "
+              "anyone who can connect can use the model. Set --api-key-file FILE, T5ORT_API_KEY or --api-key.",
+              file=sys.stderr, flush=True)
     progress(f"loading {args.out_dir}")
     runtime = load_runtime(args, args.out_dir, max_input_tokens=args.max_input_tokens,
                            max_new_tokens=args.max_new_tokens)
-    app = create_app(runtime, config)
+    app = create_app(runtime, config, security=security)
     limits = ", ".join(f"{k}={v}" for k, v in config.as_dict().items())
     progress(f"limits: {limits}")
+    if security.api_keys:
+        progress(f"{len(security.api_keys)} API key(s): model routes need 'Authorization: Bearer <key>'")
     progress(f"serving {config.model_name!r} on http://{args.host}:{args.port} (docs: /docs, playground: /playground)")
     return run(app, host=args.host, port=args.port, shutdown_grace=config.shutdown_grace, log_level=args.log_level)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or a name) is reachable from this machine only."""
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def _api_key(key: str, where: str) -> str:
+    key = key.strip()
+    if not key or any(not ("\x21" <= c <= "\x7e") for c in key):
+        # the key itself is not shown: it may be a real one with a typo
+        raise ValueError(f"{where}: an API key must be non-empty visible ASCII without spaces; generate one with "
+                         "python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+    return key
+
+
+def read_api_key_file(path: str) -> list[str]:
+    """One key per line; blank lines and lines starting with # are skipped. At least one key."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ValueError(f"--api-key-file {path}: cannot read it ({exc.strerror or exc}).") from exc
+    keys = [_api_key(line, f"--api-key-file {path}, line {i}") for i, line in enumerate(lines, 1)
+            if line.strip() and not line.lstrip().startswith("#")]
+    if not keys:
+        raise ValueError(f"--api-key-file {path}: the file holds no key (one key per line; # starts a comment).")
+    return keys
+
+
+def serve_security(args, environ):
+    """A :class:`~t5ort.serve.SecurityConfig`: API keys from --api-key, --api-key-file and T5ORT_API_KEY (all of
+    them count) and the metrics keys."""
+    from .serve.config import SecurityConfig
+
+    keys = [_api_key(k, f"--api-key #{i}") for i, k in enumerate(args.api_key or [], 1)]
+    if args.api_key_file:
+        keys += read_api_key_file(args.api_key_file)
+    if "T5ORT_API_KEY" in environ:
+        keys.append(_api_key(environ["T5ORT_API_KEY"], "T5ORT_API_KEY (set, so it must hold a key)"))
+    metrics_keys = [_api_key(k, f"--metrics-api-key #{i}") for i, k in enumerate(args.metrics_api_key or [], 1)]
+    return SecurityConfig(api_keys=tuple(dict.fromkeys(keys)), metrics_api_keys=tuple(metrics_keys)).validate()
 
 
 def add_serve_parser(sub) -> None:
     from .serve.config import ServeConfig
 
     d = ServeConfig()
-    p = sub.add_parser("serve", help="HTTP server: TGI- and OpenAI-compatible routes, /score, /metrics, /playground")
+    p = sub.add_parser("serve", help="HTTP server: TGI- and OpenAI-compatible routes, /score, /metrics, /playground",
+                       description="Serve an export over HTTP: TGI's /generate, /generate_stream and /, OpenAI's "
+                                   "/v1/completions, /score, /logits; /health, /metrics, /playground.")
     p.add_argument("out_dir", help="an export written by `t5ort export`")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback: 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--batching", choices=["inflight", "dynamic", "none"], default=d.batching,
+
+    g = p.add_argument_group("server")
+    g.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default loopback: 127.0.0.1; another address warns without --api-key)")
+    g.add_argument("--port", type=int, default=8000)
+    g.add_argument("--shutdown-grace", type=float, default=d.shutdown_grace,
+                   help=f"seconds in-flight requests get after SIGTERM (default {d.shutdown_grace:g})")
+
+    g = p.add_argument_group("model and runtime")
+    g.add_argument("--model-name", default=None, help="name for /v1/models (default: OUT_DIR's name)")
+    add_runtime_arguments(g)
+
+    g = p.add_argument_group("limits (per request and of the queue)")
+    g.add_argument("--max-queue", type=positive_int, default=d.max_queue,
+                   help=f"waiting requests; more are answered 429 (default {d.max_queue})")
+    g.add_argument("--max-input-tokens", type=positive_int, default=d.max_input_tokens,
+                   help=f"per request (default {d.max_input_tokens})")
+    g.add_argument("--max-new-tokens", type=positive_int, default=d.max_new_tokens,
+                   help=f"per request (default {d.max_new_tokens})")
+    g.add_argument("--max-top-n-tokens", type=int, default=d.max_top_n_tokens,
+                   help=f"cap on top_n_tokens / logprobs (default {d.max_top_n_tokens})")
+    g.add_argument("--request-timeout", type=float, default=d.request_timeout,
+                   help=f"seconds until a request is cancelled (default {d.request_timeout:g})")
+
+    g = p.add_argument_group("batching")
+    g.add_argument("--batching", choices=["inflight", "dynamic", "none"], default=d.batching,
                    help="inflight: requests join and leave the running batch at every step (default); dynamic: "
                         "compatible requests run as one batch until its longest ends; none: one at a time")
-    p.add_argument("--max-batch-rows", type=positive_int, default=d.max_batch_rows,
+    g.add_argument("--max-batch-rows", type=positive_int, default=d.max_batch_rows,
                    help=f"in-flight: decoder rows in the running batch (default {d.max_batch_rows})")
-    p.add_argument("--max-batch-tokens", type=positive_int, default=d.max_batch_tokens,
+    g.add_argument("--max-batch-tokens", type=positive_int, default=d.max_batch_tokens,
                    help=f"in-flight: cache budget, rows x the longest max_new_tokens (default {d.max_batch_tokens})")
-    p.add_argument("--max-batch-size", type=positive_int, default=d.max_batch_size,
+    g.add_argument("--max-batch-size", type=positive_int, default=d.max_batch_size,
                    help=f"dynamic: requests batched into one generate (default {d.max_batch_size})")
-    p.add_argument("--max-queue", type=positive_int, default=d.max_queue,
-                   help=f"waiting requests; more are answered 429 (default {d.max_queue})")
-    p.add_argument("--max-input-tokens", type=positive_int, default=d.max_input_tokens,
-                   help=f"per request (default {d.max_input_tokens})")
-    p.add_argument("--max-new-tokens", type=positive_int, default=d.max_new_tokens,
-                   help=f"per request (default {d.max_new_tokens})")
-    p.add_argument("--max-top-n-tokens", type=int, default=d.max_top_n_tokens,
-                   help=f"cap on top_n_tokens / logprobs (default {d.max_top_n_tokens})")
-    p.add_argument("--request-timeout", type=float, default=d.request_timeout,
-                   help=f"seconds until a request is cancelled (default {d.request_timeout:g})")
-    p.add_argument("--batch-window-ms", type=float, default=d.batch_window_ms,
+    g.add_argument("--batch-window-ms", type=float, default=d.batch_window_ms,
                    help=f"wait for compatible requests this long once one waits (default {d.batch_window_ms:g})")
-    p.add_argument("--shutdown-grace", type=float, default=d.shutdown_grace,
-                   help=f"seconds in-flight requests get after SIGTERM (default {d.shutdown_grace:g})")
-    p.add_argument("--model-name", default=None, help="name for /v1/models (default: OUT_DIR's name)")
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
-    p.add_argument("--quiet", action="store_true", help="no start-up messages")
+
+    g = p.add_argument_group("security (keys: prefer --api-key-file or T5ORT_API_KEY; --api-key shows in `ps`)")
+    g.add_argument("--api-key", action="append", metavar="KEY",
+                   help="model routes need 'Authorization: Bearer KEY' (repeat for several keys); probes, /metrics, "
+                        "/docs and the /playground page stay open. Also from T5ORT_API_KEY and --api-key-file")
+    g.add_argument("--api-key-file", metavar="FILE", help="API keys, one per line (# starts a comment)")
+    g.add_argument("--metrics-api-key", action="append", metavar="KEY",
+                   help="/metrics needs 'Authorization: Bearer KEY' (repeatable; default: /metrics is open)")
+
+    g = p.add_argument_group("logging")
+    g.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+    g.add_argument("--quiet", action="store_true", help="no start-up messages")
     add_serve_ray_arguments(p)
-    add_runtime_arguments(p)
     p.set_defaults(run=cmd_serve)
 
 

@@ -7,9 +7,9 @@ Layers: :mod:`.schemas` (wire formats) and :mod:`.validation` (requests -> check
 Needs the ``[serve]`` extra (fastapi, uvicorn, prometheus-client).
 """
 
-from .config import ServeConfig
+from .config import SecurityConfig, ServeConfig
 
-__all__ = ["DynamicBatcher", "Scheduler", "ServeConfig", "create_app"]
+__all__ = ["DynamicBatcher", "Scheduler", "SecurityConfig", "ServeConfig", "create_app"]
 
 
 def __getattr__(name: str):

@@ -27,7 +27,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .config import ServeConfig
+from .config import SecurityConfig, ServeConfig
+from .errors import error_response as _error_response
 from .inflight import make_scheduler
 from .metrics import ServeMetrics
 from .scheduler import (
@@ -36,6 +37,7 @@ from .scheduler import (
 from .schemas import (
     CompletionRequest, ErrorResponse, GenerateRequest, GenerateResponse, ScoreRequest, ScoreResponse, StreamResponse,
 )
+from .security import ApiKeyAuth
 from .validation import RequestError, TgiPlan, completion_plan, new_request_id, score_job, tgi_plan
 
 log = logging.getLogger("t5ort.serve")
@@ -120,21 +122,19 @@ class AsyncChannel:
         return None if self.interrupted is not None else self._events.popleft()
 
 
-# ---- ASGI middleware: request id and body cap ---------------------------------------
+# ---- ASGI middleware: request id, body cap -------------------------------------------
 
 
 class RequestContext:
-    """Sets the request id (``x-request-id`` header or a new one) and refuses bodies over ``max_body_bytes``."""
+    """Sets the request id (a sane ``x-request-id`` header, else a new one) and puts it on every response."""
 
-    def __init__(self, app, max_body_bytes: int):
+    def __init__(self, app):
         self.app = app
-        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
-        given = headers.get(b"x-request-id", b"").decode("latin-1")
+        given = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
         request_id = given if _REQUEST_ID.match(given) else new_request_id()
         token = request_id_var.set(request_id)
         scope.setdefault("state", {})["request_id"] = request_id
@@ -146,24 +146,37 @@ class RequestContext:
             await send(message)
 
         try:
-            body, too_big = await self._read_body(headers, receive)
-            if too_big:
-                response = _error_response(413, f"the request body is over this server's max_body_bytes="
-                                           f"{self.max_body_bytes}; send a smaller request.", "validation",
-                                           scope["path"], "body")
-                return await response(scope, receive, send_with_id)
-            replayed = False
-
-            async def replay():
-                nonlocal replayed
-                if not replayed:
-                    replayed = True
-                    return {"type": "http.request", "body": body, "more_body": False}
-                return await receive()
-
-            await self.app(scope, replay, send_with_id)
+            await self.app(scope, receive, send_with_id)
         finally:
             request_id_var.reset(token)
+
+
+class BodyLimit:
+    """Refuses bodies over ``max_body_bytes`` with 413 (by Content-Length, else while reading), then replays it."""
+
+    def __init__(self, app, max_body_bytes: int):
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        body, too_big = await self._read_body(dict(scope.get("headers") or []), receive)
+        if too_big:
+            response = _error_response(413, f"the request body is over this server's max_body_bytes="
+                                       f"{self.max_body_bytes}; send a smaller request.", "validation",
+                                       scope["path"], "body")
+            return await response(scope, receive, send)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
 
     async def _read_body(self, headers, receive) -> tuple[bytes, bool]:
         length = headers.get(b"content-length")
@@ -184,25 +197,6 @@ class RequestContext:
 
 
 # ---- error bodies ----------------------------------------------------------------------
-
-
-def _openai_route(path: str) -> bool:
-    return path.startswith("/v1/")
-
-
-def _error_response(status: int, message: str, error_type: str, path: str, field: str | None = None,
-                    headers: dict | None = None) -> JSONResponse:
-    """TGI's error body ``{"error", "error_type"}``, or OpenAI's ``{"error": {message, type, param, code}}`` on /v1."""
-    if _openai_route(path):
-        status = 400 if status == 422 else status  # OpenAI answers invalid requests with 400
-        kind = {429: "rate_limit_exceeded", 404: "not_found_error", 413: "invalid_request_error"}.get(
-            status, "invalid_request_error" if status < 500 else "server_error")
-        body: dict = {"error": {"message": message, "type": kind, "param": field, "code": error_type}}
-    else:
-        body = {"error": message, "error_type": error_type}
-        if field:
-            body["field"] = field
-    return JSONResponse(body, status_code=status, headers=headers)
 
 
 _TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list", "none", "tuple"}
@@ -269,14 +263,16 @@ class ServeState:
 
 
 def create_app(runtime, config: ServeConfig | None = None,
-               scheduler_factory: Callable[..., Scheduler] = make_scheduler) -> FastAPI:
+               scheduler_factory: Callable[..., Scheduler] = make_scheduler, *,
+               security: SecurityConfig | None = None) -> FastAPI:
     """The ASGI app serving ``runtime`` (a loaded :class:`~t5ort.T5Runtime`) with ``config``'s limits.
 
     ``scheduler_factory(runtime, config, metrics)`` builds the scheduler (by default the one
     ``config.batching`` names: in-flight, dynamic or none); the app talks to it only through
-    ``submit(job, channel)``.
+    ``submit(job, channel)``. ``security``: API keys and CORS origins (default: none, all routes open).
     """
     config = (config or ServeConfig()).validate()
+    security = (security or SecurityConfig()).validate()
     if runtime.tokenizer is None:
         raise ValueError(f"{runtime.directory} has no tokenizer; t5ort serve takes text and needs one: re-export "
                          "the model with its tokenizer.")
@@ -294,10 +290,26 @@ def create_app(runtime, config: ServeConfig | None = None,
                   description="T5 with per-step log-probs, top-n alternatives and raw logits: TGI- and "
                               "OpenAI-compatible routes, /score, /metrics and a /playground page.")
     app.state.t5ort = state
-    app.add_middleware(RequestContext, max_body_bytes=config.max_body_bytes)
     _install_error_handlers(app, state)
     _install_routes(app, state)
+    _install_middleware(app, state, security)
     return app
+
+
+def _install_middleware(app: FastAPI, state: ServeState, security: SecurityConfig) -> None:
+    """From the outside in: request id, API keys (before the body is read), body cap."""
+    paths = {getattr(route, "path", None) for route in app.routes}
+
+    def refused(path: str) -> None:
+        state.metrics.failures.labels(reason="unauthorized").inc()
+        state.metrics.requests.labels(route=path if path in paths else "unmatched", status="401").inc()
+
+    # add_middleware wraps what is there: the last added runs first
+    app.add_middleware(BodyLimit, max_body_bytes=state.config.max_body_bytes)
+    if security.api_keys or security.metrics_api_keys:
+        app.add_middleware(ApiKeyAuth, api_keys=security.api_keys, metrics_keys=security.metrics_api_keys,
+                           on_refused=refused)
+    app.add_middleware(RequestContext)
 
 
 def _version() -> str:

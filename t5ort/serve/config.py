@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import re
+from dataclasses import asdict, dataclass, field
 
 
 @dataclass(frozen=True)
@@ -74,3 +75,42 @@ class ServeConfig:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+_KEY = re.compile(r"^[\x21-\x7e]+$")  # visible ASCII: a key travels in an HTTP header
+_ORIGIN = re.compile(r"^https?://[^/\s?#]+$")  # scheme://host[:port], as browsers send Origin
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    """Who may call ``t5ort serve``. Apart from :class:`ServeConfig` so that keys never reach ``/info`` or a log line.
+
+    - ``api_keys``: with any, every model route (TGI, OpenAI, /score, /logits, /info) needs
+      ``Authorization: Bearer <one of them>``; probes, /metrics, /docs and the playground page stay open.
+    - ``metrics_api_keys``: with any, ``/metrics`` needs one of these (and only these).
+    - ``cors_allow_origins``: browser origins (``https://host[:port]``, or ``*``) allowed to call the
+      server from their pages; none (the default): no CORS headers at all.
+
+    The keys are left out of ``repr``.
+    """
+
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    metrics_api_keys: tuple[str, ...] = field(default=(), repr=False)
+    cors_allow_origins: tuple[str, ...] = ()
+
+    def validate(self) -> SecurityConfig:
+        for name in ("api_keys", "metrics_api_keys", "cors_allow_origins"):
+            if not isinstance(getattr(self, name), tuple):
+                raise ValueError(f"SecurityConfig.{name} must be a tuple of strings.")
+        for name in ("api_keys", "metrics_api_keys"):
+            for i, key in enumerate(getattr(self, name)):
+                if not isinstance(key, str) or not _KEY.match(key):
+                    # the key itself is not quoted: it may be a real one with a typo
+                    raise ValueError(f"SecurityConfig.{name}[{i}]: an API key must be a non-empty string of visible "
+                                     "ASCII characters (no spaces); generate one with "
+                                     "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`.")
+        for origin in self.cors_allow_origins:
+            if not isinstance(origin, str) or not (origin == "*" or _ORIGIN.match(origin)):
+                raise ValueError(f"SecurityConfig.cors_allow_origins: {origin!r} is not an origin; give "
+                                 "scheme://host[:port] as the browser sends it (e.g. https://app.example.com), or *.")
+        return self

@@ -17,7 +17,8 @@ class ServeMetrics:
         self.requests = Counter("t5ort_requests", "HTTP requests answered, by route and status code",
                                 ["route", "status"], registry=r)
         self.failures = Counter("t5ort_request_failures", "requests that ended without an answer, by reason "
-                                "(cancelled: the client went away; timeout; invalid; internal; overloaded)",
+                                "(cancelled: the client went away; timeout; invalid; internal; overloaded; "
+                                "unauthorized: no or a wrong API key)",
                                 ["reason"], registry=r)
         self.queue_depth = Gauge("t5ort_queue_depth", "requests waiting for a batch", registry=r)
         self.rows_in_flight = Gauge("t5ort_batch_current_rows", "decoder rows of the running batch", registry=r)

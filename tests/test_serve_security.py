@@ -1,0 +1,306 @@
+"""``t5ort serve`` on a shared network, as users meet it: API keys, probes, TLS, CORS, request ids and logs.
+
+Every test starts a real server process on a free loopback port and drives it with real clients
+(httpx, the openai client, huggingface_hub's InferenceClient, a headless browser for the playground).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from t5ort.demo import PREFIX
+from test_playground import browser  # noqa: F401 (the fixture: headless chromium)
+from test_serve import MODEL, free_port
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("fastapi")
+
+TEXT = PREFIX + "three hundred forty-two"
+GERMAN = "dreihundertzweiundvierzig"
+
+
+class Served:
+    """A real ``t5ort serve`` process (the bundled model) and httpx clients for it.
+
+    ``scheme="https"`` with ``client=dict(verify=..., cert=...)``: what the readiness poll and :meth:`client`
+    use. ``wait=False``: return at once (for servers that should not start, or to watch them start).
+    """
+
+    def __init__(self, log: Path, *args: str, env: dict | None = None, scheme: str = "http",
+                 client: dict | None = None, wait: bool = True, model: Path = MODEL):
+        self.port = free_port()
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
+        self.log = log
+        self.client_options = client or {}
+        self._log_file = open(log, "wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "t5ort.cli", "serve", str(model), "--port", str(self.port), "--threads", "1",
+             "--model-name", "numbers", *args],
+            stdout=self._log_file, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+        )
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        with self.client() as c:
+            while True:
+                try:
+                    if c.get("/health", timeout=1).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"t5ort serve did not start:\n{self.log.read_text()}")
+                time.sleep(0.05)
+
+    def client(self, **options) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30, **{**self.client_options, **options})
+
+    def output(self) -> str:
+        self._log_file.flush()
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log_file.close()
+        return self.process.returncode
+
+
+def metric(text: str, name: str, labels: str = "") -> float:
+    pattern = rf"^{re.escape(name)}{re.escape('{' + labels + '}') if labels else ''} (\S+)$"
+    found = re.search(pattern, text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def bearer(key: str) -> dict:
+    return {"Authorization": f"Bearer {key}"}
+
+
+GENERATE = {"inputs": TEXT, "parameters": {"max_new_tokens": 12}}
+SCORE = {"pairs": [{"source": TEXT, "target": GERMAN}]}
+COMPLETION = {"model": "numbers", "prompt": TEXT, "max_tokens": 12, "temperature": 0}
+# every model route: method, path, body
+MODEL_ROUTES = [
+    ("POST", "/generate", GENERATE), ("POST", "/generate_stream", GENERATE), ("POST", "/", GENERATE),
+    ("POST", "/logits", GENERATE), ("POST", "/score", SCORE), ("POST", "/v1/completions", COMPLETION),
+    ("GET", "/v1/models", None), ("GET", "/info", None),
+]
+OPEN_ROUTES = ["/health", "/docs", "/openapi.json", "/playground", "/metrics"]
+
+# ---- API keys ------------------------------------------------------------------------------------------
+
+KEY_FLAG, KEY_FILE, KEY_ENV = "flag-key-0123456789", "file-key-abcdefghij", "env-key-ABCDEFGHIJ"
+WRONG = "wrong-key-zzzzzzzzzz"
+
+
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory):
+    """A server with a key from each source: --api-key, --api-key-file and T5ORT_API_KEY."""
+    root = tmp_path_factory.mktemp("keyed")
+    key_file = root / "keys.txt"
+    key_file.write_text(f"# the keys of the numbers service\n\n  {KEY_FILE}  \n")
+    s = Served(root / "server.log", "--api-key", KEY_FLAG, "--api-key-file", str(key_file),
+               env={"T5ORT_API_KEY": KEY_ENV})
+    yield s
+    s.stop()
+
+
+def assert_refused(r: httpx.Response, path: str, *, wrong_key: bool) -> None:
+    assert r.status_code == 401, (path, r.status_code, r.text)
+    assert r.headers["www-authenticate"].startswith("Bearer")
+    assert ('error="invalid_token"' in r.headers["www-authenticate"]) == wrong_key
+    assert r.headers["content-type"] == "application/json"
+    body = r.json()
+    if path.startswith("/v1/"):  # OpenAI's error object
+        assert body["error"]["code"] == "invalid_api_key" and body["error"]["type"] == "invalid_request_error"
+        assert "API key" in body["error"]["message"]
+    else:  # TGI's
+        assert body["error_type"] == "unauthorized" and "API key" in body["error"]
+    assert re.fullmatch(r"[0-9a-f]{16}", r.headers["x-request-id"])
+
+
+@pytest.mark.parametrize("method, path, body", MODEL_ROUTES, ids=[f"{m} {p}" for m, p, _ in MODEL_ROUTES])
+def test_model_routes_refuse_a_missing_or_wrong_key_and_take_each_configured_one(keyed, method, path, body):
+    with keyed.client() as c:
+        assert_refused(c.request(method, path, json=body), path, wrong_key=False)
+        assert_refused(c.request(method, path, json=body, headers=bearer(WRONG)), path, wrong_key=True)
+        assert_refused(c.request(method, path, json=body, headers={"Authorization": KEY_FLAG}), path,
+                       wrong_key=False)  # not the Bearer scheme
+        assert_refused(c.request(method, path, json=body, headers={"Authorization": f"Basic {KEY_FLAG}"}), path,
+                       wrong_key=False)
+        for key in (KEY_FLAG, KEY_FILE, KEY_ENV):
+            r = c.request(method, path, json=body, headers=bearer(key))
+            assert r.status_code == 200, (path, r.text)
+        r = c.request(method, path, json=body, headers={"authorization": f"bearer  {KEY_ENV}"})
+        assert r.status_code == 200, "the scheme is case-insensitive, extra spaces do not count"
+
+
+def test_refusal_comes_before_reading_the_body(keyed):
+    """Without a key, a malformed, oversized or unknown request learns nothing but 401."""
+    with keyed.client() as c:
+        for path, content in [("/generate", b'{"inputs": '), ("/v1/completions", b"x" * (2 << 20)),
+                              ("/nope", b"{}"), ("/generate", '{"inputs": "\u00e9"}'.encode())]:
+            r = c.post(path, content=content, headers={"content-type": "application/json"})
+            assert_refused(r, path, wrong_key=False)
+        r = c.post("/generate", json=GENERATE, headers={"Authorization": b"Bearer \xff\xfe"})
+        assert_refused(r, "/generate", wrong_key=True)
+        r = c.post("/generate", content=b'{"inputs": ', headers={"content-type": "application/json",
+                                                                 **bearer(KEY_FLAG)})
+        assert r.status_code == 422 and "not valid JSON" in r.json()["error"]  # with the key: the usual answer
+
+
+def test_probes_docs_playground_and_metrics_stay_open(keyed):
+    with keyed.client() as c:
+        for path in OPEN_ROUTES:
+            r = c.get(path)
+            assert r.status_code == 200, (path, r.text)
+        assert c.get("/health").json() == {"status": "ok"}
+
+
+def test_refusals_are_counted_in_metrics(keyed):
+    with keyed.client() as c:
+        before = c.get("/metrics").text
+        for _ in range(3):
+            c.post("/generate", json=GENERATE, headers=bearer(WRONG))
+        c.get("/v1/models")
+        after = c.get("/metrics").text
+    reason = 'reason="unauthorized"'
+    assert metric(after, "t5ort_request_failures_total", reason) - metric(before, "t5ort_request_failures_total",
+                                                                         reason) == 4
+    for labels, n in [('route="/generate",status="401"', 3), ('route="/v1/models",status="401"', 1)]:
+        assert metric(after, "t5ort_requests_total", labels) - metric(before, "t5ort_requests_total", labels) == n
+
+
+def test_openai_and_huggingface_clients_send_their_key(keyed):
+    openai = pytest.importorskip("openai")
+    from huggingface_hub import InferenceClient
+    from huggingface_hub.errors import TextGenerationError
+
+    client = openai.OpenAI(base_url=keyed.url + "/v1", api_key=KEY_FILE, max_retries=0)
+    assert [m.id for m in client.models.list().data] == ["numbers"]
+    out = client.completions.create(model="numbers", prompt=TEXT, max_tokens=12, temperature=0)
+    assert out.choices[0].text == GERMAN
+    chunks = client.completions.create(model="numbers", prompt=TEXT, max_tokens=12, temperature=0, stream=True)
+    assert "".join(c.choices[0].text for c in chunks) == GERMAN
+    stranger = openai.OpenAI(base_url=keyed.url + "/v1", api_key=WRONG, max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as refused:
+        stranger.completions.create(model="numbers", prompt=TEXT, max_tokens=4, temperature=0)
+    assert refused.value.status_code == 401 and refused.value.code == "invalid_api_key"
+
+    tgi = InferenceClient(model=keyed.url, token=KEY_ENV)
+    assert tgi.text_generation(TEXT, max_new_tokens=12) == GERMAN
+    assert "".join(list(tgi.text_generation(TEXT, max_new_tokens=12, stream=True))[:-1]) == GERMAN  # [-1]: EOS
+    with pytest.raises(TextGenerationError, match="API key is not valid") as refused:  # TGI's error body, parsed
+        InferenceClient(model=keyed.url, token=WRONG).text_generation(TEXT, max_new_tokens=4)
+    assert refused.value.__cause__.response.status_code == 401
+
+
+def test_keys_never_reach_the_log_or_info(keyed):
+    with keyed.client() as c:
+        c.post("/generate", json=GENERATE, headers=bearer(WRONG))
+        info = c.get("/info", headers=bearer(KEY_FLAG)).text
+        c.post("/generate", json=GENERATE, headers=bearer(KEY_FILE))
+    log = keyed.output()
+    assert "refused POST /generate: an API key that is not valid" in log  # refusals are logged ...
+    for key in (KEY_FLAG, KEY_FILE, KEY_ENV, WRONG):  # ... the keys are not
+        assert key not in log and key not in info
+
+
+@pytest.fixture(scope="module")
+def metrics_keyed(tmp_path_factory):
+    s = Served(tmp_path_factory.mktemp("metrics_keyed") / "server.log", "--metrics-api-key", "scrape-key-123",
+               env={"T5ORT_API_KEY": KEY_ENV})
+    yield s
+    s.stop()
+
+
+def test_metrics_key_guards_metrics_only(metrics_keyed):
+    with metrics_keyed.client() as c:
+        assert_refused(c.get("/metrics"), "/metrics", wrong_key=False)
+        assert_refused(c.get("/metrics", headers=bearer(KEY_ENV)), "/metrics", wrong_key=True)  # an API key is not it
+        r = c.get("/metrics", headers=bearer("scrape-key-123"))
+        assert r.status_code == 200 and "t5ort_request_failures_total" in r.text
+        assert c.post("/generate", json=GENERATE, headers=bearer(KEY_ENV)).json()["generated_text"] == GERMAN
+        assert_refused(c.post("/generate", json=GENERATE, headers=bearer("scrape-key-123")), "/generate",
+                       wrong_key=True)
+
+
+def test_bad_key_settings_are_refused_at_start_without_showing_the_key(tmp_path):
+    def serve(*args, env=None):
+        return subprocess.run([sys.executable, "-m", "t5ort.cli", "serve", str(MODEL), "--port", "1", *args],
+                              capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})})
+
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# no keys yet\n\n")
+    spaced = tmp_path / "spaced.txt"
+    spaced.write_text("secret part-two\n")
+    for args, env, said in [
+        (("--api-key", " "), None, "--api-key #1: an API key must be non-empty"),
+        (("--api-key-file", str(empty)), None, "holds no key"),
+        (("--api-key-file", str(tmp_path / "missing.txt")), None, "cannot read it"),
+        (("--api-key-file", str(spaced)), None, "line 1: an API key must be non-empty visible ASCII without spaces"),
+        ((), {"T5ORT_API_KEY": ""}, "T5ORT_API_KEY (set, so it must hold a key)"),
+        (("--api-key", "k", "--ray"), None, "not applied by --ray"),
+    ]:
+        out = serve(*args, env=env)
+        assert out.returncode == 2 and said in out.stderr, (args, out.stderr)
+        assert "Traceback" not in out.stderr and "part-two" not in out.stderr
+
+
+def test_a_non_loopback_host_without_a_key_warns(tmp_path):
+    # 192.0.2.1 (TEST-NET-1) is no address of this machine: the warning prints, then binding fails, so
+    # nothing ever listens beyond loopback.
+    out = subprocess.run([sys.executable, "-m", "t5ort.cli", "serve", str(MODEL), "--host", "192.0.2.1", "--port",
+                          str(free_port()), "--threads", "1"], capture_output=True, text=True, timeout=60,
+                         env={k: v for k, v in os.environ.items() if k != "T5ORT_API_KEY"})
+    assert "warning: --host 192.0.2.1" in out.stderr and "--api-key" in out.stderr, out.stderr
+    assert out.returncode != 0
+    quiet = subprocess.run([sys.executable, "-m", "t5ort.cli", "serve", str(MODEL), "--host", "192.0.2.1", "--port",
+                            str(free_port()), "--threads", "1", "--api-key", "k"], capture_output=True, text=True,
+                           timeout=60)
+    assert "warning" not in quiet.stderr
+
+
+# ---- the playground asks for the key ----------------------------------------------------------------------
+
+
+def test_playground_asks_for_the_key_and_sends_it(browser, keyed):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(keyed.url + "/playground")
+    wait = WebDriverWait(browser, 20)
+    wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "needs an API key"))
+    field = browser.find_element(By.ID, "api_key")
+    assert field.get_attribute("type") == "password" and "needed" in field.get_attribute("class")
+    field.send_keys(WRONG, Keys.TAB)
+    wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "API key is not valid"))
+    field.clear()
+    field.send_keys(KEY_FILE, Keys.TAB)
+    wait.until(ec.text_to_be_present_in_element((By.ID, "model"), "vocab 179"))
+    browser.find_element(By.ID, "go").click()
+    wait.until(lambda d: d.find_element(By.ID, "tokens").get_attribute("data-done") == "true")
+    assert browser.find_element(By.ID, "text").text == "\u2192 " + GERMAN
+    # kept for this tab only: in sessionStorage (a reload keeps it), never in localStorage or the URL
+    assert browser.execute_script("return sessionStorage.getItem('t5ort.apiKey')") == KEY_FILE
+    assert browser.execute_script("return localStorage.length") == 0 and KEY_FILE not in browser.current_url
+    browser.refresh()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "model"), "vocab 179"))
