@@ -1,4 +1,5 @@
-"""A seeded random checkpoint of t5-small's shape, built offline (no hub, no tokenizer): the benchmarks' model."""
+"""Seeded random checkpoints of t5-small's and flan-t5-base's shapes, built offline (no hub, no tokenizer):
+the benchmarks' models."""
 
 from __future__ import annotations
 
@@ -20,9 +21,14 @@ T5_SMALL = dict(
 )
 
 
-def build_checkpoint(path: Path, seed: int = 0) -> Path:
-    """Save ``T5ForConditionalGeneration(T5Config(**T5_SMALL))`` initialised with ``torch.manual_seed(seed)``
-    to ``path`` (kept if ``path/config.json`` exists already)."""
+FLAN_T5_BASE = dict(T5_SMALL, d_model=768, num_heads=12, num_layers=12, num_decoder_layers=12,
+                    feed_forward_proj="gated-gelu", tie_word_embeddings=False)
+
+
+def build_checkpoint(path: Path, seed: int = 0, shape: dict = T5_SMALL) -> Path:
+    """Save ``T5ForConditionalGeneration(T5Config(**shape))`` initialised with ``torch.manual_seed(seed)``
+    to ``path`` (kept if ``path/config.json`` exists already). An untied shape gets a head of its own
+    (transformers 5 ties every T5 head at construction; one whose weights differ loads untied)."""
     path = Path(path)
     if (path / "config.json").is_file():
         return path
@@ -30,5 +36,10 @@ def build_checkpoint(path: Path, seed: int = 0) -> Path:
     from transformers import T5Config, T5ForConditionalGeneration
 
     torch.manual_seed(seed)
-    T5ForConditionalGeneration(T5Config(**T5_SMALL)).eval().save_pretrained(path)
+    model = T5ForConditionalGeneration(T5Config(**shape)).eval()
+    if not shape["tie_word_embeddings"] and model.lm_head.weight is model.shared.weight:
+        head = torch.empty_like(model.shared.weight)
+        torch.nn.init.normal_(head, std=shape["d_model"] ** -0.5)
+        model.lm_head.weight = torch.nn.Parameter(head)
+    model.save_pretrained(path)
     return path
