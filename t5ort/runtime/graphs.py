@@ -442,16 +442,13 @@ class T5Graphs:
         rows = np.asarray(rows, np.int64)
         enc = state.encoder
         check_sources_fit(enc.attention_mask, encoder_output, source_rows)
-        if enc.host_kv is None or self._device != "cpu":  # not shared with the bound values: rebind
-            encoder = self._cross_from_host(tuple(np.array(host_array(v)) for v in enc.cross_kv),
-                                            enc.attention_mask.copy())
-            write_sources(encoder.host_kv, encoder.attention_mask, rows, encoder_output, source_rows)
-            state.self_mask[rows] = 0
-            return self._state(state.cache, state.self_mask, state.past_length,
-                               self._cross_from_host(encoder.host_kv, encoder.attention_mask))
-        write_sources(enc.host_kv, enc.attention_mask, rows, encoder_output, source_rows)  # the bound arrays
         state.self_mask[rows] = 0  # their old history is not theirs
-        return state
+        if enc.host_kv is not None and self._device == "cpu":  # the bound arrays themselves
+            write_sources(enc.host_kv, enc.attention_mask, rows, encoder_output, source_rows)
+            return state
+        host_kv, mask = tuple(np.array(host_array(v)) for v in enc.cross_kv), enc.attention_mask.copy()
+        write_sources(host_kv, mask, rows, encoder_output, source_rows)  # copies, bound anew (CUDA)
+        return self._state(state.cache, state.self_mask, state.past_length, self._cross_from_host(host_kv, mask))
 
     def select(self, state: DecoderState, rows: np.ndarray) -> DecoderState:
         """Only ``rows`` (int [kept], in the order given) of a running batch; the others are dropped.
