@@ -138,7 +138,7 @@ def break_export(directory: Path, kind: str, d_kv: int) -> None:
 
 def reseal(directory: Path) -> None:
     """Gather the graphs' weights into weights.bin again and record the new checksums in t5ort.json."""
-    from t5ort.export.exporter import graph_spec
+    from t5ort.export.trace import graph_spec
     from t5ort.export.weights import store_weights, weights_spec
 
     store_weights(directory, [ENCODER, DECODER])

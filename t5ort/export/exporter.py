@@ -19,7 +19,8 @@ from typing import Callable
 
 from ..runtime.errors import ExportError
 from .modules import T5Spec
-from .trace import DECODER_FILE, ENCODER_FILE, decoder_io_names, encoder_io_names, export_decoder, export_encoder
+from .trace import (DECODER_FILE, ENCODER_FILE, decoder_io_names, encoder_io_names, export_decoder, export_encoder,
+                    graph_spec)
 from .weights import store_weights, weights_spec
 from ..runtime.manifest import (
     FORMAT_VERSION,
@@ -27,13 +28,10 @@ from ..runtime.manifest import (
     DecoderIO,
     EncoderIO,
     Geometry,
-    GraphSpec,
     Manifest,
     SpecialTokens,
-    TensorSpec,
     TokenizerSpec,
     check_manifest,
-    file_sha256,
 )
 
 SUPPORTED_MODEL_TYPES = ("t5", "mt5", "longt5", "umt5")
@@ -184,22 +182,6 @@ def _export_graphs(torch_model, staging: Path) -> None:
     export_encoder(torch_model, spec, staging / ENCODER_FILE)
     export_decoder(torch_model, spec, staging / DECODER_FILE)
     store_weights(staging, [ENCODER_FILE, DECODER_FILE])
-
-
-def graph_spec(path: Path) -> GraphSpec:
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
-
-    def spec(value) -> TensorSpec:
-        t = value.type.tensor_type
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name
-        shape = tuple(d.dim_param if d.dim_param else int(d.dim_value) for d in t.shape.dim)
-        return TensorSpec(value.name, dtype, shape)
-
-    return GraphSpec(
-        path.name, tuple(spec(v) for v in graph.input), tuple(spec(v) for v in graph.output), file_sha256(path)
-    )
 
 
 def _tokenizer_spec(tokenizer, staging: Path) -> TokenizerSpec:

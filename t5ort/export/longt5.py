@@ -21,14 +21,21 @@ from __future__ import annotations
 
 import torch
 
-from .modules import T5Spec, attend, bias_table, lookup_bias, merge_heads
+from .modules import Encoder, T5Spec, attend, bias_table, lookup_bias, merge_heads
 
 MASKED = -1e10  # transformers' (and the original's) masked score
 
 
+class LongT5Encoder(Encoder):
+    """LongT5's encoder: :class:`~t5ort.export.modules.Encoder` with local or transient-global attention."""
+
+    def layers(self, h: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return encoder_layers(self, h, attention_mask)
+
+
 def encoder_layers(graph, h: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Embeddings [B, S, D] -> every encoder layer -> [B, S, D], before the final layer norm. ``graph``: the
-    :class:`~t5ort.export.modules.Encoder`, whose named norm, residual and feed-forward this uses."""
+    encoder, whose named norm, residual and feed-forward this uses."""
     blocks, spec = graph.model.encoder.block, graph.spec
     block_len = spec.local_radius + 1
     transient_global = spec.encoder_attention == "transient-global"

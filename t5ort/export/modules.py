@@ -234,31 +234,32 @@ class Encoder(_Graph):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         spec, model = self.spec, self.model
-        h = model.encoder.embed_tokens.weight[input_ids]  # [B, S, D]
-        if spec.encoder_attention != "full":
-            from .longt5 import encoder_layers
-
-            h = encoder_layers(self, h, attention_mask)
-        else:
-            length = input_ids.shape[1]
-            positions = torch.arange(length, dtype=torch.long)
-            relative = positions[None, :] - positions[:, None]  # [S, S]: key - query
-            mask = additive_mask(attention_mask)[:, None, None, :]  # [B, 1, 1, S]
-            for i, block in enumerate(model.encoder.block):
-                layer = block.layer[0]
-                attention = layer.SelfAttention
-                x = self.norm(h, layer.layer_norm.weight)
-                q, k, v = (split_heads(x, w.weight, spec) for w in (attention.q, attention.k, attention.v))
-                scores = self.scores(torch.matmul, q, k.transpose(2, 3)) + (
-                    lookup_bias(self.table(i), relative, spec.max_distance) + mask)
-                h = self.add(h, merge_heads(attend(scores, v), attention.o.weight, spec))
-                h = self.feed_forward(h, block.layer[1])
+        h = self.layers(model.encoder.embed_tokens.weight[input_ids], attention_mask)  # [B, S, D]
         h = self.norm(h, model.encoder.final_layer_norm.weight)
         cross = []
         for block in model.decoder.block:
             attention = block.layer[1].EncDecAttention
             cross += [split_heads(h, attention.k.weight, spec), split_heads(h, attention.v.weight, spec)]
         return (h, *cross)
+
+
+    def layers(self, h: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Embeddings [B, S, D] -> every encoder layer (full self-attention) -> [B, S, D], before the final
+        layer norm. LongT5's local and transient-global attention: :class:`t5ort.export.longt5.LongT5Encoder`."""
+        spec = self.spec
+        positions = torch.arange(h.shape[1], dtype=torch.long)
+        relative = positions[None, :] - positions[:, None]  # [S, S]: key - query
+        mask = additive_mask(attention_mask)[:, None, None, :]  # [B, 1, 1, S]
+        for i, block in enumerate(self.model.encoder.block):
+            layer = block.layer[0]
+            attention = layer.SelfAttention
+            x = self.norm(h, layer.layer_norm.weight)
+            q, k, v = (split_heads(x, w.weight, spec) for w in (attention.q, attention.k, attention.v))
+            scores = self.scores(torch.matmul, q, k.transpose(2, 3)) + (
+                lookup_bias(self.table(i), relative, spec.max_distance) + mask)
+            h = self.add(h, merge_heads(attend(scores, v), attention.o.weight, spec))
+            h = self.feed_forward(h, block.layer[1])
+        return h
 
 
 def _encoder_attention_name(spec: T5Spec) -> str:

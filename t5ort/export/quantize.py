@@ -130,7 +130,7 @@ def rewrite_graphs(staging: Path, manifest: Manifest, convert: Callable[[Path, P
     """``convert(src, dst)`` each graph of ``staging`` into ``staging/_<name>``, gather its weights into a
     weights.bin there and write a loadable export beside them; returns its manifest and that directory
     (see :func:`replace_graphs` to move the new graphs into place)."""
-    from .exporter import graph_spec
+    from .trace import graph_spec
 
     work = staging / f"_{name}"
     work.mkdir()

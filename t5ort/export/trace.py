@@ -19,6 +19,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+from ..runtime.manifest import GraphSpec, TensorSpec, file_sha256
 from .modules import Decoder, Encoder, T5Spec
 
 ENCODER_FILE = "encoder_model.onnx"
@@ -80,11 +81,15 @@ def export_encoder(torch_model, spec: T5Spec, path: Path) -> None:
     mask[1, 6:] = 0
     axes = {io["input_ids"]: {0: BATCH, 1: SOURCE}, io["attention_mask"]: {0: BATCH, 1: SOURCE},
             io["hidden_states"]: {0: BATCH, 1: SOURCE}, **{n: {0: BATCH, 2: SOURCE} for n in cross}}
-    _export(Encoder(torch_model, spec).eval(), (ids, mask), path, [io["input_ids"], io["attention_mask"]],
+    if spec.encoder_attention == "full":
+        encoder = Encoder(torch_model, spec)
+    else:
+        from .longt5 import LongT5Encoder
+
+        encoder = LongT5Encoder(torch_model, spec)
+    _export(encoder.eval(), (ids, mask), path, [io["input_ids"], io["attention_mask"]],
             [io["hidden_states"], *cross], axes)
     _declare_outputs(path, {name: [BATCH, spec.num_heads, SOURCE, spec.d_kv] for name in cross})
-    if spec.encoder_attention != "full":
-        reshape_zero_means_zero(path)
 
 
 def export_decoder(torch_model, spec: T5Spec, path: Path) -> None:
@@ -126,18 +131,18 @@ def _declare_outputs(path: Path, shapes: dict) -> None:
     onnx.save(model, str(path))
 
 
-def reshape_zero_means_zero(path: Path) -> None:
-    """Give every Reshape PyTorch's meaning of a 0 in the target shape: a dimension of size 0.
-
-    ONNX's default (allowzero=0) reads 0 as "copy the input's dimension". LongT5's
-    transient-global encoder reshapes to [batch, n_globals, ...] where n_globals is 0
-    for inputs shorter than one global block; with the default, those inputs fail.
-    """
+def graph_spec(path: Path) -> GraphSpec:
+    """The manifest entry of the graph at ``path``: its inputs and outputs as written, and its checksum."""
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
-    for node in model.graph.node:
-        if node.op_type == "Reshape":
-            del node.attribute[:]
-            node.attribute.append(onnx.helper.make_attribute("allowzero", 1))
-    onnx.save(model, str(path))
+    graph = onnx.load(str(path), load_external_data=False).graph
+
+    def spec(value) -> TensorSpec:
+        t = value.type.tensor_type
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name
+        shape = tuple(d.dim_param if d.dim_param else int(d.dim_value) for d in t.shape.dim)
+        return TensorSpec(value.name, dtype, shape)
+
+    return GraphSpec(
+        path.name, tuple(spec(v) for v in graph.input), tuple(spec(v) for v in graph.output), file_sha256(path)
+    )
