@@ -367,6 +367,9 @@ def cmd_serve_ray(args, config, progress) -> int:
 
 
 def cmd_serve(args) -> int:
+    import functools
+
+    from .runtime.manifest import read_manifest
     from .serve import ServeConfig, create_app
     from .serve.server import configure_logging, run
 
@@ -375,7 +378,7 @@ def cmd_serve(args) -> int:
         max_batch_size=args.max_batch_size, max_queue=args.max_queue, max_input_tokens=args.max_input_tokens,
         max_new_tokens=args.max_new_tokens, default_max_new_tokens=min(20, args.max_new_tokens),
         max_top_n_tokens=args.max_top_n_tokens, request_timeout=args.request_timeout,
-        batch_window_ms=args.batch_window_ms, shutdown_grace=args.shutdown_grace,
+        batch_window_ms=args.batch_window_ms, shutdown_grace=args.shutdown_grace, drain_delay=args.drain_delay,
         model_name=args.model_name or Path(args.out_dir).resolve().name,
     ).validate()
     security = serve_security(args, os.environ)
@@ -391,16 +394,18 @@ def cmd_serve(args) -> int:
         print(f"t5ort serve: warning: --host {args.host} is reachable from other machines and no API key is set: "
               "anyone who can connect can use the model. Set --api-key-file FILE, T5ORT_API_KEY or --api-key.",
               file=sys.stderr, flush=True)
-    progress(f"loading {args.out_dir}")
-    runtime = load_runtime(args, args.out_dir, max_input_tokens=args.max_input_tokens,
-                           max_new_tokens=args.max_new_tokens)
-    app = create_app(runtime, config, security=security)
+    read_manifest(args.out_dir)  # a wrong OUT_DIR fails here, before the port opens
+    # the model loads in the background once the port is open: /live answers, /ready says "loading"
+    app = create_app(functools.partial(load_runtime, args, args.out_dir, max_input_tokens=args.max_input_tokens,
+                                       max_new_tokens=args.max_new_tokens), config, security=security)
     limits = ", ".join(f"{k}={v}" for k, v in config.as_dict().items())
     progress(f"limits: {limits}")
     if security.api_keys:
         progress(f"{len(security.api_keys)} API key(s): model routes need 'Authorization: Bearer <key>'")
-    progress(f"serving {config.model_name!r} on http://{args.host}:{args.port} (docs: /docs, playground: /playground)")
-    return run(app, host=args.host, port=args.port, shutdown_grace=config.shutdown_grace, log_level=args.log_level)
+    progress(f"serving {config.model_name!r} on http://{args.host}:{args.port} once {args.out_dir} is loaded "
+             "(probes: /live, /ready; docs: /docs; playground: /playground)")
+    return run(app, host=args.host, port=args.port, shutdown_grace=config.shutdown_grace,
+               drain_delay=config.drain_delay, log_level=args.log_level)
 
 
 def is_loopback(host: str) -> bool:
@@ -457,7 +462,7 @@ def add_serve_parser(sub) -> None:
     d = ServeConfig()
     p = sub.add_parser("serve", help="HTTP server: TGI- and OpenAI-compatible routes, /score, /metrics, /playground",
                        description="Serve an export over HTTP: TGI's /generate, /generate_stream and /, OpenAI's "
-                                   "/v1/completions, /score, /logits; /health, /metrics, /playground.")
+                                   "/v1/completions, /score, /logits; probes /live and /ready; /metrics; /playground.")
     p.add_argument("out_dir", help="an export written by `t5ort export`")
 
     g = p.add_argument_group("server")
@@ -466,6 +471,9 @@ def add_serve_parser(sub) -> None:
     g.add_argument("--port", type=int, default=8000)
     g.add_argument("--shutdown-grace", type=float, default=d.shutdown_grace,
                    help=f"seconds in-flight requests get after SIGTERM (default {d.shutdown_grace:g})")
+    g.add_argument("--drain-delay", type=float, default=d.drain_delay, metavar="SECONDS",
+                   help="after SIGTERM, answer /ready with 503 but keep serving for SECONDS before closing the "
+                        "port, so that load balancers stop sending first (default 0; a second signal stops at once)")
 
     g = p.add_argument_group("model and runtime")
     g.add_argument("--model-name", default=None, help="name for /v1/models (default: OUT_DIR's name)")

@@ -6,8 +6,11 @@ Every test starts a real server process on a free loopback port and drives it wi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
+import threading
 import re
 import signal
 import subprocess
@@ -101,7 +104,8 @@ MODEL_ROUTES = [
     ("POST", "/logits", GENERATE), ("POST", "/score", SCORE), ("POST", "/v1/completions", COMPLETION),
     ("GET", "/v1/models", None), ("GET", "/info", None),
 ]
-OPEN_ROUTES = ["/health", "/docs", "/openapi.json", "/playground", "/metrics"]
+OPEN_ROUTES = ["/live", "/ready", "/v2/health/live", "/v2/health/ready", "/health", "/docs", "/openapi.json",
+               "/playground", "/metrics"]
 
 # ---- API keys ------------------------------------------------------------------------------------------
 
@@ -304,3 +308,115 @@ def test_playground_asks_for_the_key_and_sends_it(browser, keyed):
     assert browser.execute_script("return localStorage.length") == 0 and KEY_FILE not in browser.current_url
     browser.refresh()
     wait.until(ec.text_to_be_present_in_element((By.ID, "model"), "vocab 179"))
+
+
+# ---- probes: /live, /ready, draining ---------------------------------------------------------------------
+
+
+def test_probes_of_a_ready_server(keyed):
+    with keyed.client() as c:
+        assert c.get("/live").json() == {"status": "live"}
+        assert c.get("/ready").json() == {"status": "ready"}
+        assert c.get("/v2/health/live").json() == {"live": True}
+        assert c.get("/v2/health/ready").json() == {"ready": True, "status": "ready"}
+        assert c.get("/health").json() == {"status": "ok"}  # TGI's, unchanged
+
+
+def padded_export(root: Path, pad_mib: int, *, record_checksum: bool = True) -> Path:
+    """The bundled export with ``pad_mib`` MiB of zeros after its weights (a sparse hole: no disk used).
+
+    The graphs read their weights at recorded offsets, so the model is the same; but ``t5ort.load``
+    checks the file's sha256 first, so loading takes as long as a model that size (about 2 s per GiB
+    here): long enough to watch a server load. Without ``record_checksum`` the check fails.
+    """
+    out = root / "padded"
+    shutil.copytree(MODEL, out)
+    weights = out / "weights.bin"
+    data = weights.read_bytes()
+    with open(weights, "r+b") as f:
+        f.truncate(len(data) + (pad_mib << 20))
+    if record_checksum:
+        digest, zeros = hashlib.sha256(data), bytes(1 << 20)
+        for _ in range(pad_mib):
+            digest.update(zeros)
+        manifest = json.loads((out / "t5ort.json").read_text())
+        manifest["weights"].update(sha256=digest.hexdigest(), bytes=len(data) + (pad_mib << 20))
+        (out / "t5ort.json").write_text(json.dumps(manifest))
+    return out
+
+
+def test_ready_is_503_while_the_model_loads_and_live_is_200(tmp_path):
+    s = Served(tmp_path / "server.log", model=padded_export(tmp_path, 768), wait=False)
+    try:
+        with s.client() as c:
+            deadline = time.monotonic() + 60
+            while True:  # the port opens before the model is loaded
+                try:
+                    live = c.get("/live", timeout=1)
+                    break
+                except httpx.TransportError:
+                    assert s.process.poll() is None and time.monotonic() < deadline, s.output()
+                    time.sleep(0.02)
+            assert live.status_code == 200
+            ready = c.get("/ready")
+            assert ready.status_code == 503 and ready.json() == {"status": "loading"}, ready.text
+            v2 = c.get("/v2/health/ready")
+            assert v2.status_code == 503 and v2.json() == {"ready": False, "status": "loading"}
+            assert c.get("/health").status_code == 503
+            r = c.post("/generate", json=GENERATE)
+            assert r.status_code == 503 and r.json()["error_type"] == "loading" and r.headers["retry-after"] == "1"
+            r = c.post("/v1/completions", json=COMPLETION)
+            assert r.status_code == 503 and r.json()["error"]["code"] == "loading"
+            assert c.get("/info").status_code == 503
+            assert c.get("/metrics").status_code == 200
+            while c.get("/ready").status_code != 200:
+                assert s.process.poll() is None and time.monotonic() < deadline, s.output()
+                time.sleep(0.05)
+            assert c.post("/generate", json=GENERATE).json()["generated_text"] == GERMAN
+    finally:
+        assert s.stop() == 0
+
+
+def test_a_model_that_fails_to_load_stops_the_server_with_its_error(tmp_path):
+    s = Served(tmp_path / "server.log", model=padded_export(tmp_path, 64, record_checksum=False), wait=False)
+    assert s.process.wait(60) == 2
+    out = s.output()
+    assert "t5ort serve: error:" in out and "checksum differs" in out and "Traceback" not in out, out
+    s.stop()
+
+
+def test_sigterm_drains_ready_503_while_requests_are_still_served(tmp_path):
+    s = Served(tmp_path / "server.log", "--drain-delay", "3", "--api-key", KEY_FLAG)
+    long = {"inputs": TEXT, "parameters": {"max_new_tokens": 150, "min_new_tokens": 150, "details": True}}
+    events, started = [], threading.Event()
+
+    def stream():
+        with s.client(headers=bearer(KEY_FLAG)) as c, c.stream("POST", "/generate_stream", json=long) as r:
+            for line in r.iter_lines():
+                if line.startswith("data:"):
+                    events.append(json.loads(line[5:]))
+                    started.set()
+
+    reader = threading.Thread(target=stream)
+    reader.start()
+    assert started.wait(30)
+    signalled = time.monotonic()
+    s.process.send_signal(signal.SIGTERM)
+    with s.client() as c:
+        deadline = time.monotonic() + 10
+        while (ready := c.get("/ready")).status_code == 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert ready.status_code == 503 and ready.json() == {"status": "draining"}
+        assert c.get("/v2/health/ready").json() == {"ready": False, "status": "draining"}
+        assert c.get("/live").status_code == 200
+        late = c.post("/generate", json=GENERATE, headers=bearer(KEY_FLAG))  # a request sent before the LB noticed
+        assert late.status_code == 200 and late.json()["generated_text"] == GERMAN
+    assert s.process.wait(30) == 0
+    assert time.monotonic() - signalled >= 3
+    reader.join(10)
+    assert len(events) == 150 and events[-1]["details"]["finish_reason"] == "length"
+    assert "draining: /ready answers 503" in s.output()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(s.url + "/live", timeout=2)
+    s.stop()

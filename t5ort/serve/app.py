@@ -234,38 +234,95 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 
 
 class ServeState:
-    """What the routes share: runtime, config, metrics, scheduler, readiness (``app.state.t5ort``).
+    """What the routes share: runtime, config, metrics, scheduler, and the server's phase (``app.state.t5ort``).
 
-    ``startup()`` (warm-up, then the scheduler's thread) and ``shutdown()`` (finish in-flight work)
-    run in the app's lifespan; a host that runs no ASGI lifespan can call them itself.
+    ``phase``: "loading" (the model loads and warms up in the background: /live answers, /ready and the
+    model routes 503), "ready", "draining" (after SIGTERM: /ready 503 so that load balancers stop sending,
+    requests still served), "stopped", or "failed" (the model could not be loaded: ``load_error``).
+    ``startup()`` and ``shutdown()`` (finish in-flight work) run in the app's lifespan; a host that runs no
+    ASGI lifespan can call them itself. ``on_load_failure(exc)``: what the server does when loading fails
+    (``t5ort serve`` exits); by default the error is logged and /ready stays 503.
     """
 
     def __init__(self, runtime, config: ServeConfig, scheduler_factory):
-        self.runtime = runtime
+        self._loader: Callable[[], Any] | None = None if hasattr(runtime, "generate") else runtime
+        self.runtime = None if self._loader else runtime
         self.config = config
         self.metrics = ServeMetrics()
-        self.scheduler: Scheduler = scheduler_factory(runtime, config, self.metrics)
-        self.ready = False
+        self._scheduler_factory = scheduler_factory
+        self.scheduler: Scheduler | None = None
+        self.phase = "loading"
+        self.load_error: BaseException | None = None
+        self.on_load_failure: Callable[[BaseException], None] | None = None
+        self._loading: asyncio.Task | None = None
         self.started = time.time()
 
+    @property
+    def ready(self) -> bool:
+        return self.phase == "ready"
+
+    @property
+    def loaded(self) -> bool:
+        return self.scheduler is not None
+
     async def startup(self) -> None:
-        if self.ready:
+        """A loaded runtime is warmed up before this returns; a loader runs in the background."""
+        if self._loader is None:
+            await self._load()
+        elif self._loading is None:
+            self._loading = asyncio.create_task(self._load())
+
+    async def _load(self) -> None:
+        if self.loaded:
             return
-        await asyncio.to_thread(_warm_up, self.runtime)
-        self.scheduler.start()
-        self.ready = True
-        log.info("ready: %s, limits %s", self.runtime.directory, json.dumps(self.config.as_dict()))
+        try:
+            runtime = self.runtime if self._loader is None else await asyncio.to_thread(self._loader)
+            _check_runtime(runtime)
+            await asyncio.to_thread(_warm_up, runtime)
+            scheduler = self._scheduler_factory(runtime, self.config, self.metrics)
+            scheduler.start()
+        except Exception as exc:
+            if self._loader is None:
+                raise
+            self.phase, self.load_error = "failed", exc
+            log.error("could not load the model: %s", exc)
+            if self.on_load_failure is not None:
+                self.on_load_failure(exc)
+            return
+        self.runtime, self.scheduler = runtime, scheduler
+        if self.phase == "loading":
+            self.phase = "ready"
+        log.info("ready: %s, limits %s", runtime.directory, json.dumps(self.config.as_dict()))
+
+    def drain(self) -> None:
+        """Stop being ready (SIGTERM): load balancers polling /ready stop sending; requests are still served."""
+        if self.phase in ("loading", "ready"):
+            self.phase = "draining"
 
     async def shutdown(self) -> None:
-        self.ready = False
-        log.info("shutting down: finishing in-flight requests (grace %.0f s)", self.config.shutdown_grace)
-        await asyncio.to_thread(self.scheduler.stop, self.config.shutdown_grace)
+        if self.phase != "failed":
+            self.phase = "stopped"
+        if self._loading is not None and not self._loading.done():
+            self._loading.cancel()
+        if self.scheduler is not None:
+            log.info("shutting down: finishing in-flight requests (grace %.0f s)", self.config.shutdown_grace)
+            await asyncio.to_thread(self.scheduler.stop, self.config.shutdown_grace)
+
+
+def _check_runtime(runtime) -> None:
+    if runtime.tokenizer is None:
+        raise ValueError(f"{runtime.directory} has no tokenizer; t5ort serve takes text and needs one: re-export "
+                         "the model with its tokenizer.")
 
 
 def create_app(runtime, config: ServeConfig | None = None,
                scheduler_factory: Callable[..., Scheduler] = make_scheduler, *,
                security: SecurityConfig | None = None) -> FastAPI:
-    """The ASGI app serving ``runtime`` (a loaded :class:`~t5ort.T5Runtime`) with ``config``'s limits.
+    """The ASGI app serving ``runtime`` with ``config``'s limits.
+
+    ``runtime``: a loaded :class:`~t5ort.T5Runtime`, warmed up in the lifespan's startup; or a function
+    that loads one (``lambda: t5ort.load(path)``), which then runs in the background while the server
+    already answers: /live 200, /ready and the model routes 503 until it is loaded.
 
     ``scheduler_factory(runtime, config, metrics)`` builds the scheduler (by default the one
     ``config.batching`` names: in-flight, dynamic or none); the app talks to it only through
@@ -273,9 +330,8 @@ def create_app(runtime, config: ServeConfig | None = None,
     """
     config = (config or ServeConfig()).validate()
     security = (security or SecurityConfig()).validate()
-    if runtime.tokenizer is None:
-        raise ValueError(f"{runtime.directory} has no tokenizer; t5ort serve takes text and needs one: re-export "
-                         "the model with its tokenizer.")
+    if hasattr(runtime, "generate"):
+        _check_runtime(runtime)
     state = ServeState(runtime, config, scheduler_factory)
 
     @contextlib.asynccontextmanager
@@ -429,6 +485,16 @@ class Exchange:
     def request_id(request: Request) -> str:
         return request.scope.get("state", {}).get("request_id") or new_request_id()
 
+    def runtime(self):
+        """The loaded runtime; 503 with Retry-After while the model is loading (or could not be loaded)."""
+        if self.state.loaded:
+            return self.state.runtime
+        if self.state.phase == "failed":
+            raise RequestError(None, "the model could not be loaded; see the server's log", 503, "unavailable")
+        error = RequestError(None, "the model is loading; retry once /ready answers 200", 503, "loading")
+        error.retry_after = 1
+        raise error
+
     def done(self, request: Request, status: int) -> None:
         self.state.metrics.requests.labels(route=_route_label(request), status=str(status)).inc()
 
@@ -490,16 +556,17 @@ def _install_routes(app: FastAPI, state: ServeState) -> None:
     ex = Exchange(state)
     _tgi_routes(app, state, ex)
     _openai_routes(app, state, ex)
-    _operation_routes(app, state)
+    _operation_routes(app, state, ex)
 
 
 def _tgi_routes(app: FastAPI, state: ServeState, ex: Exchange) -> None:
     """TGI's /generate, /generate_stream and /, and t5ort's /logits and /score."""
-    runtime, config = state.runtime, state.config
+    config = state.config
 
     # ---- TGI ----
 
     async def generate(request: Request, body: GenerateRequest):
+        runtime = ex.runtime()
         want_npz = NPZ in request.headers.get("accept", "")
         plan = tgi_plan(runtime, config, body, ex.request_id(request), stream=False, want_logits=want_npz)
         finished = await ex.final(request, ex.submit(plan.job), plan.job)
@@ -511,7 +578,7 @@ def _tgi_routes(app: FastAPI, state: ServeState, ex: Exchange) -> None:
     async def generate_stream(request: Request, body: GenerateRequest):
         if body.parameters.decoder_input_details:
             raise RequestError("parameters.decoder_input_details", "is not available when streaming (as TGI).")
-        plan = tgi_plan(runtime, config, body, ex.request_id(request), stream=True)
+        plan = tgi_plan(ex.runtime(), config, body, ex.request_id(request), stream=True)
         channel = ex.submit(plan.job)
 
         async def sse() -> AsyncIterator[bytes]:
@@ -562,7 +629,7 @@ def _tgi_routes(app: FastAPI, state: ServeState, ex: Exchange) -> None:
               responses={200: {"content": {NPZ: {}}, "description": "np.load() gives sequences [rows, steps], "
                                "logits [rows, steps, vocab] (raw) and token_logprobs [rows, steps]"}, **_ERRORS_DOC})
     async def logits(request: Request, body: GenerateRequest):
-        plan = tgi_plan(runtime, config, body, ex.request_id(request), stream=False, want_logits=True)
+        plan = tgi_plan(ex.runtime(), config, body, ex.request_id(request), stream=False, want_logits=True)
         finished = await ex.final(request, ex.submit(plan.job), plan.job)
         ex.done(request, 200)
         return Response(_npz(finished), media_type=NPZ)
@@ -572,6 +639,7 @@ def _tgi_routes(app: FastAPI, state: ServeState, ex: Exchange) -> None:
     @app.post("/score", tags=["t5ort"], summary="Teacher-forced log-probs of targets given sources",
               responses={200: {"model": ScoreResponse}, **_ERRORS_DOC})
     async def score(request: Request, body: ScoreRequest):
+        runtime = ex.runtime()
         job = score_job(runtime, config, body, ex.request_id(request))
         result = await ex.final(request, ex.submit(job), job)
         ex.done(request, 200)
@@ -585,14 +653,14 @@ def _tgi_routes(app: FastAPI, state: ServeState, ex: Exchange) -> None:
 
 def _openai_routes(app: FastAPI, state: ServeState, ex: Exchange) -> None:
     """OpenAI's /v1/completions and /v1/models."""
-    runtime, config = state.runtime, state.config
+    config = state.config
 
     # ---- OpenAI ----
 
     @app.post("/v1/completions", tags=["OpenAI"], summary="OpenAI completions (temperature 0: greedy)",
               responses={**_STREAM_DOC, **_ERRORS_DOC})
     async def completions(request: Request, body: CompletionRequest):
-        plan = completion_plan(runtime, config, body, ex.request_id(request))
+        plan = completion_plan(ex.runtime(), config, body, ex.request_id(request))
         channels = []
         try:
             for job in plan.jobs:
@@ -628,20 +696,46 @@ def _openai_routes(app: FastAPI, state: ServeState, ex: Exchange) -> None:
                                             "owned_by": "t5ort"}]}
 
 
-def _operation_routes(app: FastAPI, state: ServeState) -> None:
-    """/health, /info, /metrics, /playground."""
-    runtime, config, metrics = state.runtime, state.config, state.metrics
+def _operation_routes(app: FastAPI, state: ServeState, ex: Exchange) -> None:
+    """Probes (/live, /ready, /health and KServe's /v2/health/*), /info, /metrics, /playground."""
+    config, metrics = state.config, state.metrics
+
+    # ---- probes ----
+
+    def readiness(**extra) -> JSONResponse:
+        body: dict[str, Any] = {**extra, "status": state.phase}
+        if state.load_error is not None:
+            body["error"] = str(state.load_error)
+        return JSONResponse(body, status_code=200 if state.ready else 503)
+
+    @app.get("/live", tags=["probes"], summary="Liveness: 200 while the process runs (also while loading)")
+    async def live():
+        return {"status": "live"}
+
+    @app.get("/ready", tags=["probes"], summary="Readiness: 200 once the model is loaded; 503 while loading or "
+                                                "draining after SIGTERM (the body says which)")
+    async def ready():
+        return readiness()
+
+    @app.get("/v2/health/live", tags=["probes"], summary="KServe/Triton name of /live")
+    async def v2_live():
+        return {"live": True}
+
+    @app.get("/v2/health/ready", tags=["probes"], summary="KServe/Triton name of /ready")
+    async def v2_ready():
+        return readiness(ready=state.ready)
+
+    @app.get("/health", tags=["probes"], summary="TGI's: 200 once the model is loaded and warmed up, else 503")
+    async def health():
+        if not state.loaded or state.phase == "stopped":
+            return JSONResponse({"status": "starting" if state.phase == "loading" else state.phase}, status_code=503)
+        return {"status": "ok"}
 
     # ---- operations ----
 
-    @app.get("/health", tags=["operations"], summary="200 once the model is loaded and warmed up, else 503")
-    async def health():
-        if not state.ready:
-            return JSONResponse({"status": "starting"}, status_code=503)
-        return {"status": "ok"}
-
     @app.get("/info", tags=["operations"], summary="Model geometry, dtype, parity figures, limits, version")
     async def info():
+        runtime = ex.runtime()
         m = runtime.manifest
         return {
             "model_id": config.model_name,
@@ -662,7 +756,7 @@ def _operation_routes(app: FastAPI, state: ServeState) -> None:
 
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
     async def prometheus():
-        metrics.queue_depth.set(state.scheduler.queue_depth)
+        metrics.queue_depth.set(state.scheduler.queue_depth if state.scheduler is not None else 0)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/playground", tags=["operations"], summary="A page to try the model: tokens shaded by probability",

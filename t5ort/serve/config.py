@@ -26,6 +26,9 @@ class ServeConfig:
     - ``request_timeout``: seconds from arrival to the last token; a request over it is cancelled (504).
     - ``batch_window_ms``: how long the batcher waits for compatible requests once one is waiting.
     - ``shutdown_grace``: seconds in-flight requests get to finish after SIGTERM.
+    - ``drain_delay``: seconds after SIGTERM during which ``/ready`` answers 503 but requests are still
+      accepted and served, so that load balancers polling /ready stop sending before the port closes
+      (0: close at once); a second signal stops at once.
     - ``model_name``: the name ``/v1/models`` lists and ``/v1/completions`` expects.
     """
 
@@ -44,6 +47,7 @@ class ServeConfig:
     request_timeout: float = 60.0
     batch_window_ms: float = 2.0
     shutdown_grace: float = 30.0
+    drain_delay: float = 0.0
     model_name: str = "t5ort"
 
     def validate(self) -> ServeConfig:
@@ -66,9 +70,10 @@ class ServeConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"ServeConfig.{name} must be a number of seconds > 0, got {value!r}.")
-        if isinstance(self.batch_window_ms, bool) or not isinstance(self.batch_window_ms, (int, float)) \
-                or not self.batch_window_ms >= 0:
-            raise ValueError(f"ServeConfig.batch_window_ms must be >= 0, got {self.batch_window_ms!r}.")
+        for name in ("batch_window_ms", "drain_delay"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"ServeConfig.{name} must be >= 0, got {value!r}.")
         if not isinstance(self.model_name, str) or not self.model_name:
             raise ValueError(f"ServeConfig.model_name must be a non-empty string, got {self.model_name!r}.")
         return self

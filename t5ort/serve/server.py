@@ -1,13 +1,19 @@
-"""Run an app under uvicorn on one host/port; SIGTERM or Ctrl-C stops accepting, finishes in-flight work, exits 0."""
+"""Run an app under uvicorn on one host/port; SIGTERM or Ctrl-C stops accepting, finishes in-flight work, exits 0.
+
+With ``drain_delay``, the first signal only makes ``/ready`` answer 503 ("draining") for that many seconds,
+while requests are still accepted and served; then the server stops as above. A second signal stops at once.
+"""
 
 from __future__ import annotations
 
 import logging
 import signal
+import time
 
 from .app import RequestIdFilter
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
+log = logging.getLogger("t5ort.serve")
 
 
 def configure_logging(level: str = "info") -> None:
@@ -20,13 +26,48 @@ def configure_logging(level: str = "info") -> None:
     root.setLevel(level.upper())
 
 
-def run(app, *, host: str, port: int, shutdown_grace: float, log_level: str = "info") -> int:
-    """Serve ``app`` until SIGTERM/SIGINT; return 0 after a graceful shutdown."""
+def _draining_server(config, state, drain_delay: float):
+    """A uvicorn server whose first SIGTERM/SIGINT drains (``state.drain()``) for ``drain_delay`` s before stopping."""
     import uvicorn
 
+    class DrainingServer(uvicorn.Server):
+        drain_signal: int | None = None
+        drain_until = 0.0
+        announced = False
+
+        def handle_exit(self, sig, frame) -> None:
+            state.drain()  # only sets the phase: safe in a signal handler
+            if drain_delay > 0 and self.drain_signal is None and not self.should_exit:
+                self.drain_signal, self.drain_until = sig, time.monotonic() + drain_delay
+                return
+            super().handle_exit(sig, frame)
+
+        async def on_tick(self, counter: int) -> bool:
+            if self.drain_signal is not None and not self.should_exit:
+                if not self.announced:
+                    self.announced = True
+                    log.info("draining: /ready answers 503, requests are still served for %g s (signal %d)",
+                             drain_delay, self.drain_signal)
+                if time.monotonic() >= self.drain_until:
+                    super().handle_exit(self.drain_signal, None)
+            return await super().on_tick(counter)
+
+    return DrainingServer(config)
+
+
+def run(app, *, host: str, port: int, shutdown_grace: float, drain_delay: float = 0.0,
+        log_level: str = "info") -> int:
+    """Serve ``app`` (from :func:`~t5ort.serve.create_app`) until SIGTERM/SIGINT; 0 after a graceful shutdown.
+
+    If the model cannot be loaded, the server stops and its load error is raised.
+    """
+    import uvicorn
+
+    state = app.state.t5ort
     config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="on",
                             timeout_graceful_shutdown=int(max(1, shutdown_grace)), log_level=log_level)
-    server = uvicorn.Server(config)
+    server = _draining_server(config, state, drain_delay)
+    state.on_load_failure = lambda _exc: setattr(server, "should_exit", True)
     received: list[int] = []
     # uvicorn re-raises the signal that stopped it once it has shut down; with these handlers in
     # place that re-raise is recorded instead of killing the process, so a graceful stop exits 0.
@@ -37,7 +78,9 @@ def run(app, *, host: str, port: int, shutdown_grace: float, log_level: str = "i
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if state.load_error is not None:
+        raise state.load_error
     if not server.started:
         return 1
-    logging.getLogger("t5ort.serve").info("stopped%s", f" on signal {received[0]}" if received else "")
+    log.info("stopped%s", f" on signal {received[0]}" if received else "")
     return 0
