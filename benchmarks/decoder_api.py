@@ -1,7 +1,9 @@
-"""lm-eval-style multiple choice: score K answers for each question, with and without reusing the encoder.
+"""The decoder API's two targets: multiple-choice scoring that reuses the encoder, and a hand-written greedy
+loop on ``runtime.decoder`` against ``generate``.
 
-    python benchmarks/multiple_choice.py [--questions 64] [--answers 4] [--threads 2] [--workdir benchmarks/.work]
+    python benchmarks/decoder_api.py [--questions 64] [--answers 4] [--threads 2] [--workdir benchmarks/.work]
 
+**Multiple choice** (lm-eval style), 
 On a seeded random flan-t5-base-shaped checkpoint (d_model 768, 12+12 layers, gated-GELU, untied head):
 sources of 256 tokens, answers of 8 tokens, 2 threads. Each system scores every (question, answer) pair
 (the answers' total log-probabilities):
@@ -13,6 +15,9 @@ sources of 256 tokens, answers of 8 tokens, 2 threads. Each system scores every 
 - ``PyTorch, encoder reused``: ``model.get_encoder()`` once, then ``model(encoder_outputs=..., labels=...)``.
 
 Systems run interleaved in one process (``--repeats`` rounds); questions per second, medians.
+
+**Greedy loop**: 32 forced greedy tokens of one 128-token source, ``generate(min_new_tokens=32)`` against a
+loop of ``dec.append(dec.logits.argmax(-1))``, interleaved; ms per token, medians.
 """
 
 from __future__ import annotations
@@ -113,6 +118,35 @@ def main() -> None:
     print("| system | questions/s | vs score, every row encoded |\n|---|---|---|")
     for name, values in rates.items():
         print(f"| {name} | {statistics.median(values):.2f} | {statistics.median(values) / base:.2f}x |")
+    print()
+    greedy_loop(rt, rng, args.repeats)
+
+
+def greedy_loop(rt, rng, repeats: int, steps: int = 32) -> None:
+    """ms per token: generate against the same greedy decoding written on runtime.decoder."""
+    ids = rng.integers(3, 32000, (1, 128)).astype(np.int64)
+    encoded = rt.encode(input_ids=ids)
+
+    def generate():
+        return rt.generate(encoder_output=encoded, max_new_tokens=steps, min_new_tokens=steps).sequences
+
+    def loop():
+        with rt.decoder(encoded) as dec:
+            for _ in range(steps):
+                dec.append(dec.logits.argmax(-1))
+            return dec.sequences
+
+    assert np.array_equal(generate(), loop())
+    times: dict[str, list[float]] = {"generate": [], "decoder loop": []}
+    for _ in range(max(repeats, 5)):
+        for name, run in (("generate", generate), ("decoder loop", loop)):
+            time.sleep(0.2)
+            start = time.perf_counter()
+            run()
+            times[name].append(1e3 * (time.perf_counter() - start) / steps)
+    a, b = statistics.median(times["generate"]), statistics.median(times["decoder loop"])
+    print(f"greedy, 1 source of 128 tokens, {steps} forced tokens (encoder reused): generate {a:.2f} ms/token, "
+          f"decoder loop {b:.2f} ms/token ({b / a:.2f}x)")
 
 
 if __name__ == "__main__":
