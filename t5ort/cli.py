@@ -371,7 +371,7 @@ def cmd_serve(args) -> int:
 
     from .runtime.manifest import read_manifest
     from .serve import ServeConfig, create_app
-    from .serve.server import configure_logging, run
+    from .serve.server import configure_logging, run, tls_options
 
     config = ServeConfig(
         batching=args.batching, max_batch_rows=args.max_batch_rows, max_batch_tokens=args.max_batch_tokens,
@@ -382,18 +382,19 @@ def cmd_serve(args) -> int:
         model_name=args.model_name or Path(args.out_dir).resolve().name,
     ).validate()
     security = serve_security(args, os.environ)
+    tls = tls_options(args.ssl_keyfile, args.ssl_certfile, args.ssl_ca_certs)
     progress = Progress(args.quiet)
     configure_logging(args.log_level)
     if args.ray is not None:
-        if security.api_keys or security.metrics_api_keys:
-            raise ValueError("--api-key, --api-key-file, T5ORT_API_KEY and --metrics-api-key are not applied by "
-                             "--ray (Ray Serve's proxy answers the requests); serve without --ray, or keep the Ray "
-                             "cluster's port on a private network.")
+        if security.api_keys or security.metrics_api_keys or tls:
+            raise ValueError("--api-key, --api-key-file, T5ORT_API_KEY, --metrics-api-key and --ssl-* are not "
+                             "applied by --ray (Ray Serve's proxy answers the requests); serve without --ray, or keep "
+                             "the Ray cluster's port on a private network.")
         return cmd_serve_ray(args, config, progress)
-    if not security.api_keys and not is_loopback(args.host):
+    if not security.api_keys and not tls.get("ssl_ca_certs") and not is_loopback(args.host):
         print(f"t5ort serve: warning: --host {args.host} is reachable from other machines and no API key is set: "
-              "anyone who can connect can use the model. Set --api-key-file FILE, T5ORT_API_KEY or --api-key.",
-              file=sys.stderr, flush=True)
+              "anyone who can connect can use the model. Set --api-key-file FILE, T5ORT_API_KEY or --api-key (or "
+              "require client certificates with --ssl-ca-certs).", file=sys.stderr, flush=True)
     read_manifest(args.out_dir)  # a wrong OUT_DIR fails here, before the port opens
     # the model loads in the background once the port is open: /live answers, /ready says "loading"
     app = create_app(functools.partial(load_runtime, args, args.out_dir, max_input_tokens=args.max_input_tokens,
@@ -402,10 +403,13 @@ def cmd_serve(args) -> int:
     progress(f"limits: {limits}")
     if security.api_keys:
         progress(f"{len(security.api_keys)} API key(s): model routes need 'Authorization: Bearer <key>'")
-    progress(f"serving {config.model_name!r} on http://{args.host}:{args.port} once {args.out_dir} is loaded "
+    if tls.get("ssl_ca_certs"):
+        progress(f"TLS: clients need a certificate signed by a CA in {tls['ssl_ca_certs']}")
+    scheme = "https" if tls else "http"
+    progress(f"serving {config.model_name!r} on {scheme}://{args.host}:{args.port} once {args.out_dir} is loaded "
              "(probes: /live, /ready; docs: /docs; playground: /playground)")
     return run(app, host=args.host, port=args.port, shutdown_grace=config.shutdown_grace,
-               drain_delay=config.drain_delay, log_level=args.log_level)
+               drain_delay=config.drain_delay, log_level=args.log_level, tls=tls)
 
 
 def is_loopback(host: str) -> bool:
@@ -511,6 +515,10 @@ def add_serve_parser(sub) -> None:
     g.add_argument("--api-key-file", metavar="FILE", help="API keys, one per line (# starts a comment)")
     g.add_argument("--metrics-api-key", action="append", metavar="KEY",
                    help="/metrics needs 'Authorization: Bearer KEY' (repeatable; default: /metrics is open)")
+    g.add_argument("--ssl-keyfile", metavar="FILE", help="serve https: the private key (PEM), with --ssl-certfile")
+    g.add_argument("--ssl-certfile", metavar="FILE", help="serve https: the certificate chain (PEM)")
+    g.add_argument("--ssl-ca-certs", metavar="FILE",
+                   help="mutual TLS: clients must present a certificate signed by one of these CAs (PEM)")
 
     g = p.add_argument_group("logging")
     g.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")

@@ -70,7 +70,8 @@ class Served:
         return httpx.Client(base_url=self.url, timeout=30, **{**self.client_options, **options})
 
     def output(self) -> str:
-        self._log_file.flush()
+        if not self._log_file.closed:
+            self._log_file.flush()
         return self.log.read_text(errors="replace")
 
     def stop(self) -> int:
@@ -420,3 +421,127 @@ def test_sigterm_drains_ready_503_while_requests_are_still_served(tmp_path):
     with pytest.raises(httpx.ConnectError):
         httpx.get(s.url + "/live", timeout=2)
     s.stop()
+
+
+# ---- TLS -------------------------------------------------------------------------------------------------
+
+
+def _pem_pair(root: Path, name: str, *, issuer=None, server: bool = False) -> tuple[Path, Path, object, object]:
+    """A certificate and its key: self-signed (a CA) without ``issuer``, else signed by ``issuer`` = (cert, key)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (x509.CertificateBuilder().subject_name(subject).public_key(key.public_key())
+               .serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1)))
+    if issuer is None:
+        builder = builder.issuer_name(subject).add_extension(x509.BasicConstraints(ca=True, path_length=None),
+                                                             critical=True)
+        builder = builder.add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                                      content_commitment=False, key_encipherment=False,
+                                                      data_encipherment=False, key_agreement=False,
+                                                      encipher_only=False, decipher_only=False), critical=True)
+        signer = key
+    else:
+        issuer_cert, signer = issuer
+        builder = builder.issuer_name(issuer_cert.subject).add_extension(
+            x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        if server:
+            builder = builder.add_extension(x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+    cert = builder.sign(signer, hashes.SHA256())
+    cert_path, key_path = root / f"{name}.pem", root / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path, cert, key
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    """A test CA with a server certificate (127.0.0.1) and a client certificate; another CA with its own client."""
+    pytest.importorskip("cryptography")
+    root = tmp_path_factory.mktemp("pki")
+    ca, _, ca_cert, ca_key = _pem_pair(root, "ca")
+    server_cert, server_key, _, _ = _pem_pair(root, "server", issuer=(ca_cert, ca_key), server=True)
+    client_cert, client_key, _, _ = _pem_pair(root, "client", issuer=(ca_cert, ca_key))
+    _, _, other_cert, other_key = _pem_pair(root, "other-ca")
+    stranger_cert, stranger_key, _, _ = _pem_pair(root, "stranger", issuer=(other_cert, other_key))
+    return {"ca": ca, "server": (server_cert, server_key), "client": (client_cert, client_key),
+            "stranger": (stranger_cert, stranger_key)}
+
+
+def tls_client_context(ca: Path, cert: tuple[Path, Path] | None = None):
+    import ssl
+
+    context = ssl.create_default_context(cafile=str(ca))
+    if cert is not None:
+        context.load_cert_chain(str(cert[0]), str(cert[1]))
+    return context
+
+
+def test_https_with_a_client_that_trusts_the_ca_and_plain_http_fails_cleanly(tmp_path, pki):
+    openai = pytest.importorskip("openai")
+    cert, key = pki["server"]
+    s = Served(tmp_path / "server.log", "--ssl-keyfile", str(key), "--ssl-certfile", str(cert), "--api-key", KEY_FLAG,
+               scheme="https", client={"verify": tls_client_context(pki["ca"])})
+    try:
+        with s.client(headers=bearer(KEY_FLAG)) as c:
+            assert c.get("/ready").json() == {"status": "ready"}
+            assert c.post("/generate", json=GENERATE).json()["generated_text"] == GERMAN
+        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):  # the system CAs do not know it
+            httpx.get(s.url + "/live")
+        for _ in range(3):  # plain http to the TLS port: the client gets an error, the server goes on
+            with pytest.raises(httpx.TransportError):
+                httpx.get(f"http://127.0.0.1:{s.port}/live", timeout=5)
+        with httpx.Client(verify=tls_client_context(pki["ca"])) as http:
+            client = openai.OpenAI(base_url=s.url + "/v1", api_key=KEY_FLAG, max_retries=0, http_client=http)
+            assert client.completions.create(model="numbers", prompt=TEXT, max_tokens=12,
+                                             temperature=0).choices[0].text == GERMAN
+        assert "https://127.0.0.1" in s.output()
+    finally:
+        assert s.stop() == 0
+    assert "Traceback" not in s.output()
+
+
+def test_client_certificates_required_with_ssl_ca_certs(tmp_path, pki):
+    cert, key = pki["server"]
+    s = Served(tmp_path / "server.log", "--ssl-keyfile", str(key), "--ssl-certfile", str(cert),
+               "--ssl-ca-certs", str(pki["ca"]), scheme="https",
+               client={"verify": tls_client_context(pki["ca"], pki["client"])})
+    try:
+        for refused in (tls_client_context(pki["ca"]), tls_client_context(pki["ca"], pki["stranger"])):
+            with pytest.raises(httpx.TransportError):  # no certificate, or one from another CA
+                with httpx.Client(verify=refused) as c:
+                    c.get(s.url + "/live", timeout=5)
+        with s.client() as c:
+            assert c.get("/ready").status_code == 200
+            assert c.post("/generate", json=GENERATE).json()["generated_text"] == GERMAN
+    finally:
+        assert s.stop() == 0
+
+
+def test_bad_tls_settings_are_refused_at_start(tmp_path, pki):
+    cert, key = pki["server"]
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate")
+    for args, said in [
+        (("--ssl-certfile", str(cert)), "TLS needs both --ssl-keyfile"),
+        (("--ssl-ca-certs", str(pki["ca"])), "give --ssl-keyfile and --ssl-certfile too"),
+        (("--ssl-keyfile", str(key), "--ssl-certfile", str(garbage)), f"--ssl-certfile {garbage}"),
+        (("--ssl-keyfile", str(key), "--ssl-certfile", str(cert), "--ssl-ca-certs", str(tmp_path / "none.pem")),
+         "--ssl-ca-certs"),
+    ]:
+        out = subprocess.run([sys.executable, "-m", "t5ort.cli", "serve", str(MODEL), "--port", "1", *args],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2 and said in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)

@@ -55,17 +55,48 @@ def _draining_server(config, state, drain_delay: float):
     return DrainingServer(config)
 
 
+def tls_options(keyfile: str | None, certfile: str | None, ca_certs: str | None) -> dict:
+    """uvicorn's TLS settings, checked now (the files load into a TLS context) so that errors name the flag.
+
+    ``ca_certs``: clients must present a certificate signed by one of these CAs (mutual TLS).
+    """
+    import ssl
+
+    if not keyfile and not certfile:
+        if ca_certs:
+            raise ValueError("--ssl-ca-certs checks client certificates over TLS: give --ssl-keyfile and "
+                             "--ssl-certfile too.")
+        return {}
+    if not (keyfile and certfile):
+        raise ValueError("TLS needs both --ssl-keyfile (the private key) and --ssl-certfile (the certificate chain).")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(certfile, keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"--ssl-certfile {certfile} / --ssl-keyfile {keyfile}: cannot load them as a PEM certificate "
+                         f"chain and its private key ({exc}).") from exc
+    options = {"ssl_keyfile": keyfile, "ssl_certfile": certfile}
+    if ca_certs:
+        try:
+            context.load_verify_locations(cafile=ca_certs)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"--ssl-ca-certs {ca_certs}: cannot load it as PEM CA certificates ({exc}).") from exc
+        options.update(ssl_ca_certs=ca_certs, ssl_cert_reqs=ssl.CERT_REQUIRED)
+    return options
+
+
 def run(app, *, host: str, port: int, shutdown_grace: float, drain_delay: float = 0.0,
-        log_level: str = "info") -> int:
+        log_level: str = "info", tls: dict | None = None) -> int:
     """Serve ``app`` (from :func:`~t5ort.serve.create_app`) until SIGTERM/SIGINT; 0 after a graceful shutdown.
 
-    If the model cannot be loaded, the server stops and its load error is raised.
+    ``tls``: from :func:`tls_options`. If the model cannot be loaded, the server stops and its load error is raised.
     """
     import uvicorn
 
     state = app.state.t5ort
     config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=int(max(1, shutdown_grace)), log_level=log_level)
+                            timeout_graceful_shutdown=int(max(1, shutdown_grace)), log_level=log_level,
+                            **(tls or {}))
     server = _draining_server(config, state, drain_delay)
     state.on_load_failure = lambda _exc: setattr(server, "should_exit", True)
     received: list[int] = []
