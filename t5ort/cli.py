@@ -386,10 +386,10 @@ def cmd_serve(args) -> int:
     progress = Progress(args.quiet)
     configure_logging(args.log_level)
     if args.ray is not None:
-        if security.api_keys or security.metrics_api_keys or tls:
-            raise ValueError("--api-key, --api-key-file, T5ORT_API_KEY, --metrics-api-key and --ssl-* are not "
-                             "applied by --ray (Ray Serve's proxy answers the requests); serve without --ray, or keep "
-                             "the Ray cluster's port on a private network.")
+        if security.api_keys or security.metrics_api_keys or security.cors_allow_origins or tls:
+            raise ValueError("--api-key, --api-key-file, T5ORT_API_KEY, --metrics-api-key, --ssl-* and "
+                             "--cors-allow-origin are not applied by --ray (Ray Serve's proxy answers the requests); "
+                             "serve without --ray, or keep the Ray cluster's port on a private network.")
         return cmd_serve_ray(args, config, progress)
     if not security.api_keys and not tls.get("ssl_ca_certs") and not is_loopback(args.host):
         print(f"t5ort serve: warning: --host {args.host} is reachable from other machines and no API key is set: "
@@ -457,7 +457,8 @@ def serve_security(args, environ):
     if "T5ORT_API_KEY" in environ:
         keys.append(_api_key(environ["T5ORT_API_KEY"], "T5ORT_API_KEY (set, so it must hold a key)"))
     metrics_keys = [_api_key(k, f"--metrics-api-key #{i}") for i, k in enumerate(args.metrics_api_key or [], 1)]
-    return SecurityConfig(api_keys=tuple(dict.fromkeys(keys)), metrics_api_keys=tuple(metrics_keys)).validate()
+    return SecurityConfig(api_keys=tuple(dict.fromkeys(keys)), metrics_api_keys=tuple(metrics_keys),
+                          cors_allow_origins=tuple(args.cors_allow_origin or ())).validate()
 
 
 def add_serve_parser(sub) -> None:
@@ -519,6 +520,9 @@ def add_serve_parser(sub) -> None:
     g.add_argument("--ssl-certfile", metavar="FILE", help="serve https: the certificate chain (PEM)")
     g.add_argument("--ssl-ca-certs", metavar="FILE",
                    help="mutual TLS: clients must present a certificate signed by one of these CAs (PEM)")
+    g.add_argument("--cors-allow-origin", action="append", metavar="ORIGIN",
+                   help="let pages from ORIGIN (https://host[:port], or *) call the server (repeatable; "
+                        "default: no CORS headers, browsers allow same-origin calls only)")
 
     g = p.add_argument_group("logging")
     g.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")

@@ -246,7 +246,7 @@ def test_metrics_key_guards_metrics_only(metrics_keyed):
                        wrong_key=True)
 
 
-def test_bad_key_settings_are_refused_at_start_without_showing_the_key(tmp_path):
+def test_bad_key_and_origin_settings_are_refused_at_start_without_showing_the_key(tmp_path):
     def serve(*args, env=None):
         return subprocess.run([sys.executable, "-m", "t5ort.cli", "serve", str(MODEL), "--port", "1", *args],
                               capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})})
@@ -262,6 +262,7 @@ def test_bad_key_settings_are_refused_at_start_without_showing_the_key(tmp_path)
         (("--api-key-file", str(spaced)), None, "line 1: an API key must be non-empty visible ASCII without spaces"),
         ((), {"T5ORT_API_KEY": ""}, "T5ORT_API_KEY (set, so it must hold a key)"),
         (("--api-key", "k", "--ray"), None, "not applied by --ray"),
+        (("--cors-allow-origin", "app.example.com"), None, "'app.example.com' is not an origin"),
     ]:
         out = serve(*args, env=env)
         assert out.returncode == 2 and said in out.stderr, (args, out.stderr)
@@ -545,3 +546,91 @@ def test_bad_tls_settings_are_refused_at_start(tmp_path, pki):
         out = subprocess.run([sys.executable, "-m", "t5ort.cli", "serve", str(MODEL), "--port", "1", *args],
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 2 and said in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
+
+
+# ---- CORS ------------------------------------------------------------------------------------------------
+
+ALLOWED_ORIGIN = "https://app.example.com"
+
+
+def preflight(c: httpx.Client, origin: str, path: str = "/generate") -> httpx.Response:
+    return c.options(path, headers={"Origin": origin, "Access-Control-Request-Method": "POST",
+                                    "Access-Control-Request-Headers": "authorization, content-type"})
+
+
+def test_cors_is_off_by_default(keyed):
+    with keyed.client() as c:
+        for r in (preflight(c, ALLOWED_ORIGIN),
+                  c.post("/generate", json=GENERATE, headers={"Origin": ALLOWED_ORIGIN, **bearer(KEY_FLAG)})):
+            assert not [h for h in r.headers if h.startswith("access-control-")], r.headers
+        assert preflight(c, ALLOWED_ORIGIN).status_code == 401  # an OPTIONS request like any other: no key, no entry
+
+
+@pytest.fixture(scope="module")
+def cors(tmp_path_factory):
+    """Allows ALLOWED_ORIGIN and a loopback origin where the browser test serves a page (``page_port``)."""
+    page_port = free_port()
+    s = Served(tmp_path_factory.mktemp("cors") / "server.log", "--api-key", KEY_FLAG,
+               "--cors-allow-origin", ALLOWED_ORIGIN, "--cors-allow-origin", f"http://127.0.0.1:{page_port}")
+    s.page_port = page_port
+    yield s
+    s.stop()
+
+
+def test_cors_preflight_from_an_allowed_and_a_disallowed_origin(cors):
+    with cors.client() as c:
+        ok = preflight(c, ALLOWED_ORIGIN)  # no key needed: browsers send none with a preflight
+        assert ok.status_code == 200
+        assert ok.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
+        assert {"authorization", "content-type"} <= {h.strip().lower() for h in
+                                                     ok.headers["access-control-allow-headers"].split(",")}
+        assert "POST" in ok.headers["access-control-allow-methods"]
+        assert "access-control-allow-credentials" not in ok.headers
+        bad = preflight(c, "https://evil.example.com")
+        assert bad.status_code == 400 and "access-control-allow-origin" not in bad.headers
+
+        r = c.post("/generate", json=GENERATE, headers={"Origin": ALLOWED_ORIGIN, **bearer(KEY_FLAG)})
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
+        assert "x-request-id" in r.headers["access-control-expose-headers"].lower()
+        refused = c.post("/generate", json=GENERATE, headers={"Origin": ALLOWED_ORIGIN})
+        assert refused.status_code == 401 and refused.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
+        other = c.post("/generate", json=GENERATE, headers={"Origin": "https://evil.example.com", **bearer(KEY_FLAG)})
+        assert "access-control-allow-origin" not in other.headers
+
+
+def test_cors_in_a_browser_page_from_another_origin(browser, cors):  # noqa: F811 (the fixture)
+    """Pages served from two other loopback ports call the server: the listed origin may, the other may not."""
+    import http.server
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b"<!doctype html><title>another origin</title>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    call = """
+        const done = arguments[arguments.length - 1];
+        fetch(arguments[0] + "/generate", {method: "POST", body: JSON.stringify(arguments[1]),
+              headers: {"Content-Type": "application/json", "Authorization": "Bearer " + arguments[2]}})
+          .then(async (r) => done({status: r.status, id: r.headers.get("X-Request-Id"), body: await r.json()}))
+          .catch((e) => done({error: String(e)}));
+    """
+    results = {}
+    for name, port in (("listed", cors.page_port), ("stranger", 0)):
+        pages = http.server.ThreadingHTTPServer(("127.0.0.1", port), Page)
+        threading.Thread(target=pages.serve_forever, daemon=True).start()
+        try:
+            browser.get(f"http://127.0.0.1:{pages.server_address[1]}/")
+            results[name] = browser.execute_async_script(call, cors.url, GENERATE, KEY_FLAG)
+        finally:
+            pages.shutdown()
+            pages.server_close()
+    assert results["listed"]["status"] == 200 and results["listed"]["body"]["generated_text"] == GERMAN, results
+    assert re.fullmatch(r"[0-9a-f]{16}", results["listed"]["id"])  # exposed to the page
+    assert "Failed to fetch" in results["stranger"].get("error", ""), results

@@ -23,6 +23,7 @@ from typing import Any, AsyncIterator, Callable
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -353,7 +354,8 @@ def create_app(runtime, config: ServeConfig | None = None,
 
 
 def _install_middleware(app: FastAPI, state: ServeState, security: SecurityConfig) -> None:
-    """From the outside in: request id, API keys (before the body is read), body cap."""
+    """From the outside in: request id, CORS (preflights answered without a key), API keys (before the body is
+    read), body cap."""
     paths = {getattr(route, "path", None) for route in app.routes}
 
     def refused(path: str) -> None:
@@ -365,6 +367,12 @@ def _install_middleware(app: FastAPI, state: ServeState, security: SecurityConfi
     if security.api_keys or security.metrics_api_keys:
         app.add_middleware(ApiKeyAuth, api_keys=security.api_keys, metrics_keys=security.metrics_api_keys,
                            on_refused=refused)
+    if security.cors_allow_origins:
+        # keys travel in the Authorization header, never in cookies: no credentials mode
+        app.add_middleware(CORSMiddleware, allow_origins=list(security.cors_allow_origins),
+                           allow_methods=["GET", "POST"], allow_credentials=False, max_age=600,
+                           allow_headers=["Authorization", "Content-Type", "Accept", "X-Request-Id"],
+                           expose_headers=["X-Request-Id", "Retry-After"])
     app.add_middleware(RequestContext)
 
 
