@@ -127,14 +127,17 @@ class T5Runtime:
         ``attention_mask``). The :class:`~t5ort.runtime.graphs.EncoderOutput` (every decoder layer's
         cross-attention keys/values; ``nbytes``; ``[rows]``) goes to ``generate``, ``stream``, ``score`` and
         ``decoder`` as ``encoder_output=``, in place of the inputs, as often as you like."""
-        ids, mask = self._inputs(texts, input_ids, attention_mask)
-        self.limits.check(ids, 0, 0, "encode()")
-        return self.graphs.encode(ids, mask)
+        return self._encoded(texts, input_ids, attention_mask, None, lambda mask: self.limits.check(mask, 0, 0,
+                                                                                                   "encode()"))
 
-    def _encoded(self, texts, input_ids, attention_mask, encoder_output) -> EncoderOutput:
-        """The inputs' encoder output: ``encoder_output`` as given, or the inputs encoded."""
+    def _encoded(self, texts, input_ids, attention_mask, encoder_output, check=None) -> EncoderOutput:
+        """The inputs' encoder output: ``encoder_output`` as given, or the inputs encoded. ``check(mask)``
+        (the limits) runs on the source mask before any work."""
         if encoder_output is None:
-            return self.graphs.encode(*self._inputs(texts, input_ids, attention_mask))
+            ids, mask = self._inputs(texts, input_ids, attention_mask)
+            if check is not None:
+                check(mask)
+            return self.graphs.encode(ids, mask)
         if not isinstance(encoder_output, EncoderOutput):
             raise TypeError(f"encoder_output must come from runtime.encode(...), got {type(encoder_output).__name__}.")
         if texts is not None or input_ids is not None or attention_mask is not None:
@@ -142,6 +145,8 @@ class T5Runtime:
         if encoder_output.device != (self.graphs._device, self.graphs._device_id):
             raise ValueError(f"encoder_output lives on {encoder_output.device}, this runtime on "
                              f"{(self.graphs._device, self.graphs._device_id)}; encode with this runtime.")
+        if check is not None:
+            check(encoder_output.attention_mask)
         return encoder_output
 
     def decoder(self, source: Sequence[str] | EncoderOutput | None = None, *, input_ids: np.ndarray | None = None,
@@ -211,11 +216,13 @@ class T5Runtime:
             raise TypeError("t5ort names the draft runtime assistant=..., not assistant_model=.")
         assistant = options.pop("assistant", None)
         opts = GenerationOptions.create(**options).validate(self.vocab_size)
-        encoded = self._encoded(texts, input_ids, attention_mask, encoder_output)
-        mask = encoded.attention_mask
-        per_step = mask.shape[0] * opts.rows_per_input * opts.max_new_tokens * self.vocab_size * 4
-        self.limits.check(mask, opts.max_new_tokens,
-                          per_step * (opts.output_logits + opts.output_scores), "the raw logits and scores")
+
+        def check(mask: np.ndarray) -> None:
+            per_step = mask.shape[0] * opts.rows_per_input * opts.max_new_tokens * self.vocab_size * 4
+            self.limits.check(mask, opts.max_new_tokens,
+                              per_step * (opts.output_logits + opts.output_scores), "the raw logits and scores")
+
+        encoded = self._encoded(texts, input_ids, attention_mask, encoder_output, check)
         speculation = None
         if opts.speculative or assistant is not None:
             out, speculation = speculative.run(self, encoded, opts, self._special(opts), assistant,
@@ -256,8 +263,8 @@ class T5Runtime:
         opts = GenerationOptions.create(**options, output_logits=False).validate(self.vocab_size)
         if opts.strategy == "beam":
             raise ValueError("stream() supports greedy and sampling; use generate() for num_beams > 1.")
-        encoded = self._encoded(texts, input_ids, attention_mask, encoder_output)
-        self.limits.check(encoded.attention_mask, opts.max_new_tokens, 0, "stream()")
+        encoded = self._encoded(texts, input_ids, attention_mask, encoder_output,
+                                lambda mask: self.limits.check(mask, opts.max_new_tokens, 0, "stream()"))
         strategy, steps = start(self.graphs, encoded, opts, self._special(opts), self._token_text())
         for step in steps:
             yield StepEvent(
@@ -297,15 +304,15 @@ class T5Runtime:
         if encoder_output is None:
             ids, mask = self._inputs(texts, input_ids, attention_mask)
             unique, rows = _distinct_rows(ids, mask)
-            encoded = self.graphs.encode(ids[unique], mask[unique])
         else:
             encoded = self._encoded(texts, input_ids, attention_mask, encoder_output)
-            rows = np.arange(encoded.batch_size)
+            mask, rows = encoded.attention_mask, np.arange(encoded.batch_size)
         labels = self._targets(targets, target_ids, len(rows))
         if len(rows) == 1 and labels.shape[0] > 1:  # one source, many targets
             rows = np.zeros(labels.shape[0], np.int64)
-        self.limits.check(encoded.attention_mask, labels.shape[1], labels.size * self.vocab_size * 4,
-                          "the logits of score()")
+        self.limits.check(mask, labels.shape[1], labels.size * self.vocab_size * 4, "the logits of score()")
+        if encoder_output is None:  # each distinct source once
+            encoded = self.graphs.encode(ids[unique], mask[unique])
         valid = labels != -100
         st = self.manifest.special_tokens
         decoder_input_ids = np.empty_like(labels)
