@@ -367,13 +367,29 @@ def cmd_serve_ray(args, config, progress) -> int:
 
 
 def cmd_serve(args) -> int:
-    import functools
+    """`t5ort serve`. With --json-output, start-up messages, warnings and errors are JSON log lines too."""
+    import logging
 
-    from .runtime.manifest import read_manifest
-    from .serve import ServeConfig, create_app
-    from .serve.server import configure_logging, run, tls_options
+    from .runtime.errors import T5ortError
+    from .serve.server import configure_logging
 
-    config = ServeConfig(
+    configure_logging(args.log_level, json_output=args.json_output)
+    if not args.json_output:
+        return serve(args, Progress(args.quiet),
+                     lambda message: print(f"t5ort serve: warning: {message}", file=sys.stderr, flush=True))
+    log = logging.getLogger("t5ort.serve")
+    try:
+        return serve(args, (lambda _message: None) if args.quiet else log.info, log.warning)
+    except (T5ortError, ValueError, FileNotFoundError) as exc:
+        log.error("t5ort serve: error: %s", exc)
+        return 2
+
+
+def serve_config(args):
+    """The :class:`~t5ort.serve.ServeConfig` of `t5ort serve`'s flags."""
+    from .serve import ServeConfig
+
+    return ServeConfig(
         batching=args.batching, max_batch_rows=args.max_batch_rows, max_batch_tokens=args.max_batch_tokens,
         max_batch_size=args.max_batch_size, max_queue=args.max_queue, max_input_tokens=args.max_input_tokens,
         max_new_tokens=args.max_new_tokens, default_max_new_tokens=min(20, args.max_new_tokens),
@@ -381,10 +397,19 @@ def cmd_serve(args) -> int:
         batch_window_ms=args.batch_window_ms, shutdown_grace=args.shutdown_grace, drain_delay=args.drain_delay,
         model_name=args.model_name or Path(args.out_dir).resolve().name,
     ).validate()
+
+
+def serve(args, progress, warn) -> int:
+    """Check the settings, then serve until SIGTERM; ``progress`` and ``warn`` take the messages."""
+    import functools
+
+    from .runtime.manifest import read_manifest
+    from .serve import create_app
+    from .serve.server import run, tls_options
+
+    config = serve_config(args)
     security = serve_security(args, os.environ)
     tls = tls_options(args.ssl_keyfile, args.ssl_certfile, args.ssl_ca_certs)
-    progress = Progress(args.quiet)
-    configure_logging(args.log_level)
     if args.ray is not None:
         if security.api_keys or security.metrics_api_keys or security.cors_allow_origins or tls:
             raise ValueError("--api-key, --api-key-file, T5ORT_API_KEY, --metrics-api-key, --ssl-* and "
@@ -392,22 +417,20 @@ def cmd_serve(args) -> int:
                              "serve without --ray, or keep the Ray cluster's port on a private network.")
         return cmd_serve_ray(args, config, progress)
     if not security.api_keys and not tls.get("ssl_ca_certs") and not is_loopback(args.host):
-        print(f"t5ort serve: warning: --host {args.host} is reachable from other machines and no API key is set: "
-              "anyone who can connect can use the model. Set --api-key-file FILE, T5ORT_API_KEY or --api-key (or "
-              "require client certificates with --ssl-ca-certs).", file=sys.stderr, flush=True)
+        warn(f"--host {args.host} is reachable from other machines and no API key is set: anyone who can connect "
+             "can use the model. Set --api-key-file FILE, T5ORT_API_KEY or --api-key (or require client "
+             "certificates with --ssl-ca-certs).")
     read_manifest(args.out_dir)  # a wrong OUT_DIR fails here, before the port opens
     # the model loads in the background once the port is open: /live answers, /ready says "loading"
     app = create_app(functools.partial(load_runtime, args, args.out_dir, max_input_tokens=args.max_input_tokens,
                                        max_new_tokens=args.max_new_tokens), config, security=security)
-    limits = ", ".join(f"{k}={v}" for k, v in config.as_dict().items())
-    progress(f"limits: {limits}")
+    progress("limits: " + ", ".join(f"{k}={v}" for k, v in config.as_dict().items()))
     if security.api_keys:
         progress(f"{len(security.api_keys)} API key(s): model routes need 'Authorization: Bearer <key>'")
     if tls.get("ssl_ca_certs"):
         progress(f"TLS: clients need a certificate signed by a CA in {tls['ssl_ca_certs']}")
-    scheme = "https" if tls else "http"
-    progress(f"serving {config.model_name!r} on {scheme}://{args.host}:{args.port} once {args.out_dir} is loaded "
-             "(probes: /live, /ready; docs: /docs; playground: /playground)")
+    progress(f"serving {config.model_name!r} on {'https' if tls else 'http'}://{args.host}:{args.port} once "
+             f"{args.out_dir} is loaded (probes: /live, /ready; docs: /docs; playground: /playground)")
     return run(app, host=args.host, port=args.port, shutdown_grace=config.shutdown_grace,
                drain_delay=config.drain_delay, log_level=args.log_level, tls=tls)
 
@@ -525,7 +548,11 @@ def add_serve_parser(sub) -> None:
                         "default: no CORS headers, browsers allow same-origin calls only)")
 
     g = p.add_argument_group("logging")
-    g.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+    g.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info",
+                   help="info: one access line per request (probes and /metrics at debug), start-up, shutdown")
+    g.add_argument("--json-output", action="store_true",
+                   help="log one JSON object per line: time, level, logger, message, request_id, method, path, "
+                        "status, duration_ms (never headers or keys)")
     g.add_argument("--quiet", action="store_true", help="no start-up messages")
     add_serve_ray_arguments(p)
     p.set_defaults(run=cmd_serve)

@@ -634,3 +634,89 @@ def test_cors_in_a_browser_page_from_another_origin(browser, cors):  # noqa: F81
     assert results["listed"]["status"] == 200 and results["listed"]["body"]["generated_text"] == GERMAN, results
     assert re.fullmatch(r"[0-9a-f]{16}", results["listed"]["id"])  # exposed to the page
     assert "Failed to fetch" in results["stranger"].get("error", ""), results
+
+
+# ---- request ids and logs --------------------------------------------------------------------------------
+
+JSON_FIELDS = {"time", "level", "logger", "message", "request_id", "method", "path", "status", "duration_ms"}
+
+
+@pytest.fixture(scope="module")
+def json_logged(tmp_path_factory):
+    s = Served(tmp_path_factory.mktemp("json_logged") / "server.log", "--json-output", "--api-key", KEY_FLAG)
+    yield s
+    s.stop()
+
+
+def test_every_response_carries_a_request_id_echoed_when_sane(json_logged):
+    with json_logged.client() as c:
+        fresh = set()
+        for method, path, body, headers, status in [
+            ("POST", "/generate", GENERATE, bearer(KEY_FLAG), 200),
+            ("POST", "/generate", GENERATE, {}, 401),
+            ("POST", "/generate", {"inputs": 3}, bearer(KEY_FLAG), 422),
+            ("POST", "/v1/completions", {"model": "numbers"}, bearer(KEY_FLAG), 400),
+            ("GET", "/nope", None, bearer(KEY_FLAG), 404),
+            ("GET", "/live", None, {}, 200), ("GET", "/ready", None, {}, 200), ("GET", "/metrics", None, {}, 200),
+            ("GET", "/docs", None, {}, 200),
+        ]:
+            r = c.request(method, path, json=body, headers=headers)
+            assert r.status_code == status, (path, r.text)
+            assert re.fullmatch(r"[0-9a-f]{16}", r.headers["x-request-id"]), (path, r.headers)
+            fresh.add(r.headers["x-request-id"])
+            r = c.request(method, path, json=body, headers={**headers, "X-Request-Id": "client-id_7.a"})
+            assert r.headers["x-request-id"] == "client-id_7.a", path
+        assert len(fresh) == 9  # a new one each time
+        big = c.post("/generate", content=b"x" * (2 << 20), headers={**bearer(KEY_FLAG), "X-Request-Id": "big-1",
+                                                                      "content-type": "application/json"})
+        assert big.status_code == 413 and big.headers["x-request-id"] == "big-1"
+        for insane in ("a" * 65, "has space", "semi;colon", "<script>", ""):  # replaced, never echoed
+            r = c.get("/live", headers={"X-Request-Id": insane})
+            assert re.fullmatch(r"[0-9a-f]{16}", r.headers["x-request-id"]), insane
+        with c.stream("POST", "/generate_stream", json=GENERATE,
+                      headers={**bearer(KEY_FLAG), "X-Request-Id": "stream-1"}) as r:
+            assert r.headers["x-request-id"] == "stream-1"
+            r.read()
+
+
+def test_json_output_is_one_object_per_line_with_request_fields_and_no_keys(json_logged):
+    with json_logged.client() as c:
+        assert c.post("/generate", json=GENERATE, headers={**bearer(KEY_FLAG), "X-Request-Id": "trace-abc.1"}
+                      ).status_code == 200
+        c.post("/score", json=SCORE, headers={**bearer(WRONG), "X-Request-Id": "trace-refused"})
+        c.get("/live", headers={"X-Request-Id": "trace-probe"})
+        c.get("/generate?api_key=" + KEY_FLAG, headers={"X-Request-Id": "trace-query"})
+    time.sleep(0.2)  # the access line is written once the answer is sent
+    out = json_logged.output()
+    lines = [json.loads(line) for line in out.splitlines()]  # every line is one JSON object
+    assert all(set(line) >= JSON_FIELDS for line in lines)
+    access = {line["request_id"]: line for line in lines if line["logger"] == "t5ort.serve.access"}
+    done = access["trace-abc.1"]
+    assert (done["method"], done["path"], done["status"], done["level"]) == ("POST", "/generate", 200, "info")
+    assert 0 < done["duration_ms"] < 30_000 and done["message"].startswith("POST /generate 200")
+    assert any(line["request_id"] == "trace-abc.1" and line["message"].startswith("finished:") for line in lines)
+    refused = access["trace-refused"]
+    assert (refused["path"], refused["status"]) == ("/score", 401)
+    assert any(line["request_id"] == "trace-refused" and line["level"] == "warning" and line["path"] == "/score"
+               for line in lines)
+    assert access["trace-query"]["path"] == "/generate"  # the query string is not logged
+    assert "trace-probe" not in access  # probes log at debug
+    assert any(line["message"].startswith("serving 'numbers'") for line in lines)  # start-up messages too
+    assert lines[0]["time"].endswith("+00:00")
+    for secret in (KEY_FLAG, WRONG, "Bearer " + KEY_FLAG[:4], "Bearer " + WRONG[:4]):  # nor any header
+        assert secret not in out
+
+
+def test_text_logs_have_an_access_line_per_request(keyed):
+    with keyed.client() as c:
+        c.post("/generate", json=GENERATE, headers={**bearer(KEY_FLAG), "X-Request-Id": "text-trace-1"})
+    time.sleep(0.2)
+    assert re.search(r"INFO t5ort\.serve\.access \[text-trace-1\] POST /generate 200 [0-9.]+ ms", keyed.output())
+
+
+def test_json_output_errors_are_json_lines_too(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "t5ort.cli", "serve", str(tmp_path / "missing"), "--json-output"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    line = json.loads(out.stderr.strip())
+    assert line["level"] == "error" and "no such directory" in line["message"]

@@ -42,18 +42,29 @@ from .security import ApiKeyAuth
 from .validation import RequestError, TgiPlan, completion_plan, new_request_id, score_job, tgi_plan
 
 log = logging.getLogger("t5ort.serve")
+access_log = logging.getLogger("t5ort.serve.access")
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("t5ort_request_id", default="-")
+# (method, path) of the request being answered, for log lines
+request_line_var: contextvars.ContextVar[tuple[str | None, str | None]] = contextvars.ContextVar(
+    "t5ort_request_line", default=(None, None))
 NPZ = "application/x-npz"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _FAILED_STATUS = {"timeout": 504, "shutdown": 503, "invalid": 422, "internal": 500}
 
 
+# Probes and scrapes come every few seconds: their access lines are logged at DEBUG.
+_QUIET_PATHS = frozenset({"/live", "/ready", "/health", "/v2/health/live", "/v2/health/ready", "/metrics"})
+
+
 class RequestIdFilter(logging.Filter):
-    """Gives every log record a ``request_id`` (the record's own, else the current request's, else "-")."""
+    """Gives every log record a ``request_id`` (the record's own, else the current request's, else "-"), and
+    the current request's ``method`` and ``path`` where it has none (None outside a request)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, "request_id"):
             record.request_id = request_id_var.get()
+        if not hasattr(record, "method"):
+            record.method, record.path = request_line_var.get()
         return True
 
 
@@ -127,7 +138,11 @@ class AsyncChannel:
 
 
 class RequestContext:
-    """Sets the request id (a sane ``x-request-id`` header, else a new one) and puts it on every response."""
+    """Sets the request id (a sane ``x-request-id`` header, else a new one), puts it on every response, and
+    logs one access line per request (method, path without the query, status, duration; no headers).
+
+    A request whose client left before any answer is logged with status 499.
+    """
 
     def __init__(self, app):
         self.app = app
@@ -137,19 +152,31 @@ class RequestContext:
             return await self.app(scope, receive, send)
         given = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
         request_id = given if _REQUEST_ID.match(given) else new_request_id()
-        token = request_id_var.set(request_id)
+        method, path = scope.get("method", "-"), scope.get("path", "-")
+        tokens = request_id_var.set(request_id), request_line_var.set((method, path))
         scope.setdefault("state", {})["request_id"] = request_id
+        started, status = time.perf_counter(), None
 
         async def send_with_id(message):
+            nonlocal status
             if message["type"] == "http.response.start":
+                status = message["status"]
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
+        except BaseException:
+            status = status or 500
+            raise
         finally:
-            request_id_var.reset(token)
+            status = status or 499
+            duration_ms = round((time.perf_counter() - started) * 1000, 3)
+            access_log.log(logging.DEBUG if path in _QUIET_PATHS else logging.INFO, "%s %s %d %.1f ms", method,
+                           path, status, duration_ms, extra={"status": status, "duration_ms": duration_ms})
+            request_id_var.reset(tokens[0])
+            request_line_var.reset(tokens[1])
 
 
 class BodyLimit:

@@ -6,6 +6,8 @@ while requests are still accepted and served; then the server stops as above. A 
 
 from __future__ import annotations
 
+import datetime
+import json
 import logging
 import signal
 import time
@@ -16,10 +18,30 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 log = logging.getLogger("t5ort.serve")
 
 
-def configure_logging(level: str = "info") -> None:
-    """Log lines on stderr, each with its request id ("-" outside a request)."""
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time (UTC, ISO 8601), level, logger, message, request_id, method, path, status,
+    duration_ms (null where a line has none), and exception when there is one. Headers are never logged."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc).isoformat(
+                timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+            **{name: getattr(record, name, None) for name in ("request_id", "method", "path", "status", "duration_ms")},
+        }
+        if line["request_id"] == "-":
+            line["request_id"] = None
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False, default=str)
+
+
+def configure_logging(level: str = "info", json_output: bool = False) -> None:
+    """Log lines on stderr, each with its request id ("-" outside a request); ``json_output``: as JSON objects."""
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setFormatter(JsonFormatter() if json_output else logging.Formatter(LOG_FORMAT))
     handler.addFilter(RequestIdFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
