@@ -720,3 +720,27 @@ def test_json_output_errors_are_json_lines_too(tmp_path):
     assert out.returncode == 2
     line = json.loads(out.stderr.strip())
     assert line["level"] == "error" and "no such directory" in line["message"]
+
+
+# ---- --help ------------------------------------------------------------------------------------------------
+
+
+def test_help_groups_the_flags():
+    out = subprocess.run([sys.executable, "-m", "t5ort.cli", "serve", "--help"], capture_output=True, text=True,
+                         timeout=60, env={**os.environ, "COLUMNS": "200"})
+    assert out.returncode == 0
+    groups, current = {}, None
+    for line in out.stdout.splitlines():
+        if line and not line[0].isspace() and line.endswith(":"):  # a group's heading
+            current = line.split(" (")[0].rstrip(":")
+        elif current and (flag := re.match(r"^\s+(--[a-z-]+)", line)):
+            groups.setdefault(current, []).append(flag.group(1))
+    assert groups["server"] == ["--host", "--port", "--shutdown-grace", "--drain-delay"]
+    assert groups["model and runtime"] == ["--model-name", "--provider", "--threads", "--spin"]
+    assert groups["limits"] == ["--max-queue", "--max-input-tokens", "--max-new-tokens", "--max-top-n-tokens",
+                                "--request-timeout"]
+    assert groups["batching"] == ["--batching", "--max-batch-rows", "--max-batch-tokens", "--max-batch-size",
+                                  "--batch-window-ms"]
+    assert groups["security"] == ["--api-key", "--api-key-file", "--metrics-api-key", "--ssl-keyfile",
+                                  "--ssl-certfile", "--ssl-ca-certs", "--cors-allow-origin"]
+    assert groups["logging"] == ["--log-level", "--json-output", "--quiet"]
