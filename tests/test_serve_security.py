@@ -744,3 +744,103 @@ def test_help_groups_the_flags():
     assert groups["security"] == ["--api-key", "--api-key-file", "--metrics-api-key", "--ssl-keyfile",
                                   "--ssl-certfile", "--ssl-ca-certs", "--cors-allow-origin"]
     assert groups["logging"] == ["--log-level", "--json-output", "--quiet"]
+
+
+# ---- the deployment files (docs/deploy/, Dockerfile) ------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def dockerfile_instructions() -> dict[str, str]:
+    """The Dockerfile's last value of each instruction (continuation lines joined)."""
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    out = {}
+    for line in text.splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, value = line.strip().partition(" ")
+            out[name.upper()] = value.strip()
+    return out
+
+
+def test_deploy_files_agree_with_the_server(tmp_path):
+    yaml = pytest.importorskip("yaml")
+    docs = list(yaml.safe_load_all((ROOT / "docs" / "deploy" / "kubernetes.yaml").read_text()))
+    by_kind = {d["kind"]: d for d in docs}
+    assert set(by_kind) == {"Secret", "Deployment", "Service"}
+    secret, deployment, service = by_kind["Secret"], by_kind["Deployment"], by_kind["Service"]
+    docker = dockerfile_instructions()
+    entrypoint, cmd = json.loads(docker["ENTRYPOINT"]), json.loads(docker["CMD"])
+    healthcheck = json.loads(docker["HEALTHCHECK"].split(" CMD ", 1)[1])
+
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    args = container["args"]
+    image_port = entrypoint[entrypoint.index("--port") + 1]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http": int(image_port)}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/live", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
+    assert f"127.0.0.1:{image_port}/ready" in healthcheck[-1]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= deployment["spec"]["template"]["metadata"][
+        "labels"].items()
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    flags = dict(a.removeprefix("--").split("=", 1) for a in args if a.startswith("--") and "=" in a)
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    (key_volume,) = [name for name, v in volumes.items() if "secret" in v]
+    assert volumes[key_volume]["secret"]["secretName"] == secret["metadata"]["name"]
+    key_name = Path(flags["api-key-file"]).name
+    assert flags["api-key-file"] == f"{mounts[key_volume]}/{key_name}" and key_name in secret["stringData"]
+    assert pod["securityContext"]["runAsUser"] == int(docker["USER"].split(":")[0]) and pod["securityContext"][
+        "runAsNonRoot"]
+    assert pod["terminationGracePeriodSeconds"] > float(flags["drain-delay"]) + float(flags["shutdown-grace"])
+    assert container["resources"]["requests"]["cpu"] == flags["threads"]
+
+    # the image's command line and the Deployment's args, run for real (paths mapped, host on loopback)
+    keys_file = tmp_path / key_name
+    keys_file.write_text(secret["stringData"][key_name])
+    key = next(line for line in secret["stringData"][key_name].splitlines() if line and not line.startswith("#"))
+    mapped = [str(MODEL) if a == "/models/numbers" else a.replace(flags["api-key-file"], str(keys_file))
+              for a in [*entrypoint[2:], *cmd, *args[1:]]]
+    assert args[0] == cmd[0] == "/models/numbers"
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "t5ort.cli", *entrypoint[1:2], *mapped, "--host", "127.0.0.1",
+                                "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        assert healthcheck[:2] == ["python", "-c"]
+        check = [sys.executable, "-c", healthcheck[2].replace(f":{image_port}/", f":{port}/")]
+        while subprocess.run(check, capture_output=True).returncode != 0:  # the HEALTHCHECK, until ready
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        assert httpx.get(url + "/live").status_code == 200 and httpx.get(url + "/ready").status_code == 200
+        assert httpx.post(url + "/generate", json=GENERATE).status_code == 401
+        r = httpx.post(url + "/generate", json=GENERATE, headers=bearer(key), timeout=30)
+        assert r.json()["generated_text"] == GERMAN
+        assert httpx.get(url + "/v1/models", headers=bearer(key)).json()["data"][0]["id"] == "numbers"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+    assert process.returncode == 0
+    assert all(json.loads(line) for line in err.splitlines())  # --json-output
+    assert "no API key is set" not in err
+
+    kubectl = shutil.which("kubectl")
+    if kubectl:  # offline: decode into the typed Deployment; an unknown or misspelt field would be dropped
+        typed = subprocess.run([kubectl, "set", "env", "--local", "-o", "json", "-f", "-", "T5ORT_PROBE=1"],
+                               input=json.dumps(deployment), capture_output=True, text=True, timeout=60)
+        assert typed.returncode == 0, typed.stderr
+        back = json.loads(typed.stdout)
+
+        def subset(mine, theirs, where="") -> None:
+            if isinstance(mine, dict):
+                for k, v in mine.items():
+                    assert k in theirs, f"{where}.{k} was dropped by kubectl: not a field of a Deployment"
+                    subset(v, theirs[k], f"{where}.{k}")
+            elif isinstance(mine, list):
+                for i, (a, b) in enumerate(zip(mine, theirs)):
+                    subset(a, b, f"{where}[{i}]")
+
+        subset(deployment, back)
