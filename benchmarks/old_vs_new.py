@@ -9,6 +9,10 @@ graph); the new: t5ort's own exporter, one decoder graph that keeps the self-att
         [--old-root /tmp/t5ort-old] [--old-commit 0db43c2] [--old-python /work/venvold/bin/python]
         [--new-root REPO] [--new-python PYTHON]
 
+The old side's Python needs optimum (transformers < 4.58): ``python3 -m venv .venv-optimum &&
+.venv-optimum/bin/pip install torch==2.13.0 'optimum-onnx[onnxruntime]' onnx`` and
+``--old-python .venv-optimum/bin/python``.
+
 Each side is a checkout of t5ort (``--old-root``, made with ``git worktree add`` from ``--old-commit`` when
 missing; ``--new-root``, this repository) and the Python that runs it (the old exporter needs optimum,
 which ``--old-python``'s environment has). Every child process runs with ``PYTHONPATH=<root>`` and
