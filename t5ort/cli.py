@@ -395,7 +395,7 @@ def serve_config(args):
         max_new_tokens=args.max_new_tokens, default_max_new_tokens=min(20, args.max_new_tokens),
         max_top_n_tokens=args.max_top_n_tokens, request_timeout=args.request_timeout,
         batch_window_ms=args.batch_window_ms, shutdown_grace=args.shutdown_grace, drain_delay=args.drain_delay,
-        model_name=args.model_name or Path(args.out_dir).resolve().name,
+        sse_keepalive=args.sse_keepalive, model_name=args.model_name or Path(args.out_dir).resolve().name,
     ).validate()
 
 
@@ -502,6 +502,9 @@ def add_serve_parser(sub) -> None:
     g.add_argument("--drain-delay", type=float, default=d.drain_delay, metavar="SECONDS",
                    help="after SIGTERM, answer /ready with 503 but keep serving for SECONDS before closing the "
                         "port, so that load balancers stop sending first (default 0; a second signal stops at once)")
+    g.add_argument("--sse-keepalive", type=float, default=d.sse_keepalive, metavar="SECONDS",
+                   help="a stream silent this long gets an SSE comment line, so proxies keep it open "
+                        f"(default {d.sse_keepalive:g}, as TGI; 0: never)")
 
     g = p.add_argument_group("model and runtime")
     g.add_argument("--model-name", default=None, help="name for /v1/models (default: OUT_DIR's name)")

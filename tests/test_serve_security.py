@@ -735,7 +735,7 @@ def test_help_groups_the_flags():
             current = line.split(" (")[0].rstrip(":")
         elif current and (flag := re.match(r"^\s+(--[a-z-]+)", line)):
             groups.setdefault(current, []).append(flag.group(1))
-    assert groups["server"] == ["--host", "--port", "--shutdown-grace", "--drain-delay"]
+    assert groups["server"] == ["--host", "--port", "--shutdown-grace", "--drain-delay", "--sse-keepalive"]
     assert groups["model and runtime"] == ["--model-name", "--provider", "--threads", "--spin"]
     assert groups["limits"] == ["--max-queue", "--max-input-tokens", "--max-new-tokens", "--max-top-n-tokens",
                                 "--request-timeout"]
@@ -844,3 +844,47 @@ def test_deploy_files_agree_with_the_server(tmp_path):
                     subset(a, b, f"{where}[{i}]")
 
         subset(deployment, back)
+
+
+# ---- SSE keepalive -----------------------------------------------------------------------------------------
+
+
+def test_a_waiting_stream_gets_keepalive_comments_that_clients_skip(tmp_path):
+    openai = pytest.importorskip("openai")
+    from huggingface_hub import InferenceClient
+
+    s = Served(tmp_path / "server.log", "--sse-keepalive", "0.2", "--max-batch-rows", "1", "--max-new-tokens",
+               "5000")
+    long = {"inputs": TEXT, "parameters": {"max_new_tokens": 3000, "min_new_tokens": 3000}}
+    started = threading.Event()
+
+    def hog():  # holds the one row for a few seconds
+        with s.client() as c, c.stream("POST", "/generate_stream", json=long) as r:
+            for line in r.iter_lines():
+                if line.startswith("data:"):
+                    started.set()
+
+    try:
+        threads = [threading.Thread(target=hog)]
+        threads[0].start()
+        assert started.wait(30)
+        with s.client() as c, c.stream("POST", "/generate_stream", json=GENERATE) as r:
+            lines = [line for line in r.iter_lines() if line]
+        first_data = next(i for i, line in enumerate(lines) if line.startswith("data:"))
+        assert first_data >= 2 and set(lines[:first_data]) == {": keepalive"}, lines[:5]  # while queued
+        events = [json.loads(line[5:]) for line in lines if line.startswith("data:")]
+        assert events[-1]["generated_text"] == GERMAN
+        # the clients skip the comments (the row is still busy, so these streams wait too)
+        started.clear()
+        threads.append(threading.Thread(target=hog))
+        threads[1].start()
+        assert started.wait(30)
+        tgi = InferenceClient(model=s.url)
+        assert "".join(list(tgi.text_generation(TEXT, max_new_tokens=12, stream=True))[:-1]) == GERMAN
+        client = openai.OpenAI(base_url=s.url + "/v1", api_key="none", max_retries=0)
+        chunks = client.completions.create(model="numbers", prompt=TEXT, max_tokens=12, temperature=0, stream=True)
+        assert "".join(c.choices[0].text for c in chunks) == GERMAN
+        for t in threads:
+            t.join(60)
+    finally:
+        assert s.stop() == 0

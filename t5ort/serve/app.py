@@ -71,6 +71,14 @@ class RequestIdFilter(logging.Filter):
 # ---- per-request channel: worker thread -> event loop --------------------------------
 
 
+class KeepAlive:
+    """What :meth:`AsyncChannel.get` returns when :meth:`AsyncChannel.poke` woke it without an event."""
+
+
+KEEPALIVE = KeepAlive()
+SSE_KEEPALIVE = b": keepalive\n\n"  # an SSE comment: clients skip it, proxies see traffic
+
+
 class AsyncChannel:
     """The scheduler's :class:`~t5ort.serve.scheduler.Channel` for one request, read from the event loop.
 
@@ -86,6 +94,7 @@ class AsyncChannel:
         self._waiter: asyncio.Future | None = None  # the reader's, while it waits (event loop only)
         self._wake_pending = False
         self._closed = False
+        self._poked = False
         self.interrupted: str | None = None  # why the reader stopped waiting: "disconnect" or "timeout"
 
     @property
@@ -123,15 +132,23 @@ class AsyncChannel:
             self.interrupted = reason
         self._resolve()
 
+    def poke(self) -> None:
+        """Event loop: wake the reader; :meth:`get` returns :data:`KEEPALIVE` if no event is waiting."""
+        self._poked = True
+        self._resolve()
+
     async def get(self):
-        """The next event, or None once interrupted."""
-        while self.interrupted is None and not self._events:
+        """The next event; None once interrupted; :data:`KEEPALIVE` after a :meth:`poke` with no event."""
+        while self.interrupted is None and not self._events and not self._poked:
             self._waiter = self._loop.create_future()
             try:
                 await self._waiter
             finally:
                 self._waiter = None
-        return None if self.interrupted is not None else self._events.popleft()
+        self._poked = False
+        if self.interrupted is not None:
+            return None
+        return self._events.popleft() if self._events else KEEPALIVE
 
 
 # ---- ASGI middleware: request id, body cap -------------------------------------------
@@ -547,15 +564,34 @@ class Exchange:
             raise RequestError(None, str(exc), 503, "shutdown") from exc
         return channel
 
-    async def events(self, request: Request, channel: AsyncChannel, deadline: float) -> AsyncIterator:
-        """The channel's events until the final one; stops (closing the channel) if the client leaves."""
+    async def events(self, request: Request, channel: AsyncChannel, deadline: float,
+                     keepalive: bool = False) -> AsyncIterator:
+        """The channel's events until the final one; stops (closing the channel) if the client leaves.
+
+        ``keepalive``: also :data:`KEEPALIVE` whenever ``sse_keepalive`` seconds pass without an event (one
+        timer per interval, none per event).
+        """
+        loop = asyncio.get_running_loop()
         disconnect = asyncio.ensure_future(_wait_disconnect(request))
         disconnect.add_done_callback(lambda _: channel.interrupt("disconnect"))
-        timer = asyncio.get_running_loop().call_later(max(deadline - time.monotonic(), 0.0), channel.interrupt,
-                                                      "timeout")
+        timer = loop.call_later(max(deadline - time.monotonic(), 0.0), channel.interrupt, "timeout")
+        interval = self.state.config.sse_keepalive if keepalive else 0.0
+        last = time.monotonic()
+        ticker = None
+
+        def tick() -> None:
+            nonlocal ticker
+            idle = time.monotonic() - last
+            if idle >= interval:
+                channel.poke()
+            ticker = loop.call_later(interval - idle if idle < interval else interval, tick)
+
+        if interval > 0:
+            ticker = loop.call_later(interval, tick)
         try:
             while True:
                 event = await channel.get()
+                last = time.monotonic()
                 if event is None:
                     if channel.interrupted == "disconnect":
                         return
@@ -563,10 +599,12 @@ class Exchange:
                     yield Failed("timeout", f"the request did not finish within {limit:g} s")
                     return
                 yield event
-                if not isinstance(event, TokenEvent):
+                if not isinstance(event, (TokenEvent, KeepAlive)):
                     return
         finally:
             timer.cancel()
+            if ticker is not None:
+                ticker.cancel()
             channel.close()
             disconnect.cancel()
 
@@ -618,8 +656,10 @@ def _tgi_routes(app: FastAPI, state: ServeState, ex: Exchange) -> None:
 
         async def sse() -> AsyncIterator[bytes]:
             held = None
-            async for event in ex.events(request, channel, plan.job.deadline + 5.0):
-                if isinstance(event, TokenEvent):
+            async for event in ex.events(request, channel, plan.job.deadline + 5.0, keepalive=True):
+                if event is KEEPALIVE:
+                    yield SSE_KEEPALIVE
+                elif isinstance(event, TokenEvent):
                     if held is not None:
                         yield _sse(held)
                     held = {"index": event.step + 1, "token": _token(event.id, event.text, event.logprob,
@@ -828,7 +868,7 @@ async def _completion_stream(request, plan, channels, events, completion_id, cre
 
     async def pump(p: int, channel, job):
         offsets = [0] * plan.n
-        async for event in events(request, channel, job.deadline + 5.0):
+        async for event in events(request, channel, job.deadline + 5.0, keepalive=True):
             await queue.put((p, event, offsets))
         await queue.put((p, None, None))
 
@@ -839,6 +879,9 @@ async def _completion_stream(request, plan, channels, events, completion_id, cre
             p, event, offsets = await queue.get()
             if event is None:
                 open_ -= 1
+                continue
+            if event is KEEPALIVE:
+                yield SSE_KEEPALIVE
                 continue
 
             def chunk(choice):

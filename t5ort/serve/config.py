@@ -29,6 +29,9 @@ class ServeConfig:
     - ``drain_delay``: seconds after SIGTERM during which ``/ready`` answers 503 but requests are still
       accepted and served, so that load balancers polling /ready stop sending before the port closes
       (0: close at once); a second signal stops at once.
+    - ``sse_keepalive``: a stream that sends nothing for this many seconds (waiting in the queue, a slow
+      step) gets an SSE comment line (``: keepalive``), as TGI sends, so that proxies do not close it
+      as idle; 0: never.
     - ``model_name``: the name ``/v1/models`` lists and ``/v1/completions`` expects.
     """
 
@@ -48,6 +51,7 @@ class ServeConfig:
     batch_window_ms: float = 2.0
     shutdown_grace: float = 30.0
     drain_delay: float = 0.0
+    sse_keepalive: float = 15.0
     model_name: str = "t5ort"
 
     def validate(self) -> ServeConfig:
@@ -70,7 +74,7 @@ class ServeConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"ServeConfig.{name} must be a number of seconds > 0, got {value!r}.")
-        for name in ("batch_window_ms", "drain_delay"):
+        for name in ("batch_window_ms", "drain_delay", "sse_keepalive"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                 raise ValueError(f"ServeConfig.{name} must be >= 0, got {value!r}.")
