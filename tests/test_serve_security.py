@@ -888,3 +888,47 @@ def test_a_waiting_stream_gets_keepalive_comments_that_clients_skip(tmp_path):
             t.join(60)
     finally:
         assert s.stop() == 0
+
+
+# ---- fuzzed headers and paths: never a 5xx, never an echoed bad id -------------------------------------
+
+
+def test_fuzzed_auth_request_id_and_origin_headers_never_get_a_5xx(cors):
+    pytest.importorskip("hypothesis")
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    header_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF, blacklist_characters="\x7f"),
+                          max_size=80).map(str.strip)
+    authorization = st.one_of(st.none(), header_text, st.just(f"Bearer {KEY_FLAG}"), st.just(f"bearer {KEY_FLAG}x"),
+                              header_text.map(lambda t: ("Bearer " + t).strip()), st.just("Bearer"))
+    request_id = st.one_of(st.none(), header_text, st.from_regex(r"\A[A-Za-z0-9._-]{1,64}\Z"))
+    origin = st.one_of(st.none(), st.just(ALLOWED_ORIGIN), header_text, st.just("null"))
+    paths = st.sampled_from(["/generate", "/generate_stream", "/", "/logits", "/score", "/v1/completions",
+                             "/v1/models", "/info", "/live", "/ready", "/metrics", "/playground", "/nope",
+                             "/v1/nope", "//generate", "/generate/", "/%2e%2e/live"])
+    methods = st.sampled_from(["GET", "POST", "OPTIONS", "PUT", "DELETE", "HEAD"])
+    seen = {}
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @given(methods, paths, authorization, request_id, origin)
+    def check(method, path, auth, rid, org):
+        headers = {k: v.encode("latin-1") for k, v in (("Authorization", auth), ("X-Request-Id", rid),
+                                                      ("Origin", org)) if v is not None}
+        body = GENERATE if path != "/v1/completions" else COMPLETION
+        with httpx.Client(base_url=cors.url, timeout=30) as c:
+            r = c.request(method, path, headers=headers, json=body if method in ("POST", "PUT") else None)
+        assert r.status_code < 500, (method, path, headers, r.text)
+        seen[r.status_code] = seen.get(r.status_code, 0) + 1
+        if rid is not None and re.fullmatch(r"[A-Za-z0-9._-]{1,64}", rid):
+            assert r.headers["x-request-id"] == rid
+        else:
+            assert re.fullmatch(r"[0-9a-f]{16}", r.headers["x-request-id"]), rid
+        if r.status_code == 401:
+            assert r.headers["www-authenticate"].startswith("Bearer")
+            assert method == "HEAD" or "error" in r.json()
+        if r.status_code >= 400 and method != "HEAD" and r.headers.get("content-type") == "application/json":
+            assert "error" in r.json(), r.text
+
+    check()
+    assert seen.get(401, 0) > 20 and seen.get(200, 0) > 5, seen
