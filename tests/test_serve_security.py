@@ -932,3 +932,105 @@ def test_fuzzed_auth_request_id_and_origin_headers_never_get_a_5xx(cors):
 
     check()
     assert seen.get(401, 0) > 20 and seen.get(200, 0) > 5, seen
+
+
+# ---- soak: a bounded mixed load, then no leaks --------------------------------------------------------------
+
+
+def process_figures(pid: int) -> tuple[float, int, int]:
+    """RSS in MB, open file descriptors and threads of ``pid`` (Linux /proc)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    rss = int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M).group(1)) / 1024
+    threads = int(re.search(r"^Threads:\s+(\d+)", status, re.M).group(1))
+    return rss, len(list(Path(f"/proc/{pid}/fd").iterdir())), threads
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+def test_soak_mixed_load_leaves_no_rows_fds_or_growing_memory(tmp_path):
+    """Two equal phases of a mixed load (answers, streams read to the end or dropped early, OpenAI calls,
+    scoring, refusals, bad bodies, a full queue) from 8 threads; bounded by T5ORT_SOAK_SECONDS (default 16) and
+    2000 requests per phase. Then: no 5xx, nothing left in flight, descriptors and threads back where they
+    were, and memory no longer growing in the second phase."""
+    seconds = float(os.environ.get("T5ORT_SOAK_SECONDS", "16"))
+    s = Served(tmp_path / "server.log", "--api-key", KEY_FLAG, "--max-queue", "6", "--max-batch-rows", "8",
+               "--request-timeout", "20", "--sse-keepalive", "0.5")
+    auth = bearer(KEY_FLAG)
+    numbers = ["three hundred forty-two", "nineteen", "seventy-one thousand nine", "eight", "sixty-six"]
+
+    def one(c: httpx.Client, rng) -> int:
+        text = PREFIX + numbers[rng.randrange(len(numbers))]
+        kind = rng.randrange(9)
+        if kind == 0:
+            return c.post("/generate", json={"inputs": text}).status_code  # no key
+        if kind == 1:
+            return c.post("/generate", json={"inputs": 3}, headers=auth).status_code
+        if kind == 2:
+            return c.post("/v1/completions", json={"model": "numbers", "prompt": [text, text], "max_tokens": 8,
+                                                   "temperature": 0}, headers=auth).status_code
+        if kind == 3:
+            return c.post("/score", json={"pairs": [{"source": text, "target": "acht"}]}, headers=auth).status_code
+        if kind in (4, 5):
+            with c.stream("POST", "/generate_stream", headers=auth, json={"inputs": text, "parameters": {
+                    "max_new_tokens": rng.choice([8, 64, 200]), "top_n_tokens": 2}}) as r:
+                for i, _ in enumerate(r.iter_lines()):
+                    if kind == 5 and i >= 3:
+                        break  # leaves mid-stream
+                return r.status_code
+        return c.post("/generate", headers=auth, json={"inputs": text, "parameters": {
+            "max_new_tokens": rng.choice([4, 16, 120]), "details": True, "num_beams": rng.choice([1, 1, 2])}}
+                      ).status_code
+
+    def phase(duration: float) -> dict[int, int]:
+        import random
+
+        stop, codes, lock = time.monotonic() + duration, {}, threading.Lock()
+        budget = iter(range(2000))
+
+        def worker(seed: int) -> None:
+            rng = random.Random(seed)
+            with s.client() as c:
+                while time.monotonic() < stop and next(budget, None) is not None:
+                    code = one(c, rng)
+                    with lock:
+                        codes[code] = codes.get(code, 0) + 1
+
+        workers = [threading.Thread(target=worker, args=(seed,)) for seed in range(8)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(duration + 120)
+        return codes
+
+    def settled() -> tuple[float, int, int]:
+        deadline = time.monotonic() + 30
+        with s.client() as c:
+            while True:
+                text = c.get("/metrics").text
+                if metric(text, "t5ort_batch_current_rows") == 0 and metric(text, "t5ort_queue_depth") == 0:
+                    break
+                assert time.monotonic() < deadline, "rows or queued requests left after the load"
+                time.sleep(0.2)
+        time.sleep(1.0)  # closed connections and finished threads are reaped
+        return process_figures(s.process.pid)
+
+    try:
+        phase(2.0)  # warm-up: buffers, pools, the first batches
+        rss0, fds0, threads0 = settled()
+        first = phase(seconds / 2)
+        rss1, fds1, threads1 = settled()
+        second = phase(seconds / 2)
+        rss2, fds2, threads2 = settled()
+        codes = {k: first.get(k, 0) + second.get(k, 0) for k in {*first, *second}}
+        assert all(code < 500 for code in codes), codes
+        assert set(codes) <= {200, 400, 401, 422, 429}, codes
+        assert codes.get(200, 0) > 100 and codes.get(401, 0) > 10, codes
+        assert fds2 <= fds0 + 4 and fds1 <= fds0 + 4, (fds0, fds1, fds2)
+        assert threads2 <= threads0 + 2, (threads0, threads1, threads2)
+        assert rss2 - rss1 < 25, f"RSS {rss0:.0f} -> {rss1:.0f} -> {rss2:.0f} MB: still growing"
+        with s.client() as c:  # still right
+            assert c.post("/generate", json=GENERATE, headers=auth).json()["generated_text"] == GERMAN
+        print(f"soak: {sum(codes.values())} requests {codes}; RSS {rss0:.0f}/{rss1:.0f}/{rss2:.0f} MB, "
+              f"fds {fds0}/{fds1}/{fds2}, threads {threads0}/{threads1}/{threads2}")
+    finally:
+        assert s.stop() == 0
+    assert "Traceback" not in s.output()
