@@ -406,14 +406,16 @@ def serve(args, progress, warn) -> int:
     from .runtime.manifest import read_manifest
     from .serve import create_app
     from .serve.server import run, tls_options
+    from .serve.tracing import otlp_tracer_provider
 
     config = serve_config(args)
     security = serve_security(args, os.environ)
     tls = tls_options(args.ssl_keyfile, args.ssl_certfile, args.ssl_ca_certs)
     if args.ray is not None:
-        if security.api_keys or security.metrics_api_keys or security.cors_allow_origins or tls:
-            raise ValueError("--api-key, --api-key-file, T5ORT_API_KEY, --metrics-api-key, --ssl-* and "
-                             "--cors-allow-origin are not applied by --ray (Ray Serve's proxy answers the requests); "
+        if (security.api_keys or security.metrics_api_keys or security.cors_allow_origins or tls
+                or args.otlp_endpoint):
+            raise ValueError("--api-key, --api-key-file, T5ORT_API_KEY, --metrics-api-key, --ssl-*, "
+                             "--cors-allow-origin and --otlp-endpoint are not applied by --ray (Ray Serve's proxy answers the requests); "
                              "serve without --ray, or keep the Ray cluster's port on a private network.")
         return cmd_serve_ray(args, config, progress)
     if not security.api_keys and not tls.get("ssl_ca_certs") and not is_loopback(args.host):
@@ -421,9 +423,11 @@ def serve(args, progress, warn) -> int:
              "can use the model. Set --api-key-file FILE, T5ORT_API_KEY or --api-key (or require client "
              "certificates with --ssl-ca-certs).")
     read_manifest(args.out_dir)  # a wrong OUT_DIR fails here, before the port opens
+    tracing = otlp_tracer_provider(args.otlp_endpoint, args.otlp_service_name) if args.otlp_endpoint else None
     # the model loads in the background once the port is open: /live answers, /ready says "loading"
     app = create_app(functools.partial(load_runtime, args, args.out_dir, max_input_tokens=args.max_input_tokens,
-                                       max_new_tokens=args.max_new_tokens), config, security=security)
+                                       max_new_tokens=args.max_new_tokens), config, security=security,
+                     tracer=tracing.get_tracer("t5ort.serve") if tracing else None)
     progress("limits: " + ", ".join(f"{k}={v}" for k, v in config.as_dict().items()))
     if security.api_keys:
         progress(f"{len(security.api_keys)} API key(s): model routes need 'Authorization: Bearer <key>'")
@@ -431,8 +435,14 @@ def serve(args, progress, warn) -> int:
         progress(f"TLS: clients need a certificate signed by a CA in {tls['ssl_ca_certs']}")
     progress(f"serving {config.model_name!r} on {'https' if tls else 'http'}://{args.host}:{args.port} once "
              f"{args.out_dir} is loaded (probes: /live, /ready; docs: /docs; playground: /playground)")
-    return run(app, host=args.host, port=args.port, shutdown_grace=config.shutdown_grace,
-               drain_delay=config.drain_delay, log_level=args.log_level, tls=tls)
+    if tracing:
+        progress(f"tracing: spans to {args.otlp_endpoint}/v1/traces as {args.otlp_service_name!r}")
+    try:
+        return run(app, host=args.host, port=args.port, shutdown_grace=config.shutdown_grace,
+                   drain_delay=config.drain_delay, log_level=args.log_level, tls=tls)
+    finally:
+        if tracing:
+            tracing.shutdown()  # sends the spans still batched
 
 
 def is_loopback(host: str) -> bool:
@@ -550,13 +560,18 @@ def add_serve_parser(sub) -> None:
                    help="let pages from ORIGIN (https://host[:port], or *) call the server (repeatable; "
                         "default: no CORS headers, browsers allow same-origin calls only)")
 
-    g = p.add_argument_group("logging")
+    g = p.add_argument_group("logging (and tracing)")
     g.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info",
                    help="info: one access line per request (probes and /metrics at debug), start-up, shutdown")
     g.add_argument("--json-output", action="store_true",
                    help="log one JSON object per line: time, level, logger, message, request_id, method, path, "
                         "status, duration_ms (never headers or keys)")
     g.add_argument("--quiet", action="store_true", help="no start-up messages")
+    g.add_argument("--otlp-endpoint", metavar="URL",
+                   help="send a span per request to this OpenTelemetry collector (OTLP/HTTP, e.g. "
+                        "http://127.0.0.1:4318), joined to the caller's traceparent; needs "
+                        "pip install opentelemetry-sdk opentelemetry-exporter-otlp-proto-http")
+    g.add_argument("--otlp-service-name", default="t5ort", metavar="NAME", help="service.name of the spans")
     add_serve_ray_arguments(p)
     p.set_defaults(run=cmd_serve)
 

@@ -743,7 +743,7 @@ def test_help_groups_the_flags():
                                   "--batch-window-ms"]
     assert groups["security"] == ["--api-key", "--api-key-file", "--metrics-api-key", "--ssl-keyfile",
                                   "--ssl-certfile", "--ssl-ca-certs", "--cors-allow-origin"]
-    assert groups["logging"] == ["--log-level", "--json-output", "--quiet"]
+    assert groups["logging"] == ["--log-level", "--json-output", "--quiet", "--otlp-endpoint", "--otlp-service-name"]
 
 
 # ---- the deployment files (docs/deploy/, Dockerfile) ------------------------------------------------------
@@ -1034,3 +1034,84 @@ def test_soak_mixed_load_leaves_no_rows_fds_or_growing_memory(tmp_path):
     finally:
         assert s.stop() == 0
     assert "Traceback" not in s.output()
+
+
+# ---- OpenTelemetry traces --------------------------------------------------------------------------------
+
+
+def test_otlp_spans_join_the_callers_trace_and_hold_no_keys(tmp_path):
+    pytest.importorskip("opentelemetry.exporter.otlp.proto.http")
+    import http.server
+
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    )
+
+    received = []
+
+    class Collector(http.server.BaseHTTPRequestHandler):  # a fake OTLP/HTTP collector
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((self.path, ExportTraceServiceRequest.FromString(body)))
+            answer = ExportTraceServiceResponse().SerializeToString()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args):
+            pass
+
+    collector = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Collector)
+    threading.Thread(target=collector.serve_forever, daemon=True).start()
+    trace_id, parent_id = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+    try:
+        s = Served(tmp_path / "server.log", "--api-key", KEY_FLAG, "--otlp-endpoint",
+                   f"http://127.0.0.1:{collector.server_address[1]}", "--otlp-service-name", "numbers-svc")
+        with s.client() as c:
+            r = c.post("/generate", json=GENERATE, headers={**bearer(KEY_FLAG), "X-Request-Id": "traced-1",
+                                                            "traceparent": f"00-{trace_id}-{parent_id}-01"})
+            assert r.json()["generated_text"] == GERMAN
+            c.post("/score", json=SCORE, headers={**bearer(WRONG), "X-Request-Id": "traced-refused"})
+            with c.stream("POST", "/generate_stream", json=GENERATE,
+                          headers={**bearer(KEY_FLAG), "X-Request-Id": "traced-stream"}) as stream:
+                stream.read()
+        assert s.stop() == 0  # the last spans are sent at shutdown
+    finally:
+        collector.shutdown()
+        collector.server_close()
+    assert received and all(path == "/v1/traces" for path, _ in received)
+    spans = {}
+    for _, export in received:
+        for resource_spans in export.resource_spans:
+            service = {a.key: a.value.string_value for a in resource_spans.resource.attributes}["service.name"]
+            assert service == "numbers-svc"
+            for scope_spans in resource_spans.scope_spans:
+                for span in scope_spans.spans:
+                    attributes = {a.key: (a.value.string_value or a.value.int_value or a.value.double_value)
+                                  for a in span.attributes}
+                    spans[attributes.get("t5ort.request_id")] = (span, attributes)
+    span, attributes = spans["traced-1"]
+    assert span.name == "POST /generate" and span.kind == span.SPAN_KIND_SERVER
+    assert span.trace_id.hex() == trace_id and span.parent_span_id.hex() == parent_id  # the caller's trace
+    assert attributes["http.route"] == "/generate" and attributes["http.response.status_code"] == 200
+    assert attributes["t5ort.time_to_first_byte_ms"] > 0
+    span, attributes = spans["traced-refused"]
+    assert attributes["http.response.status_code"] == 401 and span.parent_span_id == b""  # a new trace
+    assert spans["traced-stream"][1]["http.route"] == "/generate_stream"
+    everything = b"".join(export.SerializeToString() for _, export in received)
+    assert KEY_FLAG.encode() not in everything and WRONG.encode() not in everything
+
+
+def test_otlp_endpoint_without_opentelemetry_or_with_a_bad_url_is_refused(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "t5ort.cli", "serve", str(MODEL), "--port", "1", "--otlp-endpoint",
+                          "127.0.0.1:4318"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "give the collector's OTLP/HTTP base URL" in out.stderr, out.stderr
+    blocker = tmp_path / "sitecustomize.py"  # as if OpenTelemetry's SDK were not installed
+    blocker.write_text("import sys\nsys.modules['opentelemetry.sdk'] = None\n")
+    out = subprocess.run([sys.executable, "-m", "t5ort.cli", "serve", str(MODEL), "--port", "1", "--otlp-endpoint",
+                          "http://127.0.0.1:4318"], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
+    assert out.returncode == 2 and "pip install opentelemetry-sdk opentelemetry-exporter-otlp-proto-http" in \
+        out.stderr, out.stderr

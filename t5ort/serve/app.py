@@ -362,7 +362,7 @@ def _check_runtime(runtime) -> None:
 
 def create_app(runtime, config: ServeConfig | None = None,
                scheduler_factory: Callable[..., Scheduler] = make_scheduler, *,
-               security: SecurityConfig | None = None) -> FastAPI:
+               security: SecurityConfig | None = None, tracer=None) -> FastAPI:
     """The ASGI app serving ``runtime`` with ``config``'s limits.
 
     ``runtime``: a loaded :class:`~t5ort.T5Runtime`, warmed up in the lifespan's startup; or a function
@@ -372,6 +372,8 @@ def create_app(runtime, config: ServeConfig | None = None,
     ``scheduler_factory(runtime, config, metrics)`` builds the scheduler (by default the one
     ``config.batching`` names: in-flight, dynamic or none); the app talks to it only through
     ``submit(job, channel)``. ``security``: API keys and CORS origins (default: none, all routes open).
+    ``tracer``: an OpenTelemetry tracer (:func:`~t5ort.serve.tracing.otlp_tracer_provider`'s ``get_tracer``):
+    a server span per request (:class:`~t5ort.serve.tracing.Tracing`).
     """
     config = (config or ServeConfig()).validate()
     security = (security or SecurityConfig()).validate()
@@ -393,13 +395,13 @@ def create_app(runtime, config: ServeConfig | None = None,
     app.state.t5ort = state
     _install_error_handlers(app, state)
     _install_routes(app, state)
-    _install_middleware(app, state, security)
+    _install_middleware(app, state, security, tracer)
     return app
 
 
-def _install_middleware(app: FastAPI, state: ServeState, security: SecurityConfig) -> None:
-    """From the outside in: request id, CORS (preflights answered without a key), API keys (before the body is
-    read), body cap."""
+def _install_middleware(app: FastAPI, state: ServeState, security: SecurityConfig, tracer) -> None:
+    """From the outside in: request id, tracing, CORS (preflights answered without a key), API keys (before the
+    body is read), body cap."""
     paths = {getattr(route, "path", None) for route in app.routes}
 
     def refused(path: str) -> None:
@@ -417,6 +419,10 @@ def _install_middleware(app: FastAPI, state: ServeState, security: SecurityConfi
                            allow_methods=["GET", "POST"], allow_credentials=False, max_age=600,
                            allow_headers=["Authorization", "Content-Type", "Accept", "X-Request-Id"],
                            expose_headers=["X-Request-Id", "Retry-After"])
+    if tracer is not None:
+        from .tracing import Tracing
+
+        app.add_middleware(Tracing, tracer=tracer)
     app.add_middleware(RequestContext)
 
 
