@@ -108,11 +108,14 @@ class BatchStats:
 class InflightBatch:
     """A running decoder batch whose members join and leave at step boundaries."""
 
-    def __init__(self, runtime, *, dead_row_fraction: float = 0.25):
+    def __init__(self, runtime, *, dead_row_fraction: float = 0.25, encoder_cache=None):
+        """``encoder_cache``: an :class:`~t5ort.runtime.encoder_cache.EncoderCache` that new members' sources
+        go through (recent ones are not encoded again); None: every source is encoded."""
         if not 0.0 <= dead_row_fraction <= 1.0:
             raise ValueError(f"dead_row_fraction must lie in [0, 1], got {dead_row_fraction!r}.")
         self.runtime = runtime
         self.graphs = runtime.graphs
+        self.encoder = encoder_cache if encoder_cache is not None else runtime.graphs
         self.dead_row_fraction = dead_row_fraction
         self.members: list[Member] = []
         self.state = None  # graphs.DecoderState over every member's rows, in member order
@@ -183,7 +186,7 @@ class InflightBatch:
         for i, x in enumerate(inputs):
             ids[i, : len(x)] = x
             mask[i, : len(x)] = 1
-        encoded = self.graphs.expand(self.graphs.encode(ids, mask), [m.rows for m in members])
+        encoded = self.graphs.expand(self.encoder.encode(ids, mask), [m.rows for m in members])
         fills, rest, offset = [], [], 0
         dead = [d for d in self.members if not d.live]
         width = 0 if self.state is None else self.state.encoder.attention_mask.shape[1]
