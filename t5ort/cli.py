@@ -395,7 +395,8 @@ def serve_config(args):
         max_new_tokens=args.max_new_tokens, default_max_new_tokens=min(20, args.max_new_tokens),
         max_top_n_tokens=args.max_top_n_tokens, request_timeout=args.request_timeout,
         batch_window_ms=args.batch_window_ms, shutdown_grace=args.shutdown_grace, drain_delay=args.drain_delay,
-        sse_keepalive=args.sse_keepalive, model_name=args.model_name or Path(args.out_dir).resolve().name,
+        sse_keepalive=args.sse_keepalive, encoder_cache_mb=args.encoder_cache_mb,
+        model_name=args.model_name or Path(args.out_dir).resolve().name,
     ).validate()
 
 
@@ -542,6 +543,9 @@ def add_serve_parser(sub) -> None:
                    help=f"in-flight: cache budget, rows x the longest max_new_tokens (default {d.max_batch_tokens})")
     g.add_argument("--max-batch-size", type=positive_int, default=d.max_batch_size,
                    help=f"dynamic: requests batched into one generate (default {d.max_batch_size})")
+    g.add_argument("--encoder-cache-mb", type=float, default=None, metavar="MIB",
+                   help="budget of the cache of recent sources' encoder outputs: a request whose input equals a "
+                        "recent one's skips the encoder (default: 64 sources of 64 tokens, at most 256; 0: off)")
     g.add_argument("--batch-window-ms", type=float, default=d.batch_window_ms,
                    help=f"wait for compatible requests this long once one waits (default {d.batch_window_ms:g})")
 

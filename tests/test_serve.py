@@ -207,6 +207,16 @@ def test_beam_search_sampling_score_and_raw_logits_equal_the_library(server, rt)
     np.testing.assert_allclose([s["total_logprob"] for s in scored], want.total_logprob, atol=ATOL)
     assert scored[0]["total_logprob"] > scored[1]["total_logprob"]
 
+    # One source and its targets: the same scores, the source encoded once (then found in the encoder cache).
+    source, targets = PREFIX + NUMBERS[1], ["neunzehn", "sechzehn", "neun"]
+    hits = server.metric("t5ort_encoder_cache_hits_total")
+    one = post(server, "/score", {"inputs": source, "targets": targets}).json()["scores"]
+    np.testing.assert_allclose([s["total_logprob"] for s in one], rt.score([source], targets).total_logprob,
+                               atol=ATOL)
+    assert server.metric("t5ort_encoder_cache_hits_total") >= hits + 3  # the source was encoded before
+    bad = post(server, "/score", {"inputs": source})
+    assert bad.status_code == 422 and "targets" in bad.text
+
     r = post(server, "/generate", {"inputs": text, "parameters": {"max_new_tokens": 6}},
              headers={"Accept": "application/x-npz"})
     assert r.headers["content-type"] == "application/x-npz"
@@ -431,3 +441,20 @@ def test_sigterm_finishes_in_flight_work_and_exits_0(tmp_path):
     log = tight.log.read_text()
     assert "Waiting for connections to close" in log  # the stream was still running at SIGTERM
     assert "finishing in-flight requests" in log and "Traceback" not in log
+
+
+def test_repeated_inputs_skip_the_encoder_and_the_cache_can_be_off(server, rt, tmp_path):
+    text = PREFIX + NUMBERS[2]
+    body = {"inputs": text, "parameters": {"max_new_tokens": 8, "details": True}}
+    first = post(server, "/generate", body).json()
+    hits = server.metric("t5ort_encoder_cache_hits_total")
+    again = post(server, "/generate", body).json()
+    assert again["generated_text"] == first["generated_text"] == rt.generate([text], max_new_tokens=8).texts[0]
+    assert server.metric("t5ort_encoder_cache_hits_total") == hits + 1
+    assert server.metric("t5ort_encoder_cache_bytes") > 0
+    off = Server(tmp_path / "off.log", "--encoder-cache-mb", "0")
+    try:
+        assert post(off, "/generate", body).json()["generated_text"] == first["generated_text"]
+        assert "t5ort_encoder_cache" not in httpx.get(off.url + "/metrics").text
+    finally:
+        off.stop()

@@ -59,7 +59,10 @@ class EncoderCache:
             found = {k: self._rows[k][0] for k in keys if k in self._rows}
             for k in found:
                 self._rows.move_to_end(k)
-        missing = [i for i, k in enumerate(keys) if k not in found]
+        first = {}  # each key's first row: a source repeated in the batch is encoded once
+        for i, k in enumerate(keys):
+            first.setdefault(k, i)
+        missing = [first[k] for k in first if k not in found]
         new = {}
         if missing:
             width = int(lengths[missing].max())
@@ -70,7 +73,7 @@ class EncoderCache:
                 new[keys[i]] = tuple(np.ascontiguousarray(h[j:j + 1, :, :lengths[i]]) for h in host)
         rows = [found.get(k) or new[k] for k in keys]
         with self._lock:
-            self._hits += len(keys) - len(missing)
+            self._hits += len(keys) - len(missing)  # a repeat within the batch counts as a hit
             self._misses += len(missing)
             for key, kv in new.items():
                 self._put(key, kv)

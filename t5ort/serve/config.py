@@ -32,6 +32,9 @@ class ServeConfig:
     - ``sse_keepalive``: a stream that sends nothing for this many seconds (waiting in the queue, a slow
       step) gets an SSE comment line (``: keepalive``), as TGI sends, so that proxies do not close it
       as idle; 0: never.
+    - ``encoder_cache_mb``: the budget of the cache of recent sources' encoder outputs (a request whose
+      input ids equal a recent one's skips the encoder); 0: off; None (the default): sized from the model,
+      as many bytes as 64 sources of 64 tokens take, at most 256 MiB.
     - ``model_name``: the name ``/v1/models`` lists and ``/v1/completions`` expects.
     """
 
@@ -52,6 +55,7 @@ class ServeConfig:
     shutdown_grace: float = 30.0
     drain_delay: float = 0.0
     sse_keepalive: float = 15.0
+    encoder_cache_mb: float | None = None
     model_name: str = "t5ort"
 
     def validate(self) -> ServeConfig:
@@ -78,6 +82,9 @@ class ServeConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                 raise ValueError(f"ServeConfig.{name} must be >= 0, got {value!r}.")
+        cache = self.encoder_cache_mb
+        if cache is not None and (isinstance(cache, bool) or not isinstance(cache, (int, float)) or not cache >= 0):
+            raise ValueError(f"ServeConfig.encoder_cache_mb must be a number of MiB >= 0 or None, got {cache!r}.")
         if not isinstance(self.model_name, str) or not self.model_name:
             raise ValueError(f"ServeConfig.model_name must be a non-empty string, got {self.model_name!r}.")
         return self

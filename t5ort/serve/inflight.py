@@ -112,7 +112,7 @@ class InflightScheduler(DynamicBatcher):
         self.max_tokens = int(getattr(config, "max_batch_tokens", 8192))
         self.waiting_served_ratio = waiting_served_ratio
         self.max_waiting_steps = max_waiting_steps
-        self.main = InflightBatch(runtime)
+        self.main = InflightBatch(runtime, encoder_cache=self.encoder_cache)
         self.beams: list[InflightBatch] = []
         self.requests: dict[int, _Request] = {}  # id(member) -> request
         self._waited_steps = 0  # steps the oldest waiting job has waited (for max_waiting_steps)
@@ -153,7 +153,7 @@ class InflightScheduler(DynamicBatcher):
         for request in list(self.requests.values()):
             request.live.entry.channel.send(Failed(kind, message))
         self.requests.clear()
-        self.main = InflightBatch(self.runtime)
+        self.main = InflightBatch(self.runtime, encoder_cache=self.encoder_cache)
         self.beams = []
         self.metrics.rows_in_flight.set(0)
 
@@ -213,7 +213,7 @@ class InflightScheduler(DynamicBatcher):
                 continue
             rows = [_Row(RowText(self.runtime.tokenizer, self._special_ids)) for _ in range(entry.job.rows)]
             if member.beam:
-                group = InflightBatch(self.runtime)
+                group = InflightBatch(self.runtime, encoder_cache=self.encoder_cache)
                 group.admit([member], [entry.job.input_ids])
                 self.beams.append(group)
                 self.requests[id(member)] = _Request(_Live(entry, rows, 0, now), member, group, [])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _STEP = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -38,3 +39,26 @@ class ServeMetrics:
                                         registry=r)
         self.tokens_per_second = Histogram("t5ort_request_tokens_per_second", "tokens/s of each finished request",
                                            buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000), registry=r)
+
+    def watch_encoder_cache(self, cache) -> None:
+        """Expose an :class:`~t5ort.runtime.encoder_cache.EncoderCache`'s counts, read at each scrape."""
+        self.registry.register(_EncoderCacheCollector(cache))
+
+
+class _EncoderCacheCollector:
+    """t5ort_encoder_cache_{hits,misses,evictions}_total and t5ort_encoder_cache_{bytes,entries}, from the cache."""
+
+    def __init__(self, cache):
+        self.cache = cache
+
+    def collect(self):
+        s = self.cache.stats()
+        for name, value, what in (("hits", s.hits, "request sources found in the encoder cache"),
+                                  ("misses", s.misses, "request sources encoded (not in the encoder cache)"),
+                                  ("evictions", s.evictions, "sources dropped from the encoder cache for room")):
+            yield CounterMetricFamily(f"t5ort_encoder_cache_{name}", what, value=value)
+        yield GaugeMetricFamily("t5ort_encoder_cache_bytes", "bytes the encoder cache holds", value=s.bytes)
+        yield GaugeMetricFamily("t5ort_encoder_cache_entries", "sources the encoder cache holds", value=s.entries)
+
+    def describe(self):
+        return []

@@ -348,6 +348,23 @@ class _Live:
         return self.entry.job
 
 
+CACHE_SOURCES, CACHE_TOKENS, CACHE_MAX_BYTES = 64, 64, 256 << 20  # the encoder cache's default budget
+
+
+def encoder_cache(runtime, config):
+    """The server's :class:`~t5ort.runtime.encoder_cache.EncoderCache` (``config.encoder_cache_mb``), or None."""
+    from ..runtime.encoder_cache import EncoderCache
+
+    mb = getattr(config, "encoder_cache_mb", None)
+    if mb is None:
+        g = runtime.manifest.geometry
+        per_token = 2 * g.num_decoder_layers * g.num_heads * g.d_kv * np.dtype(runtime.manifest.dtype).itemsize
+        budget = min(CACHE_MAX_BYTES, CACHE_SOURCES * CACHE_TOKENS * per_token)
+    else:
+        budget = int(mb * (1 << 20))
+    return EncoderCache(runtime.graphs, budget) if budget > 0 else None
+
+
 class DynamicBatcher:
     """Dynamic batching on one worker thread: collect compatible jobs, run them as one call, answer each.
 
@@ -370,6 +387,14 @@ class DynamicBatcher:
         self._special_ids = frozenset({st.pad_token_id, st.decoder_start_token_id, *st.eos_token_id})
         self._pad = st.pad_token_id
         self._batch_seconds = 0.05  # running mean of a batch's duration, for Retry-After
+        self.encoder_cache = encoder_cache(runtime, config)  # None: off
+        if self.encoder_cache is not None:
+            metrics.watch_encoder_cache(self.encoder_cache)
+
+    def _encode(self, ids: np.ndarray, mask: np.ndarray):
+        """The batch's encoder output, through the cache of recent sources where there is one."""
+        encoder = self.encoder_cache if self.encoder_cache is not None else self.runtime.graphs
+        return encoder.encode(ids, mask)
 
     @property
     def queue_depth(self) -> int:
@@ -477,7 +502,7 @@ class DynamicBatcher:
             live.append(_Live(entry, [_Row(RowText(tokenizer, self._special_ids)) for _ in range(entry.job.rows)],
                               first, started))
             first += entry.job.rows
-        steps = self.runtime.stream(input_ids=ids, attention_mask=mask, **options)
+        steps = self.runtime.stream(encoder_output=self._encode(ids, mask), **options)
         try:
             last = time.monotonic()
             for event in steps:
@@ -596,7 +621,7 @@ class DynamicBatcher:
         jobs = [e.job for e in batch]
         ids, mask = self._padded([j.input_ids for j in jobs])
         need_logits = any(j.top_n or j.want_logits for j in jobs)
-        result = self.runtime.generate(input_ids=ids, attention_mask=mask, max_new_tokens=jobs[0].max_new_tokens,
+        result = self.runtime.generate(encoder_output=self._encode(ids, mask), max_new_tokens=jobs[0].max_new_tokens,
                                        output_logits=need_logits, **jobs[0].options_dict)
         now = time.monotonic()
         n = jobs[0].rows
@@ -647,7 +672,7 @@ class DynamicBatcher:
         labels = np.full((len(targets), max(len(t) for t in targets)), -100, dtype=np.int64)  # [pairs, longest]
         for i, t in enumerate(targets):
             labels[i, : len(t)] = t
-        result = self.runtime.score(input_ids=ids, attention_mask=mask, target_ids=labels, output_logits=False)
+        result = self.runtime.score(encoder_output=self._encode(ids, mask), target_ids=labels, output_logits=False)
         start = 0
         for entry in batch:
             pairs = len(entry.job.target_ids)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 
 def _no_surrogates(value: str) -> str:
@@ -175,9 +175,26 @@ class ScorePair(_Strict):
 
 
 class ScoreRequest(_Strict):
-    """Teacher-forced log-probabilities of each target given its source (lm-eval's multiple-choice use)."""
+    """Teacher-forced log-probabilities of each target given its source (lm-eval's multiple-choice use):
+    ``pairs`` of a source and a target each, or one source (``inputs``) and its ``targets``; every
+    distinct source is encoded once. Scores come back in the order given."""
 
-    pairs: list[ScorePair] = Field(min_length=1, max_length=64)
+    pairs: list[ScorePair] | None = Field(default=None, min_length=1, max_length=64)
+    inputs: Text | None = Field(default=None, description="one source, with targets")
+    targets: list[Text] | None = Field(default=None, min_length=1, max_length=64)
+
+    @model_validator(mode="after")
+    def _one_form(self) -> ScoreRequest:
+        if (self.pairs is None) == (self.inputs is None):
+            raise ValueError("pass either pairs, or inputs with targets")
+        if (self.inputs is None) != (self.targets is None):
+            raise ValueError("inputs and targets go together")
+        return self
+
+    def as_pairs(self) -> list[ScorePair]:
+        if self.pairs is not None:
+            return self.pairs
+        return [ScorePair(source=self.inputs, target=t) for t in self.targets]
 
 
 class ScoredToken(BaseModel):

@@ -239,11 +239,14 @@ def _prompts(runtime, config: ServeConfig, prompt) -> list[np.ndarray]:
 
 def score_job(runtime, config: ServeConfig, request: ScoreRequest, request_id: str) -> ScoreJob:
     sources, targets = [], []
-    for i, pair in enumerate(request.pairs):
-        sources.append(_input_ids(runtime, config, pair.source, f"pairs[{i}].source"))
-        target = _tokens(runtime, pair.target, f"pairs[{i}].target")
+    paired = request.pairs is not None
+    for i, pair in enumerate(request.as_pairs()):
+        source_field, target_field = (f"pairs[{i}].source", f"pairs[{i}].target") if paired else ("inputs",
+                                                                                                  f"targets[{i}]")
+        sources.append(_input_ids(runtime, config, pair.source, source_field))
+        target = _tokens(runtime, pair.target, target_field)
         if len(target) > config.max_new_tokens:
-            raise RequestError(f"pairs[{i}].target", f"has {len(target)} tokens, over this server's max_new_tokens="
+            raise RequestError(target_field, f"has {len(target)} tokens, over this server's max_new_tokens="
                                f"{config.max_new_tokens}.")
         targets.append(target)
     now = time.monotonic()
