@@ -543,11 +543,11 @@ def add_serve_parser(sub) -> None:
                    help=f"in-flight: cache budget, rows x the longest max_new_tokens (default {d.max_batch_tokens})")
     g.add_argument("--max-batch-size", type=positive_int, default=d.max_batch_size,
                    help=f"dynamic: requests batched into one generate (default {d.max_batch_size})")
+    g.add_argument("--batch-window-ms", type=float, default=d.batch_window_ms,
+                   help=f"wait for compatible requests this long once one waits (default {d.batch_window_ms:g})")
     g.add_argument("--encoder-cache-mb", type=float, default=None, metavar="MIB",
                    help="budget of the cache of recent sources' encoder outputs: a request whose input equals a "
                         "recent one's skips the encoder (default: 64 sources of 64 tokens, at most 256; 0: off)")
-    g.add_argument("--batch-window-ms", type=float, default=d.batch_window_ms,
-                   help=f"wait for compatible requests this long once one waits (default {d.batch_window_ms:g})")
 
     g = p.add_argument_group("security (keys: prefer --api-key-file or T5ORT_API_KEY; --api-key shows in `ps`)")
     g.add_argument("--api-key", action="append", metavar="KEY",

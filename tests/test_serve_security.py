@@ -740,7 +740,7 @@ def test_help_groups_the_flags():
     assert groups["limits"] == ["--max-queue", "--max-input-tokens", "--max-new-tokens", "--max-top-n-tokens",
                                 "--request-timeout"]
     assert groups["batching"] == ["--batching", "--max-batch-rows", "--max-batch-tokens", "--max-batch-size",
-                                  "--batch-window-ms"]
+                                  "--batch-window-ms", "--encoder-cache-mb"]
     assert groups["security"] == ["--api-key", "--api-key-file", "--metrics-api-key", "--ssl-keyfile",
                                   "--ssl-certfile", "--ssl-ca-certs", "--cors-allow-origin"]
     assert groups["logging"] == ["--log-level", "--json-output", "--quiet", "--otlp-endpoint", "--otlp-service-name"]
