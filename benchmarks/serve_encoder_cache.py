@@ -1,0 +1,139 @@
+"""`t5ort serve` with the encoder cache on and off, on a workload where half the requests repeat a recent input.
+
+    python benchmarks/serve_encoder_cache.py [--requests 64] [--concurrency 4] [--threads 2]
+
+The flan-t5-base-shaped random checkpoint of ``benchmarks/decoder_api.py`` (built and exported on first
+use), served with a word-level tokenizer (token i is ``t{i}``): sources of 128 tokens, 16 new tokens per
+request, streamed (``/generate_stream``). Every other request repeats one of the 4 latest inputs. Each
+server (``--encoder-cache-mb 0``, then the default) gets the same requests from ``--concurrency`` client
+threads (``benchmarks/serve_load.py``'s lean streaming client); requests/s and the median time to first token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from datetime import date
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from serve_load import StreamConnection, free_port, word_tokenizer  # noqa: E402
+
+
+def served_export(workdir: Path) -> Path:
+    """The flan-t5-base-shaped export with a word tokenizer, for text requests."""
+    import t5ort
+    from t5ort.bench.t5_small import FLAN_T5_BASE, build_checkpoint
+
+    export = workdir / "flan-t5-base-random-onnx"
+    if not (export / "t5ort.json").is_file():
+        t5ort.export(build_checkpoint(workdir / "flan-t5-base-random", shape=FLAN_T5_BASE), export, force=True)
+    served = workdir / "flan-t5-base-random-served"
+    shutil.rmtree(served, ignore_errors=True)
+    served.mkdir()
+    for f in export.iterdir():
+        if f.name != "t5ort.json":
+            (served / f.name).symlink_to(f.resolve())
+    manifest = json.loads((export / "t5ort.json").read_text())
+    word_tokenizer(served / "tokenizer.json", manifest["geometry"]["vocab_size"])
+    manifest["tokenizer"] = {**manifest["tokenizer"], "kind": "tokenizers", "file": "tokenizer.json"}
+    (served / "t5ort.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return served
+
+
+def workload(n: int, seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    texts: list[str] = []
+    for i in range(n):
+        if i % 2 and texts:  # every other request repeats one of the 4 latest inputs
+            texts.append(texts[-1 - int(rng.integers(0, min(4, len(texts))))])
+        else:
+            texts.append(" ".join(f"t{t}" for t in rng.integers(3, 32000, 127)))  # 127 words + EOS
+    return texts
+
+
+def run(served: Path, cache_mb: str | None, texts: list[str], concurrency: int, threads: int) -> dict:
+    port = free_port()
+    args = [sys.executable, "-m", "t5ort.cli", "serve", str(served), "--port", str(port), "--threads", str(threads),
+            "--max-input-tokens", "512", "--quiet"] + ([] if cache_mb is None else ["--encoder-cache-mb", cache_mb])
+    server = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(url + "/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise RuntimeError("the server did not start")
+            time.sleep(0.2)
+        body = lambda text: {"inputs": text, "parameters": {"max_new_tokens": 16, "min_new_tokens": 16}}  # noqa: E731
+        warm = StreamConnection(url)
+        warm.stream("/generate_stream", body("t5 t6 t7"))
+        warm.close()
+        ttft, lock, queue = [], threading.Lock(), list(enumerate(texts))
+
+        def client():
+            conn = StreamConnection(url)
+            while True:
+                with lock:
+                    if not queue:
+                        break
+                    _, text = queue.pop(0)
+                first, _, _ = conn.stream("/generate_stream", body(text))
+                with lock:
+                    ttft.append(first)
+            conn.close()
+
+        start = time.perf_counter()
+        workers = [threading.Thread(target=client) for _ in range(concurrency)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        seconds = time.perf_counter() - start
+        metrics = httpx.get(url + "/metrics").text
+        hits = next((float(line.split()[1]) for line in metrics.splitlines()
+                     if line.startswith("t5ort_encoder_cache_hits_total")), 0.0)
+        return {"requests_per_s": len(texts) / seconds, "ttft_p50_ms": 1e3 * statistics.median(ttft), "hits": hits}
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=64)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--workdir", type=Path, default=HERE / ".work")
+    args = parser.parse_args()
+    served = served_export(args.workdir)
+    texts = workload(args.requests)
+    rows = {name: run(served, mb, texts, args.concurrency, args.threads) for name, mb in (("off", "0"), ("on", None))}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=HERE).stdout.strip()
+    print(f"t5ort serve, flan-t5-base shape (random weights), {args.requests} streamed requests of 128-token "
+          f"sources and 16 new tokens, half repeating one of the 4 latest inputs, {args.concurrency} clients, "
+          f"{args.threads} threads; {date.today()}, commit {commit}\n")
+    print("| encoder cache | requests/s | p50 time to first token | cache hits |\n|---|---|---|---|")
+    for name, r in rows.items():
+        print(f"| {name} | {r['requests_per_s']:.2f} | {r['ttft_p50_ms']:.0f} ms | {r['hits']:.0f} |")
+    print(f"\non / off: {rows['on']['requests_per_s'] / rows['off']['requests_per_s']:.2f}x requests/s")
+
+
+if __name__ == "__main__":
+    main()
