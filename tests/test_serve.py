@@ -8,6 +8,7 @@ covers overload (429), timeout and SIGTERM.
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import socket
@@ -40,26 +41,47 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, log: Path, *args: str):
+    """A real ``t5ort serve`` process (the bundled model) and httpx clients for it.
+
+    ``scheme="https"`` with ``client=dict(verify=..., cert=...)``: what the readiness poll and :meth:`client`
+    use. ``wait=False``: return at once (for servers that should not start, or to watch them start).
+    """
+
+    def __init__(self, log: Path, *args: str, env: dict | None = None, scheme: str = "http",
+                 client: dict | None = None, wait: bool = True, model: Path = MODEL):
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
         self.log = log
+        self.client_options = client or {}
         self._log_file = open(log, "wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "t5ort.cli", "serve", str(MODEL), "--port", str(self.port), "--threads", "1",
+            [sys.executable, "-m", "t5ort.cli", "serve", str(model), "--port", str(self.port), "--threads", "1",
              "--model-name", "numbers", *args],
-            stdout=self._log_file, stderr=subprocess.STDOUT,
+            stdout=self._log_file, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
         )
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"t5ort serve did not start:\n{log.read_text()}")
-            time.sleep(0.1)
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        with self.client() as c:
+            while True:
+                try:
+                    if c.get("/health", timeout=1).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"t5ort serve did not start:\n{self.log.read_text()}")
+                time.sleep(0.05)
+
+    def client(self, **options) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30, **{**self.client_options, **options})
+
+    def output(self) -> str:
+        if not self._log_file.closed:
+            self._log_file.flush()
+        return self.log.read_text(errors="replace")
 
     def stop(self) -> int:
         if self.process.poll() is None:

@@ -22,68 +22,13 @@ import pytest
 
 from t5ort.demo import PREFIX
 from test_playground import browser  # noqa: F401 (the fixture: headless chromium)
-from test_serve import MODEL, free_port
+from test_serve import MODEL, Server, free_port
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 
 TEXT = PREFIX + "three hundred forty-two"
 GERMAN = "dreihundertzweiundvierzig"
-
-
-class Served:
-    """A real ``t5ort serve`` process (the bundled model) and httpx clients for it.
-
-    ``scheme="https"`` with ``client=dict(verify=..., cert=...)``: what the readiness poll and :meth:`client`
-    use. ``wait=False``: return at once (for servers that should not start, or to watch them start).
-    """
-
-    def __init__(self, log: Path, *args: str, env: dict | None = None, scheme: str = "http",
-                 client: dict | None = None, wait: bool = True, model: Path = MODEL):
-        self.port = free_port()
-        self.url = f"{scheme}://127.0.0.1:{self.port}"
-        self.log = log
-        self.client_options = client or {}
-        self._log_file = open(log, "wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "t5ort.cli", "serve", str(model), "--port", str(self.port), "--threads", "1",
-             "--model-name", "numbers", *args],
-            stdout=self._log_file, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-        )
-        if wait:
-            self.wait_ready()
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        with self.client() as c:
-            while True:
-                try:
-                    if c.get("/health", timeout=1).status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"t5ort serve did not start:\n{self.log.read_text()}")
-                time.sleep(0.05)
-
-    def client(self, **options) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30, **{**self.client_options, **options})
-
-    def output(self) -> str:
-        if not self._log_file.closed:
-            self._log_file.flush()
-        return self.log.read_text(errors="replace")
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log_file.close()
-        return self.process.returncode
 
 
 def metric(text: str, name: str, labels: str = "") -> float:
@@ -120,7 +65,7 @@ def keyed(tmp_path_factory):
     root = tmp_path_factory.mktemp("keyed")
     key_file = root / "keys.txt"
     key_file.write_text(f"# the keys of the numbers service\n\n  {KEY_FILE}  \n")
-    s = Served(root / "server.log", "--api-key", KEY_FLAG, "--api-key-file", str(key_file),
+    s = Server(root / "server.log", "--api-key", KEY_FLAG, "--api-key-file", str(key_file),
                env={"T5ORT_API_KEY": KEY_ENV})
     yield s
     s.stop()
@@ -229,7 +174,7 @@ def test_keys_never_reach_the_log_or_info(keyed):
 
 @pytest.fixture(scope="module")
 def metrics_keyed(tmp_path_factory):
-    s = Served(tmp_path_factory.mktemp("metrics_keyed") / "server.log", "--metrics-api-key", "scrape-key-123",
+    s = Server(tmp_path_factory.mktemp("metrics_keyed") / "server.log", "--metrics-api-key", "scrape-key-123",
                env={"T5ORT_API_KEY": KEY_ENV})
     yield s
     s.stop()
@@ -348,7 +293,7 @@ def padded_export(root: Path, pad_mib: int, *, record_checksum: bool = True) -> 
 
 
 def test_ready_is_503_while_the_model_loads_and_live_is_200(tmp_path):
-    s = Served(tmp_path / "server.log", model=padded_export(tmp_path, 768), wait=False)
+    s = Server(tmp_path / "server.log", model=padded_export(tmp_path, 768), wait=False)
     try:
         with s.client() as c:
             deadline = time.monotonic() + 60
@@ -380,7 +325,7 @@ def test_ready_is_503_while_the_model_loads_and_live_is_200(tmp_path):
 
 
 def test_a_model_that_fails_to_load_stops_the_server_with_its_error(tmp_path):
-    s = Served(tmp_path / "server.log", model=padded_export(tmp_path, 64, record_checksum=False), wait=False)
+    s = Server(tmp_path / "server.log", model=padded_export(tmp_path, 64, record_checksum=False), wait=False)
     assert s.process.wait(60) == 2
     out = s.output()
     assert "t5ort serve: error:" in out and "checksum differs" in out and "Traceback" not in out, out
@@ -388,7 +333,7 @@ def test_a_model_that_fails_to_load_stops_the_server_with_its_error(tmp_path):
 
 
 def test_sigterm_drains_ready_503_while_requests_are_still_served(tmp_path):
-    s = Served(tmp_path / "server.log", "--drain-delay", "3", "--api-key", KEY_FLAG)
+    s = Server(tmp_path / "server.log", "--drain-delay", "3", "--api-key", KEY_FLAG)
     long = {"inputs": TEXT, "parameters": {"max_new_tokens": 150, "min_new_tokens": 150, "details": True}}
     events, started = [], threading.Event()
 
@@ -494,7 +439,7 @@ def tls_client_context(ca: Path, cert: tuple[Path, Path] | None = None):
 def test_https_with_a_client_that_trusts_the_ca_and_plain_http_fails_cleanly(tmp_path, pki):
     openai = pytest.importorskip("openai")
     cert, key = pki["server"]
-    s = Served(tmp_path / "server.log", "--ssl-keyfile", str(key), "--ssl-certfile", str(cert), "--api-key", KEY_FLAG,
+    s = Server(tmp_path / "server.log", "--ssl-keyfile", str(key), "--ssl-certfile", str(cert), "--api-key", KEY_FLAG,
                scheme="https", client={"verify": tls_client_context(pki["ca"])})
     try:
         with s.client(headers=bearer(KEY_FLAG)) as c:
@@ -517,7 +462,7 @@ def test_https_with_a_client_that_trusts_the_ca_and_plain_http_fails_cleanly(tmp
 
 def test_client_certificates_required_with_ssl_ca_certs(tmp_path, pki):
     cert, key = pki["server"]
-    s = Served(tmp_path / "server.log", "--ssl-keyfile", str(key), "--ssl-certfile", str(cert),
+    s = Server(tmp_path / "server.log", "--ssl-keyfile", str(key), "--ssl-certfile", str(cert),
                "--ssl-ca-certs", str(pki["ca"]), scheme="https",
                client={"verify": tls_client_context(pki["ca"], pki["client"])})
     try:
@@ -570,7 +515,7 @@ def test_cors_is_off_by_default(keyed):
 def cors(tmp_path_factory):
     """Allows ALLOWED_ORIGIN and a loopback origin where the browser test serves a page (``page_port``)."""
     page_port = free_port()
-    s = Served(tmp_path_factory.mktemp("cors") / "server.log", "--api-key", KEY_FLAG,
+    s = Server(tmp_path_factory.mktemp("cors") / "server.log", "--api-key", KEY_FLAG,
                "--cors-allow-origin", ALLOWED_ORIGIN, "--cors-allow-origin", f"http://127.0.0.1:{page_port}")
     s.page_port = page_port
     yield s
@@ -643,7 +588,7 @@ JSON_FIELDS = {"time", "level", "logger", "message", "request_id", "method", "pa
 
 @pytest.fixture(scope="module")
 def json_logged(tmp_path_factory):
-    s = Served(tmp_path_factory.mktemp("json_logged") / "server.log", "--json-output", "--api-key", KEY_FLAG)
+    s = Server(tmp_path_factory.mktemp("json_logged") / "server.log", "--json-output", "--api-key", KEY_FLAG)
     yield s
     s.stop()
 
@@ -853,7 +798,7 @@ def test_a_waiting_stream_gets_keepalive_comments_that_clients_skip(tmp_path):
     openai = pytest.importorskip("openai")
     from huggingface_hub import InferenceClient
 
-    s = Served(tmp_path / "server.log", "--sse-keepalive", "0.2", "--max-batch-rows", "1", "--max-new-tokens",
+    s = Server(tmp_path / "server.log", "--sse-keepalive", "0.2", "--max-batch-rows", "1", "--max-new-tokens",
                "5000")
     long = {"inputs": TEXT, "parameters": {"max_new_tokens": 3000, "min_new_tokens": 3000}}
     started = threading.Event()
@@ -952,7 +897,7 @@ def test_soak_mixed_load_leaves_no_rows_fds_or_growing_memory(tmp_path):
     2000 requests per phase. Then: no 5xx, nothing left in flight, descriptors and threads back where they
     were, and memory no longer growing in the second phase."""
     seconds = float(os.environ.get("T5ORT_SOAK_SECONDS", "16"))
-    s = Served(tmp_path / "server.log", "--api-key", KEY_FLAG, "--max-queue", "6", "--max-batch-rows", "8",
+    s = Server(tmp_path / "server.log", "--api-key", KEY_FLAG, "--max-queue", "6", "--max-batch-rows", "8",
                "--request-timeout", "20", "--sse-keepalive", "0.5")
     auth = bearer(KEY_FLAG)
     numbers = ["three hundred forty-two", "nineteen", "seventy-one thousand nine", "eight", "sixty-six"]
@@ -1067,7 +1012,7 @@ def test_otlp_spans_join_the_callers_trace_and_hold_no_keys(tmp_path):
     threading.Thread(target=collector.serve_forever, daemon=True).start()
     trace_id, parent_id = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
     try:
-        s = Served(tmp_path / "server.log", "--api-key", KEY_FLAG, "--otlp-endpoint",
+        s = Server(tmp_path / "server.log", "--api-key", KEY_FLAG, "--otlp-endpoint",
                    f"http://127.0.0.1:{collector.server_address[1]}", "--otlp-service-name", "numbers-svc")
         with s.client() as c:
             r = c.post("/generate", json=GENERATE, headers={**bearer(KEY_FLAG), "X-Request-Id": "traced-1",
