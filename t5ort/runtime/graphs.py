@@ -392,10 +392,6 @@ class T5Graphs:
             return encoder_output
         return encoder_output[np.repeat(np.arange(encoder_output.batch_size), times)]
 
-    def take(self, encoder_output: EncoderOutput, rows: np.ndarray) -> EncoderOutput:
-        """Only ``rows`` of an encoder output (before decoding)."""
-        return encoder_output[rows]
-
     def _cross_from_host(self, host_kv, attention_mask: np.ndarray) -> EncoderOutput:
         """Cross keys/values from host arrays; on the CPU the OrtValues share their memory (no copy), so
         :meth:`fill` can write new rows' keys/values into them in place."""

@@ -208,7 +208,7 @@ class InflightBatch:
                 self.members[self.members.index(slot)] = m
             self.stats.fills += len(fills)
         if rest:
-            new = encoded if not fills else self.graphs.take(encoded, np.concatenate([rows for _, rows in rest]))
+            new = encoded if not fills else encoded[np.concatenate([rows for _, rows in rest])]
             if self._dead_rows() > self.dead_row_fraction * self.rows:
                 self._remove_dead()
             self.state = self.graphs.join(self.state, new)
