@@ -77,6 +77,8 @@ class EncoderCache:
             self._misses += len(missing)
             for key, kv in new.items():
                 self._put(key, kv)
+        if len(missing) == len(keys) and width == input_ids.shape[1]:
+            return encoded  # nothing was cached and no row repeats: the encoder's own batch is the answer
         return self._batch(rows, input_ids, attention_mask)
 
     def _put(self, key: bytes, kv: tuple[np.ndarray, ...]) -> None:
