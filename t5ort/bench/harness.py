@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import subprocess
 import time
@@ -19,6 +20,8 @@ from .machine import OtherCPU, machine, physical_cores
 from .results import BenchResult, Measurement, SystemInfo, Workload
 
 PEER_LABELS = {"pytorch": "PyTorch", "optimum": "Optimum", "ctranslate2": "CT2 fp32", "ctranslate2-int8": "CT2 int8"}
+PEER_PRECISIONS = {"pytorch": "fp32", "optimum": "fp32", "ctranslate2": "fp32", "ctranslate2-int8": "int8"}
+FLOOR_LABELS = {"floor": "floor fp32", "floor-int8": "floor int8"}
 DEFAULT_PEERS = ("pytorch", "optimum", "ctranslate2")
 PAUSE_S = 0.2  # before each timed call: idle threads of the previous system's libraries settle
 INPUT_LENGTH = 32  # tokens per row of the default (seeded random) inputs
@@ -39,9 +42,13 @@ def _positive(name: str, value, allow_none: bool = False):
     return value
 
 
-def _label(manifest) -> str:
+def _precision(manifest) -> str:
     weights = manifest.quantization.get("weights") if manifest.quantization else None
-    return f"t5ort {weights or {'float32': 'fp32', 'float16': 'fp16'}.get(manifest.dtype, manifest.dtype)}"
+    return weights or {"float32": "fp32", "float16": "fp16"}.get(manifest.dtype, manifest.dtype)
+
+
+def _label(manifest) -> str:
+    return f"t5ort {_precision(manifest)}"
 
 
 def _exports(out_dirs: Sequence) -> list[tuple[str, Path, object]]:
@@ -175,6 +182,33 @@ def _prepare_peers(peers, checkpoint: Path, work_dir: Path, say, pythons: dict[s
     return skipped
 
 
+def _prepare_floors(manifest, work_dir: Path, say) -> tuple[list[tuple[str, str, Path]], dict[str, str]]:
+    """The floor graphs of the exports' step shape, made in a throwaway process where missing:
+    ([(label, kind, directory)], {label: why skipped})."""
+    from dataclasses import asdict
+
+    from . import floor
+
+    shape = floor.StepShape.of(manifest.geometry)
+    dirs = {"floor": floor.graph_dir(shape, work_dir, "fp32"), "floor-int8": floor.graph_dir(shape, work_dir, "int8")}
+    entries = [(FLOOR_LABELS[k], k, d) for k, d in dirs.items()]
+    if all(floor.ready(shape, work_dir, p) for p in floor.PRECISIONS):
+        return entries, {}
+    import importlib.util
+
+    if importlib.util.find_spec("onnx") is None:
+        return [], {label: "making its graph needs onnx (not installed; pip install 't5ort[export]')"
+                    for label in FLOOR_LABELS.values()}
+    say(f"floors: making the MatMul graphs of a step ({shape.parameters / 1e6:.0f}M weights) in "
+        f"{dirs['floor'].parent}")
+    command, env = _child_command("floor", json.dumps(asdict(shape)), str(work_dir))
+    code = subprocess.run(command, env=env, stdout=subprocess.DEVNULL).returncode
+    if code != 0 or not all(floor.ready(shape, work_dir, p) for p in floor.PRECISIONS):
+        return [], {label: f"making its graph failed (exit code {code}; its error is on stderr)"
+                    for label in FLOOR_LABELS.values()}
+    return entries, {}
+
+
 def _in(probe: dict | None) -> str:
     return f" in {probe['python']}" if probe else ""
 
@@ -229,6 +263,7 @@ def run(
     workloads: Sequence[tuple[int, int]] | None = None,
     work_dir: str | Path | None = None,
     peer_python: Mapping[str, str | os.PathLike] | None = None,
+    floors: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> BenchResult:
     """Time generation on one model's exports ``out_dirs`` and, with ``checkpoint``, on its ``peers``.
@@ -254,6 +289,15 @@ def run(
     - ``bare``: also time each export's decoder session alone (encode, then one step after
       another on a fixed token: no search, no processors, nothing kept): generate / bare is
       the decoding loop's overhead.
+    - ``floors``: also time the floor of a step, fp32 and int8 (:mod:`t5ort.bench.floor`: a
+      MatMul graph over the weights a decoder step reads, of the first export's shape, made once
+      in ``work_dir``; needs onnx) as two more systems, at each workload's rows (batch x beams).
+
+    Each timed call of ``max_new_tokens`` is followed by a call of one token on the same inputs
+    (encoder and one step), in the same rounds: each :class:`Measurement` splits its time into
+    decode ms/step, (t_N - t_1) / (N - 1), and encoder ms, t_1 less one step (for the peers that
+    project the encoder output into each layer's cross-attention keys and values at the first step,
+    that projection counts as encoder time too, as it does in t5ort's encoder graph).
 
     Returns a :class:`BenchResult`: per system and workload the raw seconds of every call, medians,
     spreads, tokens/s, time to first token and the share of tokens equal to the first export's;
@@ -306,6 +350,15 @@ def run(
         failed = _prepare_peers(ready, checkpoint, work_dir, say, pythons)
         skipped |= {PEER_LABELS[p]: why for p, why in failed.items()}
         entries += [(PEER_LABELS[p], p, sy.artifact_dir(p, checkpoint, work_dir)) for p in ready if p not in failed]
+    if floors:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        floor_entries, floor_skipped = _prepare_floors(first_manifest, work_dir, say)
+        entries += floor_entries
+        skipped |= floor_skipped
+    precisions = {label: _precision(m) for label, _, m in exports}
+    precisions |= {f"{label} bare decoder": p for label, p in precisions.items()}
+    precisions |= {PEER_LABELS[p]: v for p, v in PEER_PRECISIONS.items()}
+    precisions |= {"floor fp32": "fp32", "floor int8": "int8"}
 
     workers: list[_Worker] = []
     try:
@@ -329,7 +382,7 @@ def run(
                                     artifact_mb=_size_mb(wk.kind, wk.directory),
                                     load_seconds=wk.info["load_seconds"],
                                     rss_after_load_mb=wk.info["rss_after_load_mb"], peak_rss_mb=end["peak_rss_mb"],
-                                    python=wk.info.get("python", ""),
+                                    python=wk.info.get("python", ""), precision=precisions.get(wk.label, ""),
                                     python_version=wk.info.get("python_version", ""),
                                     versions=wk.info.get("versions", {})))
     finally:
@@ -342,7 +395,7 @@ def run(
                 "threads": threads, "repeats": repeats, "pause_s": PAUSE_S, "bare": bare,
                 "inputs": "seeded random ids" if inputs is None else f"{len(list(inputs))} given",
                 "checkpoint": None if checkpoint is None else str(checkpoint), "peers": list(peers),
-                "peer_python": {p: probe["python"] for p, probe in pythons.items()}}
+                "peer_python": {p: probe["python"] for p, probe in pythons.items()}, "floors": floors}
     return BenchResult(machine=info, settings=settings, reference=reference, systems=tuple(infos),
                        measurements=tuple(measurements), skipped=skipped)
 
@@ -376,12 +429,11 @@ def _run_workload(w: Workload, workers: list[_Worker], pool, pad: int, repeats: 
             out = wk.call(request)
             seconds[wk.label].append(out["seconds"])
             cpu[wk.label].append(out["cpu_seconds"])
-            if wk.kind != "t5ort-bare":
-                time.sleep(PAUSE_S)
-                first_token[wk.label].append(wk.call(first)["seconds"])
+            time.sleep(PAUSE_S)
+            first_token[wk.label].append(wk.call(first)["seconds"])
     other = meter.read()["seconds"]
     return [Measurement(system=wk.label, workload=w, seconds=tuple(seconds[wk.label]),
-                        first_token_seconds=tuple(first_token[wk.label]),
+                        first_token_seconds=tuple(first_token[wk.label]), source_tokens=int(mask.sum()),
                         token_agreement=_agreement(tokens[wk.label], tokens[reference]), other_cpu_seconds=other,
                         cpu_seconds=tuple(cpu[wk.label]))
             for wk in workers]

@@ -18,7 +18,10 @@ def _f(value, fmt: str = ".2f") -> str:
 
 
 def format_table(result: BenchResult) -> str:
-    """The machine, the systems (artifact size, peak RSS) and one table per workload, in markdown."""
+    """The machine, the systems (artifact size, peak RSS) and one table per workload, in markdown: whole-call
+    ms/step (encoder included), then the call split into decode ms/step and encoder ms (see
+    :class:`~t5ort.bench.results.Measurement`), decode ms/step over the floor of the system's precision
+    (with ``floors``), encoder ms per real source token."""
     parts = [markdown_table(["", ""], [[k, str(v)] for k, v in result.machine.items()])]
     if result.skipped:
         parts.append("Skipped: " + "; ".join(f"{k}: {v}" for k, v in result.skipped.items()))
@@ -38,16 +41,21 @@ def format_table(result: BenchResult) -> str:
             if m is None:
                 continue
             lo, hi = m.ms_per_step_range
+            floor = s.kind.startswith("floor")
             rows.append([s.label, f"{m.ms_per_step:.2f}", f"{lo:.2f}-{hi:.2f}", _f(m.cpu_ms_per_step),
+                         _f(m.decode_ms_per_step), _f(result.floor_ratio(s.label, w), ".2f") + "x" * (not floor),
+                         "-" if floor else _f(m.encoder_ms), "-" if floor else _f(m.encoder_ms_per_source_token, ".4f"),
                          f"{m.tokens_per_s:.1f}", _f(m.first_token_ms, ".1f"),
                          f"{m.ms_per_step / ref.ms_per_step:.2f}x",
                          "-" if m.token_agreement is None else f"{100 * m.token_agreement:.1f}%"])
         other = ref.other_cpu_seconds
-        parts.append(f"{w.name}, {w.new_tokens} new tokens per row "
+        sources = ref.source_tokens
+        parts.append(f"{w.name}, {w.new_tokens} new tokens per row, {sources} source tokens "
                      f"(other processes used {other:.1f} CPU s meanwhile"
                      + (": the timings shared the CPUs)" if other > 1 else ")"))
         parts.append(markdown_table(
-            ["system", f"ms/step (median of {repeats})", "range", "CPU ms/step", "tokens/s", "first token ms",
+            ["system", f"ms/step (median of {repeats})", "range", "CPU ms/step", "decode ms/step", "/ floor",
+             "encoder ms", "encoder ms/source token", "tokens/s", "first token ms",
              f"/ {result.reference}", f"tokens = {result.reference}"], rows))
     return "\n\n".join(parts)
 

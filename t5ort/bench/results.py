@@ -29,12 +29,13 @@ class SystemInfo:
     python: str = ""  # the interpreter its worker ran under (a peer's own with peer_python)
     python_version: str = ""
     versions: dict = field(default_factory=dict)  # its packages' versions there: torch, transformers, optimum, ...
+    precision: str = ""  # of its weights: fp32, int8, int4, fp16; a floor's too
 
 
 @dataclass(frozen=True)
 class Measurement:
     """One system at one workload: ``seconds`` of each timed whole call, ``first_token_seconds`` of each
-    one-token call (same inputs), in run order."""
+    one-token call (same inputs, right after it in the same round), in run order."""
 
     system: str
     workload: Workload
@@ -43,6 +44,31 @@ class Measurement:
     token_agreement: float | None  # share of generated tokens equal to the reference system's; None: no tokens
     other_cpu_seconds: float  # CPU time other processes took during this workload (all systems)
     cpu_seconds: tuple[float, ...] = ()  # the worker's CPU time (all its threads) during each timed call
+    source_tokens: int = 0  # real (unpadded) source tokens in the batch
+
+    @property
+    def decode_ms_per_step(self) -> float | None:
+        """A decoding step without the encoder: the median over rounds of (t_N - t_1) / (N - 1), where t_N is
+        the whole call's time and t_1 the one-token call's of the same round. None with one new token or
+        without one-token calls."""
+        n = self.workload.new_tokens
+        if n < 2 or not self.first_token_seconds or len(self.first_token_seconds) != len(self.seconds):
+            return None
+        return 1000 * statistics.median((t - t1) / (n - 1) for t, t1 in zip(self.seconds, self.first_token_seconds))
+
+    @property
+    def encoder_ms(self) -> float | None:
+        """The once-per-call part: the one-token call's median time less one decoding step. That is the encoder,
+        plus whatever else a system does once per call (its setup; for a peer that projects the encoder output
+        into the cross-attention keys and values at the first step, that projection). Noise can make it
+        negative where the encoder is small against a step; it is reported as measured."""
+        step = self.decode_ms_per_step
+        return None if step is None else self.first_token_ms - step
+
+    @property
+    def encoder_ms_per_source_token(self) -> float | None:
+        encoder = self.encoder_ms
+        return None if encoder is None or not self.source_tokens else encoder / self.source_tokens
 
     @property
     def cpu_ms_per_step(self) -> float | None:
@@ -86,6 +112,21 @@ class BenchResult:
                 return m
         return None
 
+    def system(self, label: str) -> SystemInfo | None:
+        return next((s for s in self.systems if s.label == label), None)
+
+    def floor_ratio(self, system: str, workload: Workload) -> float | None:
+        """``system``'s decode ms/step over the floor's of its precision (int8's for int8 and int4, fp32's
+        otherwise) at ``workload``; None without floors or without the split."""
+        info = self.system(system)
+        if info is None or info.kind.startswith("floor"):
+            return None
+        floor = self.measurement("floor int8" if info.precision in ("int8", "int4") else "floor fp32", workload)
+        mine = self.measurement(system, workload)
+        if floor is None or mine is None or not floor.decode_ms_per_step or mine.decode_ms_per_step is None:
+            return None
+        return mine.decode_ms_per_step / floor.decode_ms_per_step
+
     @property
     def workloads(self) -> list[Workload]:
         seen: list[Workload] = []
@@ -102,6 +143,8 @@ class BenchResult:
             rows.append({**asdict(m), "workload": {**asdict(m.workload), "name": m.workload.name},
                          "ms_per_step": m.ms_per_step, "ms_per_step_min": lo, "ms_per_step_max": hi,
                          "tokens_per_s": m.tokens_per_s, "first_token_ms": m.first_token_ms,
-                         "cpu_ms_per_step": m.cpu_ms_per_step})
+                         "cpu_ms_per_step": m.cpu_ms_per_step, "decode_ms_per_step": m.decode_ms_per_step,
+                         "encoder_ms": m.encoder_ms, "encoder_ms_per_source_token": m.encoder_ms_per_source_token,
+                         "floor_ratio": self.floor_ratio(m.system, m.workload)})
         return {"machine": self.machine, "settings": self.settings, "reference": self.reference,
                 "systems": [asdict(s) for s in self.systems], "measurements": rows, "skipped": self.skipped}

@@ -14,7 +14,9 @@ Systems (``kind``):
 - ``pytorch``: transformers' ``generate(output_logits=True, return_dict_in_generate=True)``;
 - ``optimum``: ``ORTModelForSeq2SeqLM`` on optimum's own export, t5ort's session options;
 - ``ctranslate2`` / ``ctranslate2-int8``: ``Translator.translate_batch(...,
-  return_logits_vocab=True)`` on CTranslate2's conversion (float32 / int8).
+  return_logits_vocab=True)`` on CTranslate2's conversion (float32 / int8);
+- ``floor`` / ``floor-int8``: no model, the floor of a step (:mod:`t5ort.bench.floor`): a call runs
+  the MatMul graph over the decoder's per-step weights once per new token, at the request's rows.
 
 Only this module's workers import torch, transformers, optimum or ctranslate2,
 and only for the systems that need them. A peer may run under another Python
@@ -42,7 +44,8 @@ import numpy as np
 from .machine import own_cpu_seconds, proc_status_mb
 
 PEERS = ("pytorch", "optimum", "ctranslate2", "ctranslate2-int8")
-KINDS = ("t5ort", "t5ort-bare", *PEERS)
+FLOORS = ("floor", "floor-int8")
+KINDS = ("t5ort", "t5ort-bare", *PEERS, *FLOORS)
 NEEDS = {  # kind -> modules its worker imports
     "t5ort": ["onnxruntime"],
     "t5ort-bare": ["onnxruntime"],
@@ -50,6 +53,8 @@ NEEDS = {  # kind -> modules its worker imports
     "optimum": ["torch", "optimum.onnxruntime"],
     "ctranslate2": ["ctranslate2"],
     "ctranslate2-int8": ["ctranslate2"],
+    "floor": ["onnxruntime"],
+    "floor-int8": ["onnxruntime"],
 }
 PREPARE_NEEDS = {"optimum": ["optimum.exporters"], "ctranslate2": ["ctranslate2", "transformers", "torch"],
                  "ctranslate2-int8": ["ctranslate2", "transformers", "torch"]}
@@ -61,6 +66,8 @@ VERSIONED = {  # kind -> the distributions whose versions its worker reports
     "optimum": ("torch", "transformers", "optimum", "optimum-onnx", "onnxruntime"),
     "ctranslate2": ("ctranslate2",),
     "ctranslate2-int8": ("ctranslate2",),
+    "floor": ("onnxruntime",),
+    "floor-int8": ("onnxruntime",),
 }
 INSTALL = {  # kind -> what to pip install into an environment of its own
     "pytorch": "torch transformers onnxruntime",
@@ -392,6 +399,22 @@ class CT2(System):
         return seconds, np.array(sequences, dtype=np.int64)
 
 
+class FloorSteps(System):
+    """The floor graph run once per new token at the request's rows (batch x beams): a decode with nothing
+    but the weight reads, no encoder."""
+
+    def __init__(self, directory: Path, threads: int):
+        from .floor import Floor
+
+        self.floor = Floor(directory, threads)
+
+    def generate(self, r):
+        start = time.perf_counter()
+        for _ in range(r.new_tokens):
+            self.floor.step(r.rows)
+        return time.perf_counter() - start, None
+
+
 def load(kind: str, directory: Path, threads: int) -> System:
     if kind == "t5ort":
         return T5ort(directory, threads)
@@ -405,6 +428,8 @@ def load(kind: str, directory: Path, threads: int) -> System:
         return CT2(directory, threads, "float32")
     if kind == "ctranslate2-int8":
         return CT2(directory, threads, "int8")
+    if kind in FLOORS:
+        return FloorSteps(directory, threads)
     raise ValueError(f"unknown system kind {kind!r}; use one of {KINDS}")
 
 
