@@ -1,7 +1,7 @@
-"""Shared by the benchmark scripts: the seeded t5-small-shaped checkpoint, the benchmark input and the machine.
+"""Shared by the benchmark scripts: the seeded checkpoints (t5-small-shaped by default), the input, the machine.
 
 The model builder, the machine description and the other-process CPU meter live in
-``t5ort.bench`` (``t5ort/bench/t5_small.py`` and ``machine.py``); this module keeps the
+``t5ort.bench`` (``t5ort/bench/shapes.py`` and ``machine.py``); this module keeps the
 names the scripts import. The checkpoint is built with ``torch.manual_seed(0)`` (no hub,
 no tokenizer) and cached under the work directory; delete that directory to rebuild it.
 """
@@ -18,7 +18,7 @@ import numpy as np
 
 from t5ort.bench.machine import busy_minus_own as _busy_minus_own
 from t5ort.bench.machine import cpu_name, machine, markdown_table, own_cpu_seconds, proc_status_mb
-from t5ort.bench.t5_small import T5_SMALL, build_checkpoint
+from t5ort.bench.shapes import T5_SMALL, build_checkpoint, parameter_count
 
 DEFAULT_WORKDIR = Path(__file__).resolve().parent / ".work"
 SOURCE_LENGTH = 32
@@ -38,12 +38,14 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def checkpoint(workdir: Path) -> Path:
-    """The seeded random checkpoint in ``workdir/checkpoint``, built and saved on first use."""
+def checkpoint(workdir: Path, shape: dict = T5_SMALL, name: str = "t5-small") -> Path:
+    """The seeded random checkpoint of ``shape`` (a ``t5ort.bench.shapes`` dict, called ``name`` in
+    messages) in ``workdir/checkpoint``, built and saved on first use."""
     path = workdir / "checkpoint"
     if not (path / "config.json").is_file():
-        say(f"building the seeded t5-small-shaped checkpoint in {path}")
-    return build_checkpoint(path)
+        say(f"building the seeded {name}-shaped checkpoint in {path} "
+            f"({parameter_count(shape) / 1e6:.0f}M parameters, {parameter_count(shape) * 4 / 1e9:.1f} GB)")
+    return build_checkpoint(path, shape=shape)
 
 
 def current_t5ort_export(directory: Path) -> bool:

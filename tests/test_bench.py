@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -38,10 +40,13 @@ def test_every_system_and_workload_is_measured(result):
         assert lo <= m.ms_per_step <= hi
         assert m.tokens_per_s == pytest.approx(m.workload.batch * 4 / (m.ms_per_step * 4 / 1000))
         assert len(m.cpu_seconds) == 2 and m.cpu_ms_per_step > 0
+        assert len(m.first_token_seconds) == 2 and m.first_token_ms > 0  # every system, the bare decoders too
+        assert m.decode_ms_per_step == pytest.approx(
+            1000 * statistics.median((t - t1) / 3 for t, t1 in zip(m.seconds, m.first_token_seconds)))
+        assert m.encoder_ms == pytest.approx(m.first_token_ms - m.decode_ms_per_step)
+        assert m.source_tokens == 2 * 32 and m.encoder_ms_per_source_token == pytest.approx(m.encoder_ms / 64)
         if "bare" in m.system:
-            assert m.first_token_ms is None and m.token_agreement is None
-        else:
-            assert len(m.first_token_seconds) == 2 and m.first_token_ms > 0
+            assert m.token_agreement is None
     assert any("round 2/2" in msg for msg in messages)
 
 
@@ -210,3 +215,38 @@ def test_optimum_runs_under_its_own_interpreter(tmp_path):
     assert {"optimum", "optimum-onnx", "transformers", "torch"} <= set(optimum.versions)
     assert res.measurement("Optimum", res.workloads[0]).token_agreement == 1.0
     assert any(m.startswith("Optimum: converting") and m.endswith(f"with {optimum.python}") for m in messages)
+
+
+# ---- benchmarks/compare.py: encoder and decoder apart, the floors ----------------------------------------
+
+
+def test_compare_splits_encoder_from_decode_and_times_the_floors(tmp_path):
+    """``compare.py --shape small --quick --peers ctranslate2``: every system's decode ms/step and encoder ms
+    (from the one-token calls), and the fp32 and int8 floors, in the JSON. Its checkpoint, exports and
+    conversions are cached in benchmarks/.work/small (a first run makes them: about a minute more)."""
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "compare.py"
+    out = subprocess.run([sys.executable, str(script), "--shape", "small", "--quick", "--peers", "ctranslate2",
+                          "--json", str(tmp_path / "c.json")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "| shape, workload | t5ort fp32 | t5ort int8 |" in out.stdout and "floor int8" in out.stdout
+    data = json.loads((tmp_path / "c.json").read_text())
+    rows = data["readme"]
+    assert [(r["model"], r["workload"]) for r in rows] == [("t5-small", "batch 1"), ("t5-small", "ragged batch 8")]
+    sources = [r["systems"]["t5ort fp32"]["source_tokens"] for r in rows]
+    assert sources[0] == 128 and 8 * 32 <= sources[1] <= 8 * 256
+    for r in rows:
+        systems = r["systems"]
+        assert {"t5ort fp32", "t5ort int8", "floor fp32", "floor int8"} <= set(systems)
+        for label, v in systems.items():
+            assert math.isfinite(v["decode_ms_per_step"]) and v["decode_ms_per_step"] > 0, (label, v)
+            if label.startswith("floor"):
+                continue
+            assert math.isfinite(v["encoder_ms"]) and math.isfinite(v["floor_ratio"]), (label, v)
+            assert v["floor_ratio"] == pytest.approx(
+                v["decode_ms_per_step"] / systems["floor int8" if "int8" in label else "floor fp32"]
+                ["decode_ms_per_step"])
+        for label in ("t5ort fp32", "t5ort int8"):  # 128+ source tokens: the encoder stands well above the noise
+            assert systems[label]["encoder_ms"] > 0 and systems[label]["encoder_ms_per_source_token"] > 0
+    measured = data["shapes"]["small"]["measurements"]
+    assert {m["system"] for m in measured} >= {"floor fp32", "floor int8"}
+    assert all(len(m["first_token_seconds"]) == len(m["seconds"]) == 1 for m in measured)
