@@ -114,6 +114,26 @@ def perturb_lm_head(graph, relative: float, seed: int = 0) -> int:
     return 1
 
 
+def poison_logits(directory: Path, token: int, value: float) -> None:
+    """Set the decoder's raw logit of ``token`` to ``value`` (NaN, inf, -inf) at every position, before both of
+    its readers (the ``logits`` output and the logsumexp), as an overflowing graph would; then reseal."""
+    from onnx import helper
+
+    model = _load(directory, DECODER)
+    graph = model.graph
+    head = next(n for n in graph.node if "logits" in n.output)  # the lm_head MatMul
+    head.output[0] = "logits/clean"
+    vocab = next(o for o in graph.output if o.name == "logits").type.tensor_type.shape.dim[2].dim_value
+    offset = np.zeros(vocab, np.float32)
+    offset[token] = value
+    nodes = [_const("logits/poison", offset), helper.make_node("Add", ["logits/clean", "logits/poison"], ["logits"])]
+    position = list(graph.node).index(head) + 1
+    for i, node in enumerate(nodes):
+        graph.node.insert(position + i, node)
+    _save(model, directory, DECODER)
+    reseal(directory)
+
+
 def break_export(directory: Path, kind: str, d_kv: int) -> None:
     """Apply the breakage ``kind`` (one of BREAKS) to the export in ``directory`` and reseal it."""
     changed = 0

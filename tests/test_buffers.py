@@ -5,7 +5,7 @@ import pytest
 
 from conftest import SOURCES
 from t5ort.runtime.buffers import MIN_BYTES, BufferPool
-from t5ort.runtime.numerics import checked_logsumexp, logsumexp
+from t5ort.runtime.numerics import logsumexp
 
 
 
@@ -52,14 +52,6 @@ def test_results_held_at_once_keep_their_own_logits(sp_runtime):
     third = sp_runtime.generate(SOURCES[:1] * 64, **options)
     np.testing.assert_array_equal(third.logits, expected)  # the same answer in reused memory
     assert third.logits.ctypes.data == address
-
-
-@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_every_kind_of_non_finite_logit_is_caught(bad):
-    logits = np.zeros((3, 50), np.float32)
-    logits[2, 7] = bad
-    with pytest.raises(FloatingPointError, match=r"at step 5, decoder rows \[2\]"):
-        checked_logsumexp(logits, "at step 5")
 
 
 def test_the_temporary_changes_nothing():

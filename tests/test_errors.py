@@ -70,14 +70,14 @@ def test_manifest_of_another_format_version(sp_export, tmp_path):
         t5ort.load(d)
 
 
-def test_format_3_export_is_refused_with_how_to_re_export(sp_export, tmp_path):
-    """A format-3 export (optimum's with-past decoder beside a step graph), as the previous t5ort wrote it."""
+def test_format_4_export_is_refused_with_how_to_re_export(sp_export, tmp_path):
+    """A format-4 export (the runtime wrote the new keys/values), as t5ort 0.2 wrote it."""
     d = copy_export(sp_export, tmp_path)
     manifest = json.loads((d / "t5ort.json").read_text())
-    manifest["format_version"] = 3
+    manifest["format_version"] = 4
     (d / "t5ort.json").write_text(json.dumps(manifest))
-    with pytest.raises(ArtifactError, match=r"format_version 3, but this t5ort reads format_version 4 \(format 3 "
-                                            r"exports hold optimum's decoder graphs.*re-export.*--force"):
+    with pytest.raises(ArtifactError, match=r"format_version 4, but this t5ort reads format_version 5 \(older "
+                                            r"formats' decoder graphs do not write the cache.*re-export.*--force"):
         t5ort.load(d)
 
 

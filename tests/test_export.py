@@ -19,7 +19,7 @@ def test_manifest_records_geometry_tokens_graphs_and_parity(sp_export, sp_checkp
 
     config = AutoConfig.from_pretrained(sp_checkpoint)
     m = json.loads((sp_export / "t5ort.json").read_text())
-    assert m["format_version"] == 4
+    assert m["format_version"] == 5
     g = m["geometry"]
     assert (g["vocab_size"], g["d_model"], g["d_kv"], g["num_heads"]) == (config.vocab_size, 32, 12, 4)
     assert (g["num_layers"], g["num_decoder_layers"]) == (3, 2)
@@ -32,9 +32,11 @@ def test_manifest_records_geometry_tokens_graphs_and_parity(sp_export, sp_checkp
     assert names["cache.0.key"]["shape"] == ["batch_size", 4, "cache_capacity", 12]
     assert names["cache_mask"] == {"name": "cache_mask", "dtype": "int64", "shape": ["batch_size", "cache_capacity"]}
     assert names["input_ids"]["shape"] == ["batch_size", "decoder_sequence_length"]
-    assert dec["io"]["new_key"] == ["new.0.key", "new.1.key"]
+    assert dec["io"]["present_key"] == ["present.0.key", "present.1.key"]  # written in place (bound to cache.*)
     outputs = {t["name"]: t for t in dec["outputs"]}
-    assert outputs["new.1.value"]["shape"] == ["batch_size", 4, "decoder_sequence_length", 12]
+    assert outputs["present.1.value"]["shape"] == ["batch_size", 4, "cache_capacity", 12]
+    assert outputs["logsumexp"] == {"name": "logsumexp", "dtype": "float32",
+                                    "shape": ["batch_size", "decoder_sequence_length"]}
     enc = m["graphs"]["encoder"]
     assert enc["io"]["cross_key"] == ["cross.0.key", "cross.1.key"] == dec["io"]["cross_key"]
     names = {t["name"]: t for t in enc["outputs"]}

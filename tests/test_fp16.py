@@ -33,8 +33,8 @@ def test_fp16_manifest_graphs_and_caches(fp16_export):
     parity = m["quantization"]["parity_fp16"]
     assert parity["max_abs_diff"] <= parity["tolerance"] and parity["atol"] == FP16_ATOL
     dec = {t["name"]: t["dtype"] for t in m["graphs"]["decoder"]["inputs"] + m["graphs"]["decoder"]["outputs"]}
-    assert dec["cache.0.key"] == dec["new.1.value"] == "float16"  # the in-place decoder, as on fp32
-    assert dec["cross.0.key"] == "float16" and dec["logits"] == "float32"
+    assert dec["cache.0.key"] == dec["present.1.value"] == "float16"  # the in-place decoder, as on fp32
+    assert dec["cross.0.key"] == "float16" and dec["logits"] == dec["logsumexp"] == "float32"
     enc = {t["name"]: t["dtype"] for t in m["graphs"]["encoder"]["outputs"]}
     assert enc["cross.0.key"] == "float16"
     graph = onnx.load(str(fp16_export / "decoder_model.onnx"), load_external_data=False).graph

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import shutil
 import threading
 
 import numpy as np
@@ -15,6 +16,7 @@ import t5ort
 from conftest import SOURCES, assert_logits_match
 from t5ort import ExportError
 from t5ort.export import exporter
+from t5ort.runtime.numerics import logsumexp
 
 
 def _no_work(monkeypatch, runtime):
@@ -49,20 +51,33 @@ def test_logits_off_fits_where_logits_do_not(sp_export):
     assert res.logits is None and res.sequences.shape[0] == 3
 
 
-def test_nan_logits_are_reported_with_step_and_row(sp_runtime, monkeypatch):
-    real_forward = sp_runtime.graphs.forward
-    calls = []
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_logits_are_caught_by_the_graphs_logsumexp(sp_export, tmp_path, bad):
+    """Any NaN or infinite raw logit makes the graph's logsumexp of its row non-finite: the loop checks [rows]
+    values, not [rows, vocab], and names the step and rows; scoring and in-flight batches check the same way."""
+    from broken_graphs import poison_logits
 
-    def faulty_forward(tokens, state, out=None):
-        logits, state = real_forward(tokens, state, out=out)  # [rows, 1, vocab]: one step per pass
-        calls.append(1)
-        if len(calls) == 3:
-            logits[1, 0, 4] = np.nan
-        return logits, state
+    d = tmp_path / "poisoned"
+    shutil.copytree(sp_export, d)
+    poison_logits(d, token=7, value=bad)
+    rt = t5ort.load(d)
+    with pytest.raises(FloatingPointError, match=r"at step 0, decoder rows \[0, 1, 2\]"):
+        rt.generate(SOURCES, max_new_tokens=4)
+    with pytest.raises(FloatingPointError, match=r"in score\(\), decoder rows \[0, 1\]"):
+        rt.score(SOURCES[:2], ["one two", "three"])
+    encoded = rt.encode(SOURCES)
+    lse = np.empty((3, 1), np.float32)
+    logits, _ = rt.graphs.forward(np.zeros((3, 1), np.int64), rt.graphs.start(encoded), logsumexp_out=lse)
+    assert np.isnan(logits[:, 0, 7]).all() if np.isnan(bad) else (logits[:, 0, 7] == bad).all()
+    assert not np.isfinite(lse).any()
 
-    monkeypatch.setattr(sp_runtime.graphs, "forward", faulty_forward)
-    with pytest.raises(FloatingPointError, match=r"at step 2, decoder rows \[1\]"):
-        sp_runtime.generate(SOURCES, max_new_tokens=6, min_new_tokens=6)
+
+def test_the_graphs_logsumexp_is_the_logits_logsumexp(sp_runtime):
+    encoded = sp_runtime.encode(SOURCES)
+    g = sp_runtime.graphs
+    lse = np.empty((3, 5), np.float32)
+    logits, _ = g.forward(np.arange(15, dtype=np.int64).reshape(3, 5) % 40, g.start(encoded), logsumexp_out=lse)
+    np.testing.assert_allclose(lse, logsumexp(logits.astype(np.float64))[..., 0], rtol=1e-6, atol=1e-5)
 
 
 def test_disk_full_during_export_is_reported_and_leaves_nothing(sp_checkpoint, tmp_path, monkeypatch):

@@ -23,7 +23,7 @@ from ..runtime.manifest import Manifest
 
 FP16_ATOL = 2e-2
 FP16_REL_TOL = 1e-2
-_FP32_NODES = re.compile(r"/(residual|layer_norm|ff_out)(_\d+)?/")  # modules.Scope's names
+_FP32_NODES = re.compile(r"/(residual|layer_norm|ff_out|logsumexp)(_\d+)?/")  # modules.Scope's names
 METHOD = ("onnxruntime convert_float_to_float16; residual adds, RMSNorms and feed-forward output projections "
           "(wo) kept in float32; float32 logits, float16 caches")
 
@@ -39,7 +39,8 @@ def to_fp16(staging: Path, manifest: Manifest, torch_model, steps: int) -> Manif
     from .quantize import replace_graphs, rewrite_graphs
 
     def convert(src: Path, dst: Path) -> None:
-        convert_graph(src, dst, keep_float32=[manifest.decoder_io.logits] if src.name == manifest.decoder.file else [])
+        io = manifest.decoder_io
+        convert_graph(src, dst, keep_float32=[io.logits, io.logsumexp] if src.name == manifest.decoder.file else [])
 
     half, work = rewrite_graphs(staging, manifest, convert, "fp16")
     parity = check_parity(torch_model, work, steps=steps, atol=FP16_ATOL, rel_tol=FP16_REL_TOL)
@@ -89,12 +90,19 @@ def drop_fp16_round_trips(graph) -> int:
             rewired[node.output[0]] = source.input[0]
     if not rewired:
         return 0
-    keep = [n for n in graph.node if n.output[0] not in rewired]
+    from onnx import helper
+
+    graph_outputs = {o.name for o in graph.output}
+    keep = []
+    for node in graph.node:
+        if node.output[0] not in rewired:
+            keep.append(node)
+        elif node.output[0] in graph_outputs:  # a float32 graph output (the logsumexp) keeps its name
+            keep.append(helper.make_node("Identity", [rewired[node.output[0]]], [node.output[0]], name=node.name))
     for node in keep:
         for i, name in enumerate(node.input):
             if name in rewired:
                 node.input[i] = rewired[name]
-    graph_outputs = {o.name for o in graph.output}
     used = {name for n in keep for name in n.input} | graph_outputs
     keep = [n for n in keep if cast_to(n) != TensorProto.FLOAT16 or n.output[0] in used]  # casts now unread
     del graph.node[:]

@@ -9,14 +9,16 @@ transformers is installed:
 
 - :class:`Encoder`: ``input_ids, attention_mask -> last_hidden_state`` and every decoder
   layer's cross-attention keys/values (computed once per input);
-- :class:`Decoder`: T new positions per row over a self-attention cache held in place by the
-  runtime: buffers ``[rows, heads, capacity, d_kv]`` with a mask, ``past_length`` (the column
-  the first new position takes) and the new positions' keys/values out, which the runtime
-  writes into columns ``past_length ..`` itself. T = 1 is a decoding step; T > 1 teacher-forces
-  (scoring, speculative verification). Attention reads the buffer once::
-
-      scores = [q . K_buffer^T + bias(j - P - t) + mask | q . k_new^T + bias(u - t) + causal]
-      out    = softmax(scores)[:, :C] . V_buffer + softmax(scores)[:, C:] . v_new
+- :class:`Decoder`: T new positions per row over a self-attention cache held in place: buffers
+  ``[rows, heads, capacity, d_kv]`` with a mask and ``past_length`` (the column the first new
+  position takes). T = 1 is a decoding step; T > 1 teacher-forces (scoring, speculative
+  verification). Each layer's self-attention is one onnxruntime ``com.microsoft.MultiHeadAttention``
+  node (:class:`CachedAttention`): it reads columns ``0 .. past_length`` of the buffers, writes the
+  new positions' keys/values into the next columns of the same buffers (its ``present`` outputs are
+  bound to the ``past`` inputs' memory), and adds one bias ``[rows, heads, T, past_length + T]``
+  that holds T5's position bias, the cache mask and the causal mask (computed once per step; per
+  layer for UMT5). The decoder also returns the logsumexp of every position's logits, so that the
+  runtime's log-probs and its NaN/inf check need no pass over the vocabulary.
 
 The relative position bias is looked up in a table of the checkpoint's buckets, computed here
 at export time for distances within +-``max_distance`` (beyond it the bucket no longer changes), so
@@ -267,44 +269,89 @@ def _encoder_attention_name(spec: T5Spec) -> str:
             "transient-global": "TransientGlobalSelfAttention"}[spec.encoder_attention]
 
 
+class CachedAttention(torch.autograd.Function):
+    """Self-attention of T new positions over the in-place cache, traced as one onnxruntime
+    ``com.microsoft.MultiHeadAttention`` node (onnxruntime's CPU and CUDA providers have the kernel).
+
+    ``query``/``key``/``value`` [B, T, D] (projected, heads not split); ``bias`` [B, H, T, P + T], additive
+    (T5's position bias and every mask); ``past_key``/``past_value`` [B, H, C, d_kv]; ``past_length``
+    int32 [1] = P. Returns the attention output [B, T, D] and the buffers with the new keys/values in
+    columns P .. P + T. T5 does not scale the scores: ``scale=1.0`` (the kernel's default is 1/sqrt(d_kv)).
+    The graph's inputs 3 and 4 (bias of the projections, key padding mask) stay empty:
+    :func:`t5ort.export.trace.export_decoder` writes them after tracing.
+    """
+
+    @staticmethod
+    def forward(ctx, query, key, value, bias, past_key, past_value, past_length, heads: int):
+        batch, new, width = query.shape
+        q, k, v = (x.view(batch, new, heads, width // heads).transpose(1, 2) for x in (query, key, value))
+        past = bias.shape[-1] - new
+        keys = torch.cat([past_key[:, :, :past], k], 2)  # [B, H, P + T, d]
+        values = torch.cat([past_value[:, :, :past], v], 2)
+        out = torch.softmax(q @ keys.transpose(2, 3) + bias, -1) @ values  # [B, H, T, d]
+        present_key, present_value = past_key.clone(), past_value.clone()
+        present_key[:, :, past:past + new] = k
+        present_value[:, :, past:past + new] = v
+        return out.transpose(1, 2).reshape(batch, new, width), present_key, present_value
+
+    @staticmethod
+    def symbolic(g, query, key, value, bias, past_key, past_value, past_length, heads):
+        out, present_key, present_value = g.op(
+            "com.microsoft::MultiHeadAttention", query, key, value, bias, past_key, past_value, past_length,
+            num_heads_i=heads, scale_f=1.0, outputs=3)
+        for value_out, like in ((out, query), (present_key, past_key), (present_value, past_value)):
+            value_out.setType(like.type())  # the exporter's shape inference does not know the contrib op
+        return out, present_key, present_value
+
+
+def checked_logsumexp(logits: torch.Tensor) -> torch.Tensor:
+    """logsumexp over the vocabulary, [B, T, V] -> [B, T]; NaN (or inf) where a position's logits hold a NaN
+    or an infinity (an infinite minimum makes ``low - low`` NaN; a finite one adds exactly 0)."""
+    low = logits.amin(-1)
+    return torch.logsumexp(logits, -1) + (low - low)
+
+
 class Decoder(_Graph):
     """T new positions per row over an in-place self-attention cache (the module docstring)."""
 
     def __init__(self, torch_model, spec: T5Spec):
         super().__init__(torch_model, spec, torch_model.decoder, "SelfAttention", False)
+        self.logsumexp = Scope()  # kept float32 in fp16 graphs, as the logits are
+
+    def self_bias(self, layer: int, relative_past, relative_new, mask, causal):
+        """[B, H, T, P + T]: the position bias of the cached and the new columns, with their masks."""
+        table, limit = self.table(layer), self.spec.max_distance
+        new = lookup_bias(table, relative_new, limit) + causal  # [H, T, T]
+        return torch.cat([lookup_bias(table, relative_past, limit) + mask,  # [B, H, T, P]
+                          new.expand(mask.shape[0], -1, -1, -1)], dim=-1)
 
     def forward(self, input_ids, encoder_attention_mask, cache_mask, past_length, *kv):
         spec, model = self.spec, self.model
         layers = len(model.decoder.block)
         cache, cross = kv[: 2 * layers], kv[2 * layers:]
         new_len = input_ids.shape[1]
-        capacity = cache[0].shape[2]
         h = model.decoder.embed_tokens.weight[input_ids]  # [B, T, D]
         queries = past_length + torch.arange(new_len, dtype=torch.long)  # [T]: the new positions
-        columns = torch.arange(capacity, dtype=torch.long)  # [C]
-        relative_past = columns[None, :] - queries[:, None]  # [T, C]
+        columns = torch.arange(past_length[0], dtype=torch.long)  # [P]: the cached columns attended to
+        relative_past = columns[None, :] - queries[:, None]  # [T, P]
         new_positions = torch.arange(new_len, dtype=torch.long)
         relative_new = new_positions[None, :] - new_positions[:, None]  # [T, T]
         causal = torch.where(relative_new > 0, torch.finfo(torch.float32).min, 0.0)  # [T, T]
-        self_mask = additive_mask(cache_mask)[:, None, None, :]  # [B, 1, 1, C]
+        self_mask = additive_mask(cache_mask.index_select(1, columns))[:, None, None, :]  # [B, 1, 1, P]
         cross_mask = additive_mask(encoder_attention_mask)[:, None, None, :]  # [B, 1, 1, S]
-        new = []
+        position = past_length.to(torch.int32)
+        bias = None if spec.bias_every_layer else self.self_bias(0, relative_past, relative_new, self_mask, causal)
+        present = []
         for i, block in enumerate(model.decoder.block):
-            table = self.table(i)
             layer = block.layer[0]
             attention = layer.SelfAttention
             x = self.norm(h, layer.layer_norm.weight)
-            q, k, v = (split_heads(x, w.weight, spec) for w in (attention.q, attention.k, attention.v))
-            key, value = cache[2 * i], cache[2 * i + 1]  # [B, H, C, d]
-            scores = torch.cat([
-                self.scores(torch.matmul, q, key.transpose(2, 3))
-                + (lookup_bias(table, relative_past, spec.max_distance) + self_mask),
-                self.scores(torch.matmul, q, k.transpose(2, 3))
-                + (lookup_bias(table, relative_new, spec.max_distance) + causal),
-            ], dim=-1)  # [B, H, T, C + T]
-            weights = torch.softmax(scores.float(), dim=-1)
-            out = weights[..., :capacity] @ value + weights[..., capacity:] @ v  # [B, H, T, d]
-            h = self.add(h, merge_heads(out, attention.o.weight, spec))
+            q, k, v = (x @ w.weight.T for w in (attention.q, attention.k, attention.v))  # [B, T, D]
+            layer_bias = bias if bias is not None else self.self_bias(i, relative_past, relative_new, self_mask,
+                                                                      causal)
+            out, key, value = CachedAttention.apply(q, k, v, layer_bias, cache[2 * i], cache[2 * i + 1], position,
+                                                    spec.num_heads)
+            h = self.add(h, out @ attention.o.weight.T)
             layer = block.layer[1]
             attention = layer.EncDecAttention
             x = self.norm(h, layer.layer_norm.weight)
@@ -312,8 +359,9 @@ class Decoder(_Graph):
             out = attend(self.scores(torch.matmul, q, cross[2 * i].transpose(2, 3)) + cross_mask, cross[2 * i + 1])
             h = self.add(h, merge_heads(out, attention.o.weight, spec))
             h = self.feed_forward(h, block.layer[2])
-            new += [k, v]
+            present += [key, value]
         h = self.norm(h, model.decoder.final_layer_norm.weight)
         if spec.scale_head:
             h = h * spec.d_model ** -0.5
-        return (h @ model.lm_head.weight.T, *new)
+        logits = h @ model.lm_head.weight.T  # [B, T, V]
+        return (logits, self.logsumexp(checked_logsumexp, logits), *present)

@@ -6,8 +6,10 @@
 - ``decoder_model.onnx``: ``input_ids`` [batch_size, decoder_sequence_length] (the T new positions),
   ``encoder_attention_mask``, ``cache_mask`` [batch_size, cache_capacity], ``past_length`` [1],
   ``cache.{i}.key`` / ``.value`` [batch_size, heads, cache_capacity, d_kv], the encoder's ``cross.{i}.*``
-  -> ``logits`` [batch_size, decoder_sequence_length, vocab] and ``new.{i}.key`` / ``.value``
-  [batch_size, heads, decoder_sequence_length, d_kv], which the runtime writes into the cache itself.
+  -> ``logits`` [batch_size, decoder_sequence_length, vocab], their ``logsumexp`` [batch_size,
+  decoder_sequence_length], and ``present.{i}.key`` / ``.value`` [batch_size, heads, cache_capacity, d_kv]:
+  the cache buffers with the new positions written in (the runtime binds them to the ``cache.*`` inputs'
+  memory, so MultiHeadAttention writes in place).
 
 Traced with torch's TorchScript exporter (``dynamo=False``): the modules are plain tensor code with no
 Python branch on a shape, so the trace holds for every batch, length and capacity (the tests run the
@@ -46,12 +48,13 @@ def decoder_io_names(layers: int) -> dict:
         "self_attention_mask": "cache_mask",
         "past_length": "past_length",
         "logits": "logits",
+        "logsumexp": "logsumexp",
         "cache_key": _per_layer("cache", "key", layers),
         "cache_value": _per_layer("cache", "value", layers),
         "cross_key": _per_layer("cross", "key", layers),
         "cross_value": _per_layer("cross", "value", layers),
-        "new_key": _per_layer("new", "key", layers),
-        "new_value": _per_layer("new", "value", layers),
+        "present_key": _per_layer("present", "key", layers),
+        "present_value": _per_layer("present", "value", layers),
     }
 
 
@@ -104,15 +107,32 @@ def export_decoder(torch_model, spec: T5Spec, path: Path) -> None:
     args = (torch.ones(batch, new, dtype=torch.long), torch.ones(batch, source, dtype=torch.long),
             torch.ones(batch, capacity, dtype=torch.long), torch.tensor([1]), *cache, *cross)
     cache_in, cross_in = _pairs(io["cache_key"], io["cache_value"]), _pairs(io["cross_key"], io["cross_value"])
-    new_out = _pairs(io["new_key"], io["new_value"])
+    present = _pairs(io["present_key"], io["present_value"])
     inputs = [io["input_ids"], io["encoder_attention_mask"], io["self_attention_mask"], io["past_length"],
               *cache_in, *cross_in]
     axes = {io["input_ids"]: {0: BATCH, 1: NEW}, io["encoder_attention_mask"]: {0: BATCH, 1: SOURCE},
             io["self_attention_mask"]: {0: BATCH, 1: CAPACITY}, io["logits"]: {0: BATCH, 1: NEW},
-            **{n: {0: BATCH, 2: CAPACITY} for n in cache_in}, **{n: {0: BATCH, 2: SOURCE} for n in cross_in},
-            **{n: {0: BATCH, 2: NEW} for n in new_out}}
-    _export(Decoder(torch_model, spec).eval(), args, path, inputs, [io["logits"], *new_out], axes)
-    _declare_outputs(path, {name: [BATCH, heads, NEW, d_kv] for name in new_out})
+            io["logsumexp"]: {0: BATCH, 1: NEW},
+            **{n: {0: BATCH, 2: CAPACITY} for n in cache_in + present}, **{n: {0: BATCH, 2: SOURCE} for n in cross_in}}
+    _export(Decoder(torch_model, spec).eval(), args, path, inputs, [io["logits"], io["logsumexp"], *present], axes)
+    _complete_attention_nodes(path)
+    _declare_outputs(path, {name: [BATCH, heads, CAPACITY, d_kv] for name in present})
+
+
+def _complete_attention_nodes(path: Path) -> None:
+    """Give every MultiHeadAttention node its empty optional inputs (the projections' bias, the key padding
+    mask: the tracer cannot write an empty input) and the graph the com.microsoft opset."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    for node in model.graph.node:
+        if node.op_type == "MultiHeadAttention":
+            query, key, value, bias, past_key, past_value, past_length = node.input
+            del node.input[:]
+            node.input.extend([query, key, value, "", "", bias, past_key, past_value, past_length])
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    onnx.save(model, str(path))
 
 
 def _declare_outputs(path: Path, shapes: dict) -> None:

@@ -14,7 +14,7 @@ from typing import Iterator, Protocol, Sequence
 import numpy as np
 
 from .buffers import BufferPool
-from .numerics import checked_logsumexp
+from .numerics import checked
 from .options import GenerationOptions
 from .processors import LogitsProcessor, build_processors
 from .stopping import build_criteria
@@ -26,7 +26,8 @@ class StepModel(Protocol):
 
     def start(self, encoder_output): ...
 
-    def forward(self, tokens: np.ndarray, state, out: np.ndarray | None = None) -> tuple[np.ndarray, object]: ...
+    def forward(self, tokens: np.ndarray, state, out: np.ndarray | None = None,
+                logsumexp_out: np.ndarray | None = None) -> tuple[np.ndarray, object]: ...
 
     def reorder(self, state, source: np.ndarray): ...
 
@@ -57,13 +58,15 @@ class Strategy(Protocol):
 
 @dataclass(frozen=True, eq=False)
 class Step:
-    """One decoding step: raw logits and processed scores [rows, vocab], the tokens chosen [rows]."""
+    """One decoding step: raw logits and processed scores [rows, vocab], the tokens chosen [rows], the
+    logits' logsumexp [rows] (the graph's)."""
 
     index: int
     logits: np.ndarray
     scores: np.ndarray
     tokens: np.ndarray
     done: bool
+    logsumexp: np.ndarray
 
 
 NO_DRAFTS = np.empty(0, np.int64)
@@ -111,32 +114,32 @@ def run_steps(model: StepModel, encoder_output, strategy: Strategy, processors: 
     ``logits_out`` [max_new_tokens, rows, vocab]: where the graph writes each step's raw logits.
     """
     state = model.start(encoder_output)
-    scratch = None  # logsumexp's temporary, [rows, vocab], the same every step
     index = 0
     while index < max_new_tokens:
         drafts = NO_DRAFTS if drafter is None else drafter.propose(strategy.input_ids[0], max_new_tokens - index - 1)
         k = len(drafts)
         fed = strategy.input_ids[:, -1:] if k == 0 else np.concatenate([strategy.input_ids[:, -1:], drafts[None]], 1)
         past = state.past_length
-        block, state = model.forward(fed, state, out=_out(logits_out, index, fed))  # [rows, k + 1, vocab]
+        lse_block = np.empty(fed.shape, np.float32)  # [rows, k + 1]: the graph's logsumexp of each position
+        block, state = model.forward(fed, state, out=_out(logits_out, index, fed), logsumexp_out=lse_block)
         redecide = matched = False
-        for i in range(k + 1):  # position i: the logits after fed[:, :i + 1]
+        for i in range(k + 1):  # position i: the logits after fed[:, :i + 1], [rows, vocab]
             logits = block[:, i]
-            if scratch is None:
-                scratch = np.empty_like(logits)
-            lse = checked_logsumexp(logits, f"at step {index}", scratch)
+            lse = checked(lse_block[:, i:i + 1], f"at step {index}")  # [rows, 1]
             scores = score(strategy, processors, logits, lse)
             redecide = k > 0 and _top_two_gap(scores[0]) < near_tie_bound(logits)
             if redecide:  # the same position from a one-token pass, as plain greedy computes it
                 state = model.truncate(state, past + i)
-                one, state = model.forward(fed[:, i: i + 1], state, out=_out(logits_out, index, fed[:, :1]))
+                lse = np.empty((fed.shape[0], 1), np.float32)
+                one, state = model.forward(fed[:, i: i + 1], state, out=_out(logits_out, index, fed[:, :1]),
+                                           logsumexp_out=lse)
                 logits = one[:, 0]
-                lse = checked_logsumexp(logits, f"at step {index}", scratch)
+                lse = checked(lse, f"at step {index}")
                 scores = score(strategy, processors, logits, lse)
             tokens, source, done = strategy.update(logits, scores, lse)
             if source is not None:
                 state = model.reorder(state, source)
-            yield Step(index, logits, scores, tokens, done)
+            yield Step(index, logits, scores, tokens, done, lse[:, 0])
             index += 1
             matched = i < k and tokens[0] == drafts[i]
             if done or not matched or redecide:

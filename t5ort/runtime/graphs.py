@@ -8,14 +8,16 @@ The encoder graph computes the cross-attention keys/values of every decoder laye
 once. The decoder graph runs every step of every path (greedy, sampling, beam
 search, scoring, speculative verification, in-flight batches) over a
 self-attention cache held in place: per layer a key and a value buffer
-``[rows, heads, capacity, d_kv]`` in host memory, bound once to the decoder's
-inputs, with an int64 mask ``[rows, capacity]``. Columns ``past_length`` and later
-are free (masked). A run feeds T new positions per row and returns only their
-keys/values, which :meth:`T5Graphs.forward` writes into the next free columns;
-nothing copies the cache between steps, so a step's cost does not grow with the
-copy of a longer history. A full buffer is replaced by one twice as wide (one
-copy, amortised). Beam search reorders rows in place; rolling back (speculative
-decoding) masks columns again.
+``[rows, heads, capacity, d_kv]`` in host memory, with an int64 mask ``[rows,
+capacity]``, each bound once as both the graph's ``cache.*`` input and its
+``present.*`` output. A run feeds T new positions per row; the graph's fused
+attention (onnxruntime's MultiHeadAttention) reads columns ``0 .. past_length``
+and writes the new keys/values into the next columns itself. Nothing copies the
+cache between steps, so a step's cost does not grow with the copy of a longer
+history. A full buffer is replaced by one twice as wide (one copy, amortised).
+Beam search reorders rows in place; rolling back (speculative decoding) masks
+columns again. Each run also returns the logits' logsumexp [rows, T], which the
+loop uses for log-probs and its NaN/inf check.
 """
 
 from __future__ import annotations
@@ -218,7 +220,7 @@ class T5Graphs:
         self._encoder_cross = [n for pair in zip(eio.cross_key, eio.cross_value) for n in pair]
         self._cache_names = [n for pair in zip(io.cache_key, io.cache_value) for n in pair]
         self._cross_names = [n for pair in zip(io.cross_key, io.cross_value) for n in pair]
-        self._new_names = [n for pair in zip(io.new_key, io.new_value) for n in pair]
+        self._present_names = [n for pair in zip(io.present_key, io.present_value) for n in pair]
 
     def _check_file(self, path: Path, sha256: str | None, what: str) -> None:
         """``path`` exists and, with verify, has the checksum recorded in the manifest."""
@@ -283,11 +285,14 @@ class T5Graphs:
         memory on the CPU: what the runtime writes into them between steps, the graph reads)."""
         binding = self.decoder_session.io_binding()
         position = np.array([past_length], np.int64)
-        for name, array in ((self.manifest.decoder_io.past_length, position),
-                            (self.manifest.decoder_io.self_attention_mask, self_mask),
-                            (self.manifest.decoder_io.encoder_attention_mask, encoder.attention_mask),
-                            *zip(self._cache_names, cache)):
+        io = self.manifest.decoder_io
+        for name, array in ((io.past_length, position), (io.self_attention_mask, self_mask),
+                            (io.encoder_attention_mask, encoder.attention_mask)):
             binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array))
+        for name, present, array in zip(self._cache_names, self._present_names, cache):
+            buffer = ort.OrtValue.ortvalue_from_numpy(array)  # the graph reads and writes the same memory
+            binding.bind_ortvalue_input(name, buffer)
+            binding.bind_ortvalue_output(present, buffer)
         for name, value in zip(self._cross_names, encoder.cross_kv):
             binding.bind_ortvalue_input(name, value)
         return DecoderState(cache, self_mask, past_length, encoder, binding, position)
@@ -317,24 +322,26 @@ class T5Graphs:
 
     # ---- the decoder ---------------------------------------------------------
 
-    def step(self, tokens: np.ndarray, state: DecoderState,
-             out: np.ndarray | None = None) -> tuple[np.ndarray, DecoderState]:
+    def step(self, tokens: np.ndarray, state: DecoderState, out: np.ndarray | None = None,
+             logsumexp_out: np.ndarray | None = None) -> tuple[np.ndarray, DecoderState]:
         """Feed one token per row (int64 [rows]); return that step's raw logits [rows, vocab].
 
         ``out``: a C-contiguous float32 [rows, vocab] host array that onnxruntime writes the
         logits into (and that is returned), so that a caller keeping every step's logits spends
-        no copy on them.
+        no copy on them. ``logsumexp_out``: float32 [rows] that receives their logsumexp.
         """
         logits, state = self.forward(np.asarray(tokens).reshape(-1, 1), state,
-                                     out=None if out is None else out[:, None, :])
+                                     out=None if out is None else out[:, None, :],
+                                     logsumexp_out=None if logsumexp_out is None else logsumexp_out[:, None])
         return logits[:, -1, :], state
 
-    def forward(self, decoder_input_ids: np.ndarray, state: DecoderState,
-                out: np.ndarray | None = None) -> tuple[np.ndarray, DecoderState]:
+    def forward(self, decoder_input_ids: np.ndarray, state: DecoderState, out: np.ndarray | None = None,
+                logsumexp_out: np.ndarray | None = None) -> tuple[np.ndarray, DecoderState]:
         """Feed ``decoder_input_ids`` [rows, T] after the cached positions; return raw logits [rows, T, vocab].
 
         T > 1 is one teacher-forced pass (causal within the T positions). ``out``: as in :meth:`step`,
-        [rows, T, vocab].
+        [rows, T, vocab]. ``logsumexp_out``: float32 [rows, T] (any strides) that receives the logits'
+        logsumexp, as the graph computes it (NaN or inf where a position's logits are not all finite).
         """
         rows, new = decoder_input_ids.shape
         past = state.past_length
@@ -343,23 +350,24 @@ class T5Graphs:
             state = self._state(cache, mask, past, state.encoder)
         io, binding = self.manifest.decoder_io, state.binding
         binding.bind_cpu_input(io.input_ids, np.ascontiguousarray(decoder_input_ids, np.int64))
-        expected = (rows, new, self._vocab)
-        if out is None:
-            out = np.empty(expected, self._logits_dtype)
-        elif out.shape != expected or out.dtype != self._logits_dtype or not out.flags.c_contiguous:
-            raise ValueError(f"out must be a C-contiguous {self._logits_dtype.name} array of shape "
-                             f"{expected}, got {out.dtype} {out.shape}.")
+        out = self._output(out, (rows, new, self._vocab), "out")
         binding.bind_output(io.logits, "cpu", 0, out.dtype, list(out.shape), out.ctypes.data)
-        kv = np.empty((len(self._new_names), rows, self._heads, new, self._d_kv), self._dtype)
-        for i, name in enumerate(self._new_names):
-            binding.bind_output(name, "cpu", 0, kv.dtype, list(kv.shape[1:]), kv[i].ctypes.data)
+        lse = np.empty((rows, new), self._logits_dtype)
+        binding.bind_output(io.logsumexp, "cpu", 0, lse.dtype, list(lse.shape), lse.ctypes.data)
+        state.self_mask[:, past:past + new] = 1  # the new positions attend to themselves (causally)
         state.position[0] = past
-        self.decoder_session.run_with_iobinding(binding)
-        binding.clear_binding_outputs()
-        for buffer, value in zip(state.cache, kv):  # the new positions, into the next free columns
-            buffer[:, :, past:past + new] = value
-        state.self_mask[:, past:past + new] = 1
+        self.decoder_session.run_with_iobinding(binding)  # writes the new keys/values into columns past ..
+        if logsumexp_out is not None:
+            logsumexp_out[...] = lse
         return out, replace(state, past_length=past + new)
+
+    def _output(self, out: np.ndarray | None, expected: tuple, name: str) -> np.ndarray:
+        if out is None:
+            return np.empty(expected, self._logits_dtype)
+        if out.shape != expected or out.dtype != self._logits_dtype or not out.flags.c_contiguous:
+            raise ValueError(f"{name} must be a C-contiguous {self._logits_dtype.name} array of shape "
+                             f"{expected}, got {out.dtype} {out.shape}.")
+        return out
 
     def reorder(self, state: DecoderState, source: np.ndarray) -> DecoderState:
         """Cache rows taken from ``source`` [rows] (beam search), in place. Cross keys/values stay:

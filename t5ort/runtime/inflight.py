@@ -39,7 +39,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .decoding import Special, advance, make_strategy
-from .numerics import checked_logsumexp
+from .numerics import checked
 from .options import GenerationOptions
 from .processors import LogitsProcessor, build_processors
 
@@ -87,6 +87,7 @@ class MemberStep:
     done: bool  # the member is finished: this was its last step
     source: np.ndarray | None = None  # beam search: the member-local source row of each continuing beam
     logprobs: np.ndarray | None = None  # float32 [rows]: log-softmax of the raw logits at each token (not beams)
+    logsumexp: np.ndarray | None = None  # float32 [rows]: of each row's raw logits, as the graph computed it
 
 
 @dataclass
@@ -235,8 +236,9 @@ class InflightBatch:
         pad = self.runtime.manifest.special_tokens.pad_token_id
         tokens = np.concatenate([m.strategy.input_ids[:, -1] if m.live else np.full(m.rows, pad, np.int64)
                                  for m in self.members])  # [rows]
-        logits, self.state = self.graphs.step(tokens, self.state)  # [rows, vocab], raw
-        lse = checked_logsumexp(logits, "in the in-flight batch")  # [rows, 1]
+        lse = np.empty((len(tokens), 1), np.float32)
+        logits, self.state = self.graphs.step(tokens, self.state, logsumexp_out=lse[:, 0])  # [rows, vocab], raw
+        lse = checked(lse, "in the in-flight batch")  # [rows, 1]
         self.stats.steps += 1
         self.stats.sizes.append(len(tokens))
         self.stats.row_steps += len(tokens)
@@ -273,7 +275,7 @@ class InflightBatch:
         if done:
             m.live = False
         logprobs = None if m.beam else m.strategy.token_logprobs[:, index].copy()
-        return MemberStep(m, index, logits, np.asarray(tokens).copy(), finished, done, source, logprobs)
+        return MemberStep(m, index, logits, np.asarray(tokens).copy(), finished, done, source, logprobs, lse[:, 0])
 
     # ---- leaving ------------------------------------------------------------------------
 

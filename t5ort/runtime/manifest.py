@@ -6,10 +6,12 @@ guesses names from the graphs. Shapes keep the exporter's named dynamic axes
 so the batch, the encoder length, the new decoder positions and the cached
 length stay apart.
 
-Format versions: 4 has one decoder graph, which keeps the self-attention cache in place
-(:class:`DecoderIO`) and runs every decoding path; its graphs are t5ort's own, built from the
-checkpoint's weights. Older exports (3: optimum's with-past decoder beside an in-flight step
-graph) are refused with "re-export": nothing can turn their graphs into format 4's in place.
+Format versions: 5 has one decoder graph over a self-attention cache kept in place
+(:class:`DecoderIO`), which runs every decoding path; its self-attention is onnxruntime's fused
+MultiHeadAttention writing the new keys/values into the cache buffers itself, and it returns the
+logits' logsumexp beside them. Its graphs are t5ort's own, built from the checkpoint's weights.
+Older exports are refused with "re-export" (4: the same cache, but the runtime wrote the new
+keys/values and computed the logsumexp; 3: optimum's with-past decoder beside an in-flight step graph).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 
 from .errors import ArtifactError
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 CAPACITY_AXIS = "cache_capacity"
 MANIFEST_NAME = "t5ort.json"
 
@@ -120,8 +122,9 @@ class DecoderIO:
     cache_capacity] over them (1: attend; 0: free or padding), ``past_length`` int64 [1] (the
     column the first new position takes), the encoder's ``cross_key``/``cross_value`` and
     ``encoder_attention_mask``. Outputs: ``logits`` [batch_size, decoder_sequence_length, vocab]
-    and the new positions' ``new_key``/``new_value`` [batch_size, heads,
-    decoder_sequence_length, d_kv], which the runtime writes into the cache.
+    and their ``logsumexp`` [batch_size, decoder_sequence_length] (NaN where a position's logits are not
+    all finite), and ``present_key``/``present_value``: the cache buffers with the new positions written
+    in, bound by the runtime to the inputs' memory (in place).
     """
 
     input_ids: str
@@ -133,8 +136,9 @@ class DecoderIO:
     cache_value: tuple[str, ...]
     cross_key: tuple[str, ...]
     cross_value: tuple[str, ...]
-    new_key: tuple[str, ...]
-    new_value: tuple[str, ...]
+    present_key: tuple[str, ...]
+    present_value: tuple[str, ...]
+    logsumexp: str
 
 
 @dataclass(frozen=True)
@@ -256,8 +260,8 @@ def read_manifest(directory: str | Path) -> Manifest:
         raise ArtifactError(f"{path}: unreadable manifest ({exc}); re-export the model with `t5ort export`.") from exc
     version = raw.get("format_version") if isinstance(raw, dict) else None
     if version != FORMAT_VERSION:
-        older = (f" (format {version} exports hold optimum's decoder graphs; format {FORMAT_VERSION} has t5ort's "
-                 "own, with the cache in place)") if isinstance(version, int) and version < FORMAT_VERSION else ""
+        older = (" (older formats' decoder graphs do not write the cache themselves; format "
+                 f"{FORMAT_VERSION}'s fused attention does)") if isinstance(version, int) and version < FORMAT_VERSION else ""
         raise ArtifactError(
             f"{path}: format_version {version!r}, but this t5ort reads format_version {FORMAT_VERSION}{older}; "
             f"re-export the model with this version of `t5ort export` (t5ort export CHECKPOINT {directory} --force)."
@@ -273,8 +277,8 @@ def read_manifest(directory: str | Path) -> Manifest:
 def check_manifest(m: Manifest, path: Path) -> None:
     """Every tensor name the runtime will use exists in its graph's signature, one per decoder layer."""
     layers = m.geometry.num_decoder_layers
-    per_layer = {"decoder": (m.decoder_io, ("cache_key", "cache_value", "cross_key", "cross_value", "new_key",
-                                             "new_value")),
+    per_layer = {"decoder": (m.decoder_io, ("cache_key", "cache_value", "cross_key", "cross_value",
+                                             "present_key", "present_value")),
                  "encoder": (m.encoder_io, ("cross_key", "cross_value"))}
     for graph, (io, roles) in per_layer.items():
         for role in roles:

@@ -16,7 +16,7 @@ from .graphs import EncoderOutput, T5Graphs
 from .manifest import Manifest, read_manifest
 from .options import GenerationOptions
 from .results import GenerationResult, ScoreResult, StepEvent
-from .numerics import logsumexp
+from .numerics import checked
 from .tokenizer import TextTokenizer, load_tokenizer
 
 
@@ -275,6 +275,7 @@ class T5Runtime:
                 texts=None if self.tokenizer is None else tuple(
                     self.tokenizer.token_text(int(t)) for t in step.tokens
                 ),
+                logsumexp=step.logsumexp.copy(),
             )
 
     # ---- teacher forcing -------------------------------------------------------
@@ -322,12 +323,12 @@ class T5Runtime:
         if not np.array_equal(rows, np.arange(encoded.batch_size)):
             encoded = encoded[rows]
         state = graphs.start(encoded, capacity=decoder_input_ids.shape[1])
-        logits, _ = graphs.forward(decoder_input_ids, state)  # [N, T, vocab]
-        if not np.isfinite(logits).all():
-            raise FloatingPointError("non-finite raw logits (NaN or inf) in score().")
+        lse = np.empty(decoder_input_ids.shape, np.float32)  # [N, T]
+        logits, _ = graphs.forward(decoder_input_ids, state, logsumexp_out=lse)  # [N, T, vocab]
+        checked(lse, "in score()")
         targets_clipped = np.where(valid, labels, 0)
         chosen = np.take_along_axis(logits, targets_clipped[:, :, None], axis=-1)[..., 0]
-        token_logprobs = np.where(valid, chosen - logsumexp(logits)[..., 0], 0.0).astype(np.float32)
+        token_logprobs = np.where(valid, chosen - lse, 0.0).astype(np.float32)
         return ScoreResult(
             logits=logits if output_logits else None,
             token_logprobs=token_logprobs,

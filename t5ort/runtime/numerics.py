@@ -19,13 +19,13 @@ def logsumexp(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     return peak + np.log(shifted.sum(axis=-1, keepdims=True))
 
 
-def checked_logsumexp(logits: np.ndarray, where: str, out: np.ndarray | None = None) -> np.ndarray:
-    """:func:`logsumexp` of one step's raw logits [rows, vocab], raising FloatingPointError (naming the rows
-    and ``where``) if any logit is NaN or infinite: a NaN or +inf makes its row's logsumexp NaN, and one
-    more pass (the minimum) finds a -inf."""
-    lse = logsumexp(logits, out)
-    if not np.isfinite(lse).all() or not np.isfinite(logits.min()):
-        rows = np.flatnonzero(~np.isfinite(logits).all(axis=-1)).tolist()
+def checked(lse: np.ndarray, where: str) -> np.ndarray:
+    """The decoder graph's logsumexp of one step's raw logits ([rows] or [rows, 1]), after checking it: the
+    graph makes a row's logsumexp NaN or infinite where any of its logits is NaN or infinite, so this check
+    over [rows] values stands for one over [rows, vocab]. Raises FloatingPointError naming the rows and
+    ``where``."""
+    if not np.isfinite(lse).all():
+        rows = np.flatnonzero(~np.isfinite(lse.reshape(len(lse), -1)).all(axis=-1)).tolist()
         raise FloatingPointError(f"non-finite raw logits (NaN or inf) {where}, decoder rows {rows}.")
     return lse
 

@@ -109,6 +109,7 @@ class StepEvent:
     logits: np.ndarray  # float32 [N, vocab], raw
     finished: np.ndarray  # bool [N], true once a row has stopped (this step included)
     texts: tuple[str, ...] | None  # each new token as text
+    logsumexp: np.ndarray | None = None  # float32 [N], of each row's raw logits: logits - logsumexp[:, None] are log-probs
 
 
 @dataclass(frozen=True, eq=False)

@@ -100,6 +100,7 @@ class _Event:
     logits: np.ndarray
     finished: np.ndarray
     logprobs: np.ndarray | None = None  # float32 [rows]: the chosen tokens' log-probs under the raw logits
+    logsumexp: np.ndarray | None = None  # float32 [rows]: of the raw logits, as the decoder graph computed it
 
 
 class InflightScheduler(DynamicBatcher):
@@ -265,7 +266,7 @@ class InflightScheduler(DynamicBatcher):
                 self._beam_step(request, out, now)
             else:
                 self._deliver([request.live], _Event(out.index, out.tokens, out.logits, out.finished,
-                                                     out.logprobs), now)
+                                                     out.logprobs, out.logsumexp), now)
             if self._done(request.live, now) or out.done:
                 self._retire(request, now, out.done)
         self.beams = [g for g in self.beams if len(g)]

@@ -526,8 +526,9 @@ class DynamicBatcher:
         logits = event.logits  # [rows, vocab], raw
         logprobs = getattr(event, "logprobs", None)  # float32 [rows]: the chosen tokens' log-probs, if given
         top_n = max(lv.job.top_n for lv in live)
-        lse = top_ids = None
-        if logprobs is None or top_n or any(lv.job.entropy for lv in live):
+        lse = getattr(event, "logsumexp", None)  # float32 [rows], the graph's, if given
+        top_ids = None
+        if lse is None and (logprobs is None or top_n or any(lv.job.entropy for lv in live)):
             lse = logsumexp(logits)[:, 0]  # [rows]
         if top_n:
             top_ids = _top_ids(logits, top_n)  # [rows, top_n], best first
