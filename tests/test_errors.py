@@ -209,3 +209,13 @@ def test_step_refuses_an_out_buffer_of_the_wrong_shape_or_type(sp_runtime):
     out = np.empty((1, vocab), np.float32)
     logits, _ = graphs.step(np.array([0]), state, out=out)
     assert np.shares_memory(logits, out) and np.isfinite(out).all()
+
+
+def test_an_onnxruntime_too_old_for_the_in_place_attention_is_refused_with_the_fix():
+    from t5ort.runtime.errors import ProviderError
+    from t5ort.runtime.graphs import _check_onnxruntime
+
+    with pytest.raises(ProviderError, match=r"onnxruntime 1\.30\.0 is too old.*pip install 'onnxruntime>=1\.31'"):
+        _check_onnxruntime("1.30.0")
+    _check_onnxruntime("1.31.1")
+    _check_onnxruntime("1.33.0.dev20261201")

@@ -33,6 +33,7 @@ from .errors import ArtifactError, ProviderError
 from .manifest import GraphSpec, Manifest, file_sha256
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+MIN_ONNXRUNTIME = (1, 31)  # MultiHeadAttention writing into a present buffer shared with its past (1.30 aborts)
 _NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16}
 
 
@@ -187,6 +188,18 @@ def _providers(provider: str, device_id: int) -> list:
     return [("CUDAExecutionProvider", {"device_id": device_id, "use_tf32": 0}), "CPUExecutionProvider"]
 
 
+def _check_onnxruntime(version: str) -> None:
+    """Refuse an onnxruntime older than MIN_ONNXRUNTIME, which would crash in the decoder's first step."""
+    try:
+        found = tuple(int(part) for part in version.split(".")[:2])
+    except ValueError:  # a development build: trust it
+        return
+    if found < MIN_ONNXRUNTIME:
+        need = ".".join(map(str, MIN_ONNXRUNTIME))
+        raise ProviderError(f"onnxruntime {version} is too old for t5ort's decoder graph (its fused attention writes "
+                            f"the cache in place from onnxruntime {need} on); pip install 'onnxruntime>={need}'.")
+
+
 class T5Graphs:
     """Runs the encoder and decoder graphs described by a manifest."""
 
@@ -201,6 +214,7 @@ class T5Graphs:
         verify: bool = True,
         spin: bool = True,
     ):
+        _check_onnxruntime(ort.__version__)
         self.manifest = manifest
         self._verify = verify
         self.provider = provider
@@ -292,7 +306,7 @@ class T5Graphs:
         for name, present, array in zip(self._cache_names, self._present_names, cache):
             buffer = ort.OrtValue.ortvalue_from_numpy(array)  # the graph reads and writes the same memory
             binding.bind_ortvalue_input(name, buffer)
-            binding.bind_ortvalue_output(present, buffer)
+            binding.bind_output(present, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)
         for name, value in zip(self._cross_names, encoder.cross_kv):
             binding.bind_ortvalue_input(name, value)
         return DecoderState(cache, self_mask, past_length, encoder, binding, position)
