@@ -1,6 +1,6 @@
 """Parity of every T5-family variant t5ort exports against transformers, as one markdown table.
 
-    /work/venv/bin/python benchmarks/parity_matrix.py [--workdir DIR] [--json FILE] [--variants NAME ...]
+    python benchmarks/parity_matrix.py [--workdir DIR] [--json FILE] [--variants NAME ...] [--quick]
 
 The variants are the tiny seeded checkpoints of the parity tests (``tests/variants.py``:
 T5 v1.0 and v1.1, mT5, ByT5, LongT5 local and transient-global, UMT5; the script puts
@@ -253,7 +253,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS) + list(ILL_VARIANTS),
                         default=list(VARIANTS) + list(ILL_VARIANTS),
                         help="variants to run (default: the seven variants and the two ill-conditioned checkpoints)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: t5-v1.1 only (unless --variants)")
     args = parser.parse_args(argv)
+    if args.quick and args.variants == parser.get_default("variants"):
+        args.variants = ["t5-v1.1"]
 
     import onnxruntime
     import torch

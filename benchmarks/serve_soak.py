@@ -1,6 +1,6 @@
 """Soak: ``t5ort serve`` under a long mixed load on loopback, its memory, descriptors and threads every 1,000 requests.
 
-    python benchmarks/serve_soak.py [--requests 20000] [--threads 2] [--clients 6] [--burst 128] [--json FILE]
+    python benchmarks/serve_soak.py [--requests 20000] [--threads 2] [--clients 6] [--burst 128] [--json FILE] [--quick]
 
 Starts ``t5ort serve`` on the bundled model (``t5ort.demo.bundled("onnx")``) with ``--threads`` ONNX
 Runtime threads and every other flag at its default (in-flight batching, 32 rows, a queue of 64, at
@@ -591,7 +591,10 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-minutes", type=float, default=90, help="stop sending after this long (default 90)")
     parser.add_argument("--json", type=Path, help="write the readings and counts here")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 300 requests from 2 clients, bursts of 16")
     args = parser.parse_args()
+    if args.quick:
+        args.requests, args.clients, args.burst, args.max_minutes = 300, 2, 16, 5
 
     import httpx
 

@@ -1,6 +1,6 @@
 """Speculative greedy decoding, side by side in one run: batch 1, 2 threads.
 
-    python benchmarks/speculative.py [--inputs 40] [--repeats 3] [--workdir benchmarks/.work]
+    python benchmarks/speculative.py [--inputs 40] [--repeats 3] [--workdir benchmarks/.work] [--quick]
 
 1. The spelling model (t5ort/assets/spelling: misspelled English number words -> the
    same words spelled right; the output mostly copies the input), exported on the fly
@@ -198,7 +198,11 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--checkpoints", type=Path, default=ASSETS / "spelling",
                         help="the folder with the spelling model's task/ and draft/ checkpoints")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 4 inputs, 1 repeat, 2 for transformers, "
+                        "the verify-cost curve on the task model instead of the t5-small shape")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.inputs, args.repeats, args.hf_inputs = 4, 1, 2
     # torch's OpenMP threads spin between ops by default and starve the onnxruntime threads of the same
     # process (and other processes) on a 2-core machine; passive waiting, as the training scripts use.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -233,10 +237,10 @@ def main(argv=None) -> int:
     task_curve = pass_costs(rt, task_ids, args.repeats, (1, 4, 8))
     draft_curve = pass_costs(draft, task_ids, args.repeats, (1,))
     say("verify-cost curve on the t5-small shape")
-    curve = verify_curve(args.workdir, args.repeats)
+    curve = pass_costs(rt, task_ids, args.repeats) if args.quick else verify_curve(args.workdir, args.repeats)
     say("the bundled numbers model")
     numbers_rt = t5ort.load(ASSETS / "numbers" / "onnx", threads=THREADS)
-    numbers_sources = [nb.source(n) for n in nb.split(0)[2][::100]]
+    numbers_sources = [nb.source(n) for n in nb.split(0)[2][::1000 if args.quick else 100]]
     numbers = run_t5ort(numbers_rt, numbers_sources, {"t5ort greedy": {}, "t5ort prompt lookup K=10": {
         "prompt_lookup_num_tokens": 10}, "t5ort draft = itself K=20": {"assistant": numbers_rt}}, args.repeats, 12)
     other = meter()

@@ -1,0 +1,54 @@
+"""Every maintained script in benchmarks/ runs: a ``--quick`` smoke run each (seconds, not a measurement).
+
+Each run is bounded well under a minute on 2 cores; what a script prints is checked only for its shape.
+Scripts without a ``--quick`` mode yet are listed in NO_QUICK with the reason, so that a new script cannot
+go untested silently.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS = ROOT / "benchmarks"
+
+QUICK = {
+    "parity_matrix.py": ["--quick"],
+    "speculative.py": ["--quick", "--workdir", "{workdir}"],
+    "serve_soak.py": ["--quick"],
+    "gpu_check.py": ["--provider", "cpu", "--quick", "--workdir", "{workdir}"],
+}
+# Scripts kept but not yet run here, and why (see the report of the docs change, 2026-12-05).
+NO_QUICK = {
+    "_compare_systems.py": "a helper module of compare.py, not a script",
+    "_model.py": "a helper module of the scripts, not a script",
+    "compare.py": "has --quick, but builds and exports the t5-small shape three times and times every peer: "
+                  "over a minute on 2 cores",
+    "length_flatness.py": "no --quick yet (owned elsewhere this session)",
+    "decoder_api.py": "no --quick yet (owned elsewhere this session)",
+    "serve_load.py": "no --quick: its prepare() always exports the Optimum baseline, which needs optimum-onnx "
+                     "(transformers<4.58) in this environment",
+    "inflight_load.py": "no --quick: built on serve_load.prepare (the Optimum baseline)",
+    "corpus.py": "no --quick: built on serve_load.prepare (the Optimum baseline)",
+    "optimum_server.py": "the Optimum baseline server of serve_load.py; needs optimum-onnx",
+    "serve_encoder_cache.py": "no --quick: exports a flan-t5-base-shaped model (25 s, 4 GB peak RSS)",
+    "thread_pools.py": "no --quick: needs compare.py's t5-small exports; tests/test_threads.py checks its policies",
+}
+
+
+def test_every_script_is_run_or_listed():
+    scripts = {p.name for p in BENCHMARKS.iterdir() if p.suffix == ".py"}
+    assert scripts == set(QUICK) | set(NO_QUICK)
+
+
+@pytest.mark.parametrize("script", sorted(QUICK))
+def test_quick_run(script, tmp_path):
+    args = [a.format(workdir=tmp_path) for a in QUICK[script]]
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, f"{script} {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert "|" in proc.stdout, f"{script} printed no table:\n{proc.stdout[-2000:]}"
