@@ -186,3 +186,18 @@ def test_the_readme_stays_a_front_door():
     assert len(readme.splitlines()) <= 300
     assert "<!-- benchmark:start" in readme and "<!-- benchmark:end -->" in readme
     assert not re.search(r"\bround \d", readme, re.I), "measurements are labelled by date, version and commit"
+
+
+def test_the_serving_page_names_every_flag_and_metric():
+    """docs/serving.md lists every `t5ort serve` flag and every metric /metrics exposes."""
+    import argparse
+
+    from t5ort.cli import build_parser
+
+    page = (ROOT / "docs" / "serving.md").read_text()
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    flags = {o for a in commands.choices["serve"]._actions for o in a.option_strings if o.startswith("--")}
+    assert flags - {"--help"} and not [f for f in flags - {"--help"} if f"`{f}`" not in page]
+    metrics = set(re.findall(r'"(t5ort_[a-z_]+)"', (ROOT / "t5ort" / "serve" / "metrics.py").read_text()))
+    metrics |= {f"t5ort_encoder_cache_{n}" for n in ("hits", "misses", "evictions")}
+    assert metrics and not [m for m in metrics if m not in page]
