@@ -8,7 +8,9 @@ place), and compute T5 with plain tensor ops that trace to ONNX the same way wha
 transformers is installed:
 
 - :class:`Encoder`: ``input_ids, attention_mask -> last_hidden_state`` and every decoder
-  layer's cross-attention keys/values (computed once per input);
+  layer's cross-attention keys/values (computed once per input); each layer's self-attention is
+  one onnxruntime ``MultiHeadAttention`` node (:class:`FusedAttention`) with the position bias and
+  the padding mask as one additive bias (LongT5's local attention keeps its own ops);
 - :class:`Decoder`: T new positions per row over a self-attention cache held in place: buffers
   ``[rows, heads, capacity, d_kv]`` with a mask and ``past_length`` (the column the first new
   position takes). T = 1 is a decoding step; T > 1 teacher-forces (scoring, speculative
@@ -252,14 +254,18 @@ class Encoder(_Graph):
         positions = torch.arange(h.shape[1], dtype=torch.long)
         relative = positions[None, :] - positions[:, None]  # [S, S]: key - query
         mask = additive_mask(attention_mask)[:, None, None, :]  # [B, 1, 1, S]
+
+        def bias(layer: int) -> torch.Tensor:  # [B, H, S, S]
+            return lookup_bias(self.table(layer), relative, spec.max_distance) + mask
+
+        shared = None if spec.bias_every_layer else bias(0)
         for i, block in enumerate(self.model.encoder.block):
             layer = block.layer[0]
             attention = layer.SelfAttention
             x = self.norm(h, layer.layer_norm.weight)
-            q, k, v = (split_heads(x, w.weight, spec) for w in (attention.q, attention.k, attention.v))
-            scores = self.scores(torch.matmul, q, k.transpose(2, 3)) + (
-                lookup_bias(self.table(i), relative, spec.max_distance) + mask)
-            h = self.add(h, merge_heads(attend(scores, v), attention.o.weight, spec))
+            q, k, v = (x @ w.weight.T for w in (attention.q, attention.k, attention.v))  # [B, S, D]
+            out = FusedAttention.apply(q, k, v, shared if shared is not None else bias(i), spec.num_heads)
+            h = self.add(h, out @ attention.o.weight.T)
             h = self.feed_forward(h, block.layer[1])
         return h
 
@@ -302,6 +308,26 @@ class CachedAttention(torch.autograd.Function):
         for value_out, like in ((out, query), (present_key, past_key), (present_value, past_value)):
             value_out.setType(like.type())  # the exporter's shape inference does not know the contrib op
         return out, present_key, present_value
+
+
+class FusedAttention(torch.autograd.Function):
+    """Self-attention of a whole sequence (the encoder's), traced as one ``com.microsoft.MultiHeadAttention``
+    node: ``query``/``key``/``value`` [B, S, D] (heads not split), ``bias`` [B | 1, H, S, S] additive (T5's
+    position bias and the padding mask); ``scale=1.0``. The graph's inputs 3 and 4 stay empty, as in
+    :class:`CachedAttention`."""
+
+    @staticmethod
+    def forward(ctx, query, key, value, bias, heads: int):
+        batch, length, width = query.shape
+        q, k, v = (x.view(batch, length, heads, width // heads).transpose(1, 2) for x in (query, key, value))
+        out = torch.softmax(q @ k.transpose(2, 3) + bias, -1) @ v  # [B, H, S, d]
+        return out.transpose(1, 2).reshape(batch, length, width)
+
+    @staticmethod
+    def symbolic(g, query, key, value, bias, heads):
+        out = g.op("com.microsoft::MultiHeadAttention", query, key, value, bias, num_heads_i=heads, scale_f=1.0)
+        out.setType(query.type())
+        return out
 
 
 def checked_logsumexp(logits: torch.Tensor) -> torch.Tensor:

@@ -92,6 +92,7 @@ def export_encoder(torch_model, spec: T5Spec, path: Path) -> None:
         encoder = LongT5Encoder(torch_model, spec)
     _export(encoder.eval(), (ids, mask), path, [io["input_ids"], io["attention_mask"]],
             [io["hidden_states"], *cross], axes)
+    _complete_attention_nodes(path)
     _declare_outputs(path, {name: [BATCH, spec.num_heads, SOURCE, spec.d_kv] for name in cross})
 
 
@@ -120,16 +121,17 @@ def export_decoder(torch_model, spec: T5Spec, path: Path) -> None:
 
 
 def _complete_attention_nodes(path: Path) -> None:
-    """Give every MultiHeadAttention node its empty optional inputs (the projections' bias, the key padding
+    """Give every MultiHeadAttention node (:class:`~t5ort.export.modules.FusedAttention`,
+    :class:`~t5ort.export.modules.CachedAttention`) its empty optional inputs (the projections' bias, the key padding
     mask: the tracer cannot write an empty input) and the graph the com.microsoft opset."""
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
     for node in model.graph.node:
         if node.op_type == "MultiHeadAttention":
-            query, key, value, bias, past_key, past_value, past_length = node.input
+            query, key, value, bias, *past = node.input  # past: past_key, past_value, past_length (the decoder)
             del node.input[:]
-            node.input.extend([query, key, value, "", "", bias, past_key, past_value, past_length])
+            node.input.extend([query, key, value, "", "", bias, *past])
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
     onnx.save(model, str(path))
