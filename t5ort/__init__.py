@@ -11,6 +11,6 @@ from . import runtime
 from .export import export  # light: torch is imported only when export() runs
 from .runtime import *  # noqa: F403  (the runtime's public names: load, T5Runtime, results, errors)
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [*runtime.__all__, "export"]
