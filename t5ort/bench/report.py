@@ -102,7 +102,7 @@ def plot(result: BenchResult, path: str | Path) -> None:
             err[1].append(hi - m.ms_per_step)
         values += ys
         ax.bar(xs, ys, width, yerr=np.array(err), capsize=2, color=colors(i % 10), label=label,
-               hatch="//" if "bare" in label else None, edgecolor="white")
+               hatch="//" if "bare" in label else ("xx" if label.startswith("floor") else None), edgecolor="white")
         for x, y, above in zip(xs, ys, err[1]):  # the median's label above the slowest run's whisker
             ax.annotate(f"{y:.1f}", (x, y + above), ha="center", va="bottom", fontsize=6, rotation=90,
                         xytext=(0, 2), textcoords="offset points")
