@@ -1,5 +1,5 @@
 """The step-level decoder API (runtime.decoder) and reusable encoder outputs (runtime.encode), against
-generate and score: the examples of the README's "Custom decoding" section, and the errors."""
+generate and score: the examples of the manual's custom decoding section (docs/generation.md), and the errors."""
 
 from __future__ import annotations
 

@@ -399,7 +399,7 @@ def load(
       they always sleep, for cores that other work keeps busy, and where calls overlap on one runtime
       or more threads than cores run at once (there it was the faster one: 0.85-0.89x the time per step
       of spinning with two overlapping calls on one runtime, 0.67-0.75x with two 2-thread runtimes on 2
-      cores; ``benchmarks/overlap.py``).
+      cores; measured with benchmarks/overlap.py, removed in 021a351: docs/how-it-works.md).
     - ``verify``: check each graph file's sha256 against the manifest (about 1 s per GB).
     - ``max_input_tokens``, ``max_new_tokens``: caps for every request (None: no cap); a
       request over a cap is refused before any work.

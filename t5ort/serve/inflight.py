@@ -23,7 +23,7 @@ with dynamic batching. Score requests run as one ``runtime.score`` at a step bou
 
 Admission policy: eager (every step boundary admits whatever fits). Measured against TGI's
 rule (admit only when waiting >= ``waiting_served_ratio`` x running, or the oldest has waited
-``max_waiting_steps`` steps) in benchmarks/inflight_load.py; see the README's table.
+``max_waiting_steps`` steps) in benchmarks/inflight_load.py (docs/serving.md).
 """
 
 from __future__ import annotations
