@@ -157,8 +157,8 @@ def speculation_options(args) -> dict:
 
 
 def cmd_generate_speculative(runtime, args, need_logits: bool, speculation: dict) -> int:
-    """Speculative greedy decoding runs one input at a time: one generate per text, each printed as it ends,
-    with what was drafted and kept on stderr."""
+    """Speculative greedy decoding, one generate per text (each printed as it ends, with what was drafted and
+    kept on stderr)."""
     from .demo import step_table
 
     if args.stream:

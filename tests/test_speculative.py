@@ -208,9 +208,67 @@ def test_bad_arguments_are_named(bundled, kwargs, error, match):
         bundled.generate([nb.source(5)], **kwargs)
 
 
-def test_batch_of_two_is_refused(bundled):
-    with pytest.raises(ValueError, match="one input at a time, got 2.*self-attention mask"):
-        bundled.generate([nb.source(5), nb.source(6)], prompt_lookup_num_tokens=3)
+def row_steps(result) -> np.ndarray:
+    """Each row's steps up to and with its EOS (all steps for a row that never ends)."""
+    ends = result.sequences[:, 1:] == 1
+    return np.where(ends.any(axis=1), ends.argmax(axis=1) + 1, ends.shape[1])
+
+
+def assert_same_rows(plain, spec, what=""):
+    """Batch speculation: plain greedy's sequences at the same batch; logits, scores and log-probs within the
+    bound up to each row's end (after it, plain greedy computes logits of pad tokens that nobody reads;
+    speculation leaves zeros)."""
+    np.testing.assert_array_equal(spec.sequences, plain.sequences, err_msg=what)
+    assert spec.texts == plain.texts
+    bound = tolerance(plain.logits)
+    for r, n in enumerate(row_steps(plain)):
+        np.testing.assert_allclose(spec.logits[r, :n], plain.logits[r, :n], rtol=0, atol=bound, err_msg=what)
+        np.testing.assert_allclose(spec.token_logprobs[r], plain.token_logprobs[r], rtol=0, atol=bound, err_msg=what)
+        finite = np.isfinite(plain.scores[r, :n])
+        np.testing.assert_allclose(spec.scores[r, :n][finite], plain.scores[r, :n][finite], rtol=0, atol=bound,
+                                   err_msg=what)
+    assert not spec.logits[row_steps(plain) < spec.num_steps].any(axis=-1).all()  # zeros after a row's end
+
+
+@pytest.mark.parametrize("speculation", SPECULATION[:3], ids=lambda s: "-".join(f"{k}={v}" for k, v in s.items()))
+def test_a_batch_equals_plain_greedy_at_the_same_batch_row_by_row(bundled, speculation):
+    """Rows accept different numbers of drafts per pass; each gets plain greedy's tokens at the same batch."""
+    kwargs = dict(speculation)
+    if "prompt_lookup_num_tokens" not in kwargs:
+        kwargs["assistant"] = bundled
+    texts = [nb.source(n) for n in NUMBERS]
+    for processors in PROCESSORS[:5]:
+        plain = bundled.generate(texts, output_scores=True, **processors)
+        spec = bundled.generate(texts, output_scores=True, **processors, **kwargs)
+        assert_same_rows(plain, spec, str(processors))
+        stats = spec.speculation
+        assert stats.accepted <= stats.drafted and stats.decoder_passes >= stats.rounds
+        assert stats.decoder_passes <= plain.num_steps  # never more passes than plain greedy's steps
+        if "assistant" in kwargs:  # the model drafting for itself: every draft right, far fewer passes
+            assert stats.accepted == stats.drafted and stats.decoder_passes < plain.num_steps / 2
+
+
+def test_a_batch_with_near_ties_decides_them_as_plain_greedy(bundled):
+    def tie(input_ids, scores):  # the two best scores of every row made equal
+        out = scores.copy()
+        best = np.argsort(-scores, axis=-1)[:, :2]
+        out[np.arange(len(out))[:, None], best] = scores.max(axis=-1, keepdims=True)
+        return out
+
+    texts = [nb.source(n) for n in NUMBERS[:6]]
+    plain = bundled.generate(texts, output_scores=True, logits_processor=[tie])
+    spec = bundled.generate(texts, output_scores=True, logits_processor=[tie], assistant=bundled,
+                            num_assistant_tokens=6)
+    assert_same_rows(plain, spec)
+    assert spec.speculation.redecided > 0
+
+
+def test_tiny_model_batch_equals_plain_greedy(sp_runtime, sp_draft):
+    """A draft model that is often wrong, inputs of different lengths: rows move right by different amounts."""
+    plain = sp_runtime.generate(TINY_INPUTS, max_new_tokens=24, output_scores=True)
+    for speculation in ({"prompt_lookup_num_tokens": 6}, {"assistant": sp_draft, "num_assistant_tokens": 4}):
+        spec = sp_runtime.generate(TINY_INPUTS, max_new_tokens=24, output_scores=True, **speculation)
+        assert_same_rows(plain, spec, str(list(speculation)))
 
 
 def test_assistant_with_another_vocabulary_is_refused(bundled, sp_runtime):

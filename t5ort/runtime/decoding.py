@@ -31,11 +31,10 @@ class StepModel(Protocol):
 
     def reorder(self, state, source: np.ndarray): ...
 
-    def truncate(self, state, past_length: int): ...
 
 
 class Drafter(Protocol):
-    """Speculative decoding's proposals (:mod:`t5ort.runtime.speculative`)."""
+    """Speculative decoding's proposals (:mod:`t5ort.runtime.speculative`), one per row."""
 
     def propose(self, sequence: np.ndarray, limit: int) -> np.ndarray:
         """Up to ``limit`` tokens (int64 [k], k may be 0) that greedy may emit after ``sequence`` [length]."""
@@ -69,9 +68,6 @@ class Step:
     logsumexp: np.ndarray
 
 
-NO_DRAFTS = np.empty(0, np.int64)
-
-
 def near_tie_bound(logits: np.ndarray) -> float:
     """Two processed scores closer than this may swap order between a k-token pass and one-token steps.
 
@@ -89,70 +85,27 @@ def _top_two_gap(scores: np.ndarray) -> float:
     return float(two[1] - two[0])
 
 
-def _out(logits_out: np.ndarray | None, index: int, fed: np.ndarray) -> np.ndarray | None:
-    """Where a pass over ``fed`` [rows, k] writes its logits: steps ``index ..`` of the step-major
-    [max_steps, rows, vocab] buffer, seen as [rows, k, vocab] (k = 1, or rows = 1 when speculating)."""
-    if logits_out is None:
-        return None
-    rows, k = fed.shape
-    return logits_out[index: index + k].reshape(rows, k, logits_out.shape[-1])
-
-
 def run_steps(model: StepModel, encoder_output, strategy: Strategy, processors: Sequence[LogitsProcessor],
-              max_new_tokens: int, logits_out: np.ndarray | None = None, drafter: Drafter | None = None,
-              stats: dict | None = None) -> Iterator[Step]:
+              max_new_tokens: int, logits_out: np.ndarray | None = None) -> Iterator[Step]:
     """The loop itself: yields every step until the strategy is done or ``max_new_tokens`` were taken.
 
-    Each decoder pass feeds every row's last token. With a ``drafter`` (speculative greedy decoding, one
-    row) it also feeds the drafted tokens after it: the pass's k + 1 positions are then walked as steps,
-    in order, exactly as one-token steps are (processors, pick, stopping criteria), until a pick differs
-    from its draft; the cache is rolled back to the tokens kept. Near-ties: where the two best processed
-    scores differ by less than :func:`near_tie_bound`, the position is computed again by a one-token pass
-    (the cache cut back to before it), as plain greedy computes it, and the pass ends there. ``stats``
-    (speculation) counts rounds, drafted, accepted, decoder_passes and redecided.
-
-    ``logits_out`` [max_new_tokens, rows, vocab]: where the graph writes each step's raw logits.
+    Each step feeds every row's last token, turns the raw logits into processed scores and lets the
+    strategy pick (reordering the cache for beam search). ``logits_out`` [max_new_tokens, rows, vocab]:
+    where the graph writes each step's raw logits. Speculative decoding, whose rows advance by different
+    numbers of tokens per pass, has its own loop over the same pieces (:mod:`t5ort.runtime.speculative`).
     """
     state = model.start(encoder_output)
-    index = 0
-    while index < max_new_tokens:
-        drafts = NO_DRAFTS if drafter is None else drafter.propose(strategy.input_ids[0], max_new_tokens - index - 1)
-        k = len(drafts)
-        fed = strategy.input_ids[:, -1:] if k == 0 else np.concatenate([strategy.input_ids[:, -1:], drafts[None]], 1)
-        past = state.past_length
-        lse_block = np.empty(fed.shape, np.float32)  # [rows, k + 1]: the graph's logsumexp of each position
-        block, state = model.forward(fed, state, out=_out(logits_out, index, fed), logsumexp_out=lse_block)
-        redecide = matched = False
-        for i in range(k + 1):  # position i: the logits after fed[:, :i + 1], [rows, vocab]
-            logits = block[:, i]
-            lse = checked(lse_block[:, i:i + 1], f"at step {index}")  # [rows, 1]
-            scores = score(strategy, processors, logits, lse)
-            redecide = k > 0 and _top_two_gap(scores[0]) < near_tie_bound(logits)
-            if redecide:  # the same position from a one-token pass, as plain greedy computes it
-                state = model.truncate(state, past + i)
-                lse = np.empty((fed.shape[0], 1), np.float32)
-                one, state = model.forward(fed[:, i: i + 1], state, out=_out(logits_out, index, fed[:, :1]),
-                                           logsumexp_out=lse)
-                logits = one[:, 0]
-                lse = checked(lse, f"at step {index}")
-                scores = score(strategy, processors, logits, lse)
-            tokens, source, done = strategy.update(logits, scores, lse)
-            if source is not None:
-                state = model.reorder(state, source)
-            yield Step(index, logits, scores, tokens, done, lse[:, 0])
-            index += 1
-            matched = i < k and tokens[0] == drafts[i]
-            if done or not matched or redecide:
-                break
-        if drafter is not None:
-            kept = i + int(matched)  # drafts emitted as they were
-            if not redecide:  # after a re-decided position the cache already ends at [last token, d_1..d_i]
-                state = model.truncate(state, past + 1 + i)
-            if stats is not None:
-                for key, n in (("rounds", 1), ("drafted", k), ("accepted", kept), ("decoder_passes", 1 + redecide),
-                               ("redecided", int(redecide))):
-                    stats[key] = stats.get(key, 0) + n
-            drafter.accepted(strategy.input_ids[0], k, kept)
+    lse = np.empty((strategy.input_ids.shape[0], 1), np.float32)  # [rows, 1], the graph's, every step
+    for index in range(max_new_tokens):
+        out = None if logits_out is None else logits_out[index][:, None, :]  # [rows, 1, vocab]
+        block, state = model.forward(strategy.input_ids[:, -1:], state, out=out, logsumexp_out=lse)
+        logits = block[:, 0]  # [rows, vocab], raw
+        checked(lse, f"at step {index}")
+        scores = score(strategy, processors, logits, lse)
+        tokens, source, done = strategy.update(logits, scores, lse)
+        if source is not None:
+            state = model.reorder(state, source)
+        yield Step(index, logits, scores, tokens, done, lse[:, 0].copy())
         if done:
             return
 
@@ -211,38 +164,33 @@ class DecodeOutput:
 
 
 def start(model: StepModel, encoder_output, options: GenerationOptions, special: Special,
-          token_text=None, logits_out: np.ndarray | None = None, drafter: Drafter | None = None,
-          stats: dict | None = None) -> tuple[Strategy, Iterator[Step]]:
+          token_text=None, logits_out: np.ndarray | None = None) -> tuple[Strategy, Iterator[Step]]:
     """Set up a generation over ``encoder_output``: rows expanded for beams or return sequences,
     the strategy and processors ``options`` ask for. Returns the strategy and the steps to iterate.
-    ``drafter``: speculative decoding (:func:`run_steps`); options that ask for it need one."""
-    if options.speculative and drafter is None:
+    Speculative decoding has its own loop (:mod:`t5ort.runtime.speculative`)."""
+    if options.speculative:
         raise ValueError("speculative decoding (prompt_lookup_num_tokens, num_assistant_tokens) is only in "
                          "generate(); stream() decodes one token per step.")
     strategy = make_strategy(options, encoder_output.batch_size, special, token_text)
     expanded = model.expand(encoder_output, options.rows_per_input)
     processors = build_processors(options, special.eos_token_ids)
-    return strategy, run_steps(model, expanded, strategy, processors, options.max_new_tokens, logits_out, drafter,
-                               stats)
+    return strategy, run_steps(model, expanded, strategy, processors, options.max_new_tokens, logits_out)
 
 
 def decode(model: StepModel, encoder_output, options: GenerationOptions, special: Special, vocab_size: int,
-           token_text=None, buffers: BufferPool | None = None, drafter: Drafter | None = None,
-           stats: dict | None = None) -> DecodeOutput:
+           token_text=None, buffers: BufferPool | None = None) -> DecodeOutput:
     """Run a whole generation, collecting the per-step raw logits (and scores) when asked.
 
     The graph writes each step's raw logits straight into a [max_steps, rows, vocab]
     buffer; the result is its [rows, steps, vocab] view (no copy). ``buffers``: where those
     buffers come from (memory of earlier calls that nobody refers to any more, so that no step
-    writes into freshly faulted-in pages); None: fresh np.empty arrays. ``drafter``, ``stats``: speculative
-    decoding (:func:`run_steps`).
+    writes into freshly faulted-in pages); None: fresh np.empty arrays.
     """
     rows, max_steps = encoder_output.batch_size * options.rows_per_input, options.max_new_tokens
     empty = np.empty if buffers is None else buffers.empty
     raw = empty((max_steps, rows, vocab_size), np.float32) if options.output_logits else None
     processed = empty((rows, max_steps, vocab_size), np.float32) if options.output_scores else None
-    strategy, steps_iter = start(model, encoder_output, options, special, token_text, logits_out=raw,
-                                 drafter=drafter, stats=stats)
+    strategy, steps_iter = start(model, encoder_output, options, special, token_text, logits_out=raw)
     steps = 0
     for step in steps_iter:
         if processed is not None:

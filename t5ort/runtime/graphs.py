@@ -402,6 +402,27 @@ class T5Graphs:
         state.self_mask[:, past_length:state.past_length] = 0
         return replace(state, past_length=past_length)
 
+    def keep(self, state: DecoderState, start: int, kept: np.ndarray) -> DecoderState:
+        """After a pass that fed columns ``start ..`` of every row, row r keeps the first ``kept[r]`` of
+        them (int [rows]; speculative decoding: rows accept different numbers of drafted tokens); the
+        others are forgotten. Rows stay aligned on one ``past_length`` (``start + max(kept)``): a row that
+        keeps fewer moves its history right by the difference, into masked columns on its left. T5's
+        position bias depends only on query-key distances, so the row's logits do not change (as for
+        rows that join a running batch late). Cross keys/values stay."""
+        kept = np.asarray(kept, np.int64)
+        if kept.shape != (state.self_mask.shape[0],) or kept.min() < 0 or start + kept.max() > state.past_length:
+            raise ValueError(f"kept must give each of the {state.self_mask.shape[0]} rows a count in "
+                             f"[0, {state.past_length - start}], got {kept.tolist()}.")
+        past = start + int(kept.max())
+        for row in np.flatnonzero(kept < kept.max()):
+            shift, end = int(kept.max() - kept[row]), start + int(kept[row])  # its history: columns [0, end)
+            for buffer in state.cache:
+                buffer[row, :, shift:past] = buffer[row, :, :end].copy()  # [heads, end, d_kv], moved right
+            state.self_mask[row, shift:past] = state.self_mask[row, :end].copy()
+            state.self_mask[row, :shift] = 0
+        state.self_mask[:, past:state.past_length] = 0
+        return replace(state, past_length=past)
+
     # ---- batch reshaping (beams, return sequences) ------------------------------
 
     def _to_device(self, array: np.ndarray) -> ort.OrtValue:

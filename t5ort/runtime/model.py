@@ -207,7 +207,7 @@ class T5Runtime:
         return_dict_in_generate=True)``. ``encoder_output`` (from :meth:`encode`) in place of the inputs
         reuses an encoder pass.
 
-        Speculative greedy decoding (one input at a time; the result is plain greedy's,
+        Speculative greedy decoding (any batch; each row's result is plain greedy's at that batch,
         see :mod:`t5ort.runtime.speculative`): ``prompt_lookup_num_tokens=K`` drafts from
         the input, ``assistant=t5ort.load(DRAFT_DIR)`` from a smaller model with the same
         vocabulary (``num_assistant_tokens``); ``result.speculation`` says what was kept.

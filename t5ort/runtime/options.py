@@ -26,7 +26,7 @@ class GenerationOptions:
     suppress_tokens, the user's ``logits_processor`` list, then (sampling only)
     temperature, top_k, top_p, min_p, typical_p.
 
-    Speculative greedy decoding (batch 1; see :mod:`t5ort.runtime.speculative`):
+    Speculative greedy decoding (any batch; see :mod:`t5ort.runtime.speculative`):
     ``prompt_lookup_num_tokens`` (draft up to this many tokens from the source and the
     output so far, matching n-grams of up to ``max_matching_ngram_size`` tokens, default
     2), or a draft runtime passed to ``generate(assistant=...)`` with

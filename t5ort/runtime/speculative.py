@@ -1,8 +1,8 @@
 """Speculative greedy decoding: draft several tokens, verify them in one decoder pass, keep what greedy keeps.
 
-    draft (prompt lookup or a draft model) -> one decoder pass over [last token, d_1..d_k]
-    -> per position, in order: processors -> greedy pick -> stopping criteria
-    -> stop at the first position whose pick differs from the draft -> roll the cache back
+    draft per row (prompt lookup or a draft model) -> one decoder pass over [last token, d_1..d_k] of every row
+    -> per row, per position, in order: processors -> greedy pick -> stopping criteria
+    -> a row stops at its first position whose pick differs from its draft -> the cache keeps what each row kept
 
 Every emitted token goes through exactly what plain greedy does at that step (the
 same :class:`~t5ort.runtime.strategies.SingleSequenceSearch`, processors and
@@ -11,18 +11,22 @@ only where the raw logits come from differs: position i of a k-token pass instea
 of a one-token step. Those agree to floating-point rounding (the parity bound of
 :func:`~t5ort.runtime.decoding.near_tie_bound`), so the sequences are plain greedy's except where the two
 best processed scores are closer than that bound: such a step is decided again
-from a one-token pass, computed as plain greedy computes it. The loop is the decoding loop itself
-(:func:`~t5ort.runtime.decoding.run_steps` with a drafter); this module holds the drafters.
+from a one-token pass, computed as plain greedy computes it.
 
-Drafters (``propose(sequence, limit) -> tokens`` and ``accepted(...)``):
+Rows accept different numbers of tokens, so each row is its own search (one row of
+:class:`~t5ort.runtime.strategies.SingleSequenceSearch` with its own processors and
+drafter), and after each pass :meth:`~t5ort.runtime.graphs.T5Graphs.keep` keeps each
+row's accepted columns, moving the rows that kept fewer to the right into masked
+columns, so that all rows stay on one ``past_length`` (T5's position bias depends
+only on distances). A one-token pass that re-decides near-ties is a plain greedy step
+for the other rows.
+
+Drafters (``propose(sequence, limit) -> tokens`` and ``accepted(...)``), one per row:
 
 - :class:`PromptLookup`: the continuation of the latest n-gram of the output
   found in the source tokens (the encoder input) or in the output so far;
 - :class:`DraftModel`: a second, smaller t5ort runtime with the same vocabulary,
   decoding greedily with its own cache, rolled back like the target's.
-
-Batch 1 only: rows accept different numbers of tokens, so their positions would differ, and
-the decoder graph takes one ``past_length`` for all rows (per-row cache lengths: not yet).
 """
 
 from __future__ import annotations
@@ -32,10 +36,12 @@ from typing import Sequence
 
 import numpy as np
 
-from .decoding import DecodeOutput, Drafter, Special, decode
+from .decoding import DecodeOutput, Drafter, Special, _top_two_gap, make_strategy, near_tie_bound, score
+from .numerics import checked
 from .options import GenerationOptions
 from .processors import build_processors
 from .results import SpeculationStats
+from .strategies import SearchOutput
 
 
 # ---- drafters ----------------------------------------------------------------------
@@ -140,7 +146,7 @@ class DraftModel:
 # ---- the entry point of T5Runtime.generate -----------------------------------------
 
 
-def check_request(options: GenerationOptions, assistant, batch: int, target) -> None:
+def check_request(options: GenerationOptions, assistant, target) -> None:
     """Refuse what speculative decoding does not do, naming the argument."""
     assisted = assistant is not None
     if not assisted and (options.num_assistant_tokens is not None or options.num_assistant_tokens_schedule is not None):
@@ -160,28 +166,157 @@ def check_request(options: GenerationOptions, assistant, batch: int, target) -> 
                                                                           t.eos_token_id):
             raise ValueError("assistant has other special tokens (decoder start, pad, EOS) than the model: "
                              "the draft model must share the model's vocabulary.")
-    if batch != 1:
-        raise ValueError(f"speculative decoding (prompt_lookup_num_tokens or assistant) runs one input at a time, got "
-                         f"{batch}: rows accepting different numbers of tokens need a decoder graph with a "
-                         "self-attention mask, which t5ort does not export yet. Call generate once per input.")
+
+
+class _Row:
+    """One input's own search: its strategy (one row), processors, drafter and step count."""
+
+    def __init__(self, options: GenerationOptions, special: Special, token_text, drafter: Drafter):
+        self.strategy = make_strategy(options, 1, special, token_text)
+        self.processors = build_processors(options, special.eos_token_ids)
+        self.drafter = drafter
+        self.steps = 0
+        self.done = False
+
+    @property
+    def last(self) -> int:
+        return int(self.strategy.input_ids[0, -1])
+
+
+class _Decoding:
+    """The loop's state: the rows, the decoder state, the output buffers and the counts."""
+
+    def __init__(self, graphs, encoded, options: GenerationOptions, special: Special, vocab_size: int,
+                 drafters: Sequence[Drafter], token_text):
+        self.graphs, self.special, self.max_steps = graphs, special, options.max_new_tokens
+        self.rows = [_Row(options, special, token_text, d) for d in drafters]
+        self.state = graphs.start(encoded)
+        shape = (len(self.rows), self.max_steps, vocab_size)  # [rows, steps, vocab]; zeros after a row ends
+        self.logits = np.zeros(shape, np.float32) if options.output_logits else None
+        self.scores = np.zeros(shape, np.float32) if options.output_scores else None
+        self.stats = dict.fromkeys(("rounds", "drafted", "accepted", "decoder_passes", "redecided"), 0)
+
+    def emit(self, r: int, logits: np.ndarray, scores: np.ndarray, lse: np.ndarray) -> int:
+        """Row r's next token from its raw logits, processed scores [1, vocab] and logsumexp [1, 1]."""
+        row = self.rows[r]
+        tokens, _, done = row.strategy.update(logits, scores, lse)
+        for buffer, value in ((self.logits, logits), (self.scores, scores)):
+            if buffer is not None:
+                buffer[r, row.steps] = value[0]
+        row.steps += 1
+        row.done = bool(done) or row.steps >= self.max_steps
+        return int(tokens[0])
+
+    def step_inputs(self, r: int, block: np.ndarray, lse: np.ndarray, i: int):
+        """Row r's raw logits [1, vocab], processed scores [1, vocab] and logsumexp [1, 1] (checked) at
+        position i of a pass."""
+        row = self.rows[r]
+        logits = block[r: r + 1, i]
+        row_lse = checked(lse[r: r + 1, i: i + 1], f"at step {row.steps}, batch row {r}")
+        return logits, score(row.strategy, row.processors, logits, row_lse), row_lse
+
+    def round(self) -> None:
+        """Draft, verify in one pass, keep each row's accepted tokens; re-decide near-ties in one more pass."""
+        pad = self.special.pad_token_id
+        live = [r for r, row in enumerate(self.rows) if not row.done]
+        drafts = {r: self.rows[r].drafter.propose(self.rows[r].strategy.input_ids[0],
+                                                  self.max_steps - self.rows[r].steps - 1) for r in live}
+        fed = np.full((len(self.rows), 1 + max(len(d) for d in drafts.values())), pad, np.int64)  # [rows, 1 + k]
+        for r in live:
+            fed[r, 0], fed[r, 1: 1 + len(drafts[r])] = self.rows[r].last, drafts[r]
+        start = self.state.past_length
+        lse = np.empty(fed.shape, np.float32)
+        block, self.state = self.graphs.forward(fed, self.state, logsumexp_out=lse)  # [rows, 1 + k, vocab]
+        kept = np.zeros(len(self.rows), np.int64)
+        redecide = {}  # row -> position decided again by a one-token pass
+        for r in live:
+            kept[r], position, matched = self.walk(r, block, lse, drafts[r])
+            self.stats["accepted"] += matched
+            if position is not None:
+                redecide[r] = position
+            else:
+                self.rows[r].drafter.accepted(self.rows[r].strategy.input_ids[0], len(drafts[r]), matched)
+        kept[[r for r in range(len(self.rows)) if r not in live]] = kept.max()  # ended rows: any, unmoved
+        self.state = self.graphs.keep(self.state, start, kept)
+        self.stats["rounds"] += 1
+        self.stats["decoder_passes"] += 1
+        self.stats["drafted"] += sum(len(d) for d in drafts.values())
+        if redecide:
+            self.one_token_pass(live, redecide, fed, drafts)
+
+    def walk(self, r: int, block: np.ndarray, lse: np.ndarray, drafts: np.ndarray) -> tuple[int, int | None, int]:
+        """Row r's positions of the pass, in order, as plain greedy's steps, until its pick differs from its
+        draft or it ends. Returns (columns its cache keeps, the position to decide again or None, drafts
+        emitted as they were)."""
+        row = self.rows[r]
+        for i in range(len(drafts) + 1):  # position i: the logits after [last token, d_1..d_i]
+            logits, scores, row_lse = self.step_inputs(r, block, lse, i)
+            if len(drafts) and _top_two_gap(scores[0]) < near_tie_bound(logits):
+                return i, i, i  # keep [last token, d_1..d_i-1]; position i again from a one-token pass
+            token = self.emit(r, logits, scores, row_lse)
+            matched = i < len(drafts) and token == drafts[i]
+            if row.done or not matched:
+                return i + 1, None, i + int(matched)
+        raise AssertionError("unreachable: the last position has no draft to match")
+
+    def one_token_pass(self, live: list[int], redecide: dict[int, int], fed: np.ndarray, drafts: dict) -> None:
+        """One token per row: a re-decided row feeds the token before its near-tie position (its logits are then
+        computed as plain greedy computes them); every other live row takes a plain greedy step."""
+        tokens = np.full((len(self.rows), 1), self.special.pad_token_id, np.int64)
+        for r in live:
+            if not self.rows[r].done:
+                tokens[r, 0] = fed[r, redecide[r]] if r in redecide else self.rows[r].last
+        start = self.state.past_length
+        lse = np.empty(tokens.shape, np.float32)
+        block, self.state = self.graphs.forward(tokens, self.state, logsumexp_out=lse)
+        for r in live:
+            if self.rows[r].done:
+                continue
+            token = self.emit(r, *self.step_inputs(r, block, lse, 0))
+            if r in redecide:
+                i = redecide[r]
+                matched = i < len(drafts[r]) and token == drafts[r][i]
+                self.stats["accepted"] += int(matched)
+                self.rows[r].drafter.accepted(self.rows[r].strategy.input_ids[0], len(drafts[r]), i + int(matched))
+        self.state = self.graphs.keep(self.state, start, np.ones(len(self.rows), np.int64))
+        self.stats["decoder_passes"] += 1
+        self.stats["redecided"] += len(redecide)
+
+    def output(self) -> DecodeOutput:
+        """The rows' results as one batch, as plain greedy pads them: pad tokens (and log-prob 0) after a
+        row's end, up to the longest row."""
+        steps = max(row.steps for row in self.rows)
+        sequences = np.full((len(self.rows), 1 + steps), self.special.pad_token_id, np.int64)
+        logprobs = np.zeros((len(self.rows), steps), np.float32)
+        for r, row in enumerate(self.rows):
+            out = row.strategy.finalize()
+            sequences[r, : 1 + row.steps] = out.sequences[0]
+            logprobs[r, : row.steps] = out.token_logprobs[0]
+        return DecodeOutput(search=SearchOutput(sequences, logprobs),
+                            logits=None if self.logits is None else self.logits[:, :steps],
+                            scores=None if self.scores is None else self.scores[:, :steps])
 
 
 def run(target, encoded, options: GenerationOptions, special: Special,
         assistant=None, token_text=None) -> tuple[DecodeOutput, SpeculationStats]:
-    """Speculative greedy decoding of one encoded input (batch 1) by runtime ``target``, drafting by
-    prompt lookup (``options.prompt_lookup_num_tokens``) or by the ``assistant`` runtime."""
-    check_request(options, assistant, encoded.batch_size, target)
-    input_ids, attention_mask = encoded.input_ids, encoded.attention_mask
-    source = input_ids[0, attention_mask[0] == 1]
-    if assistant is not None:
-        drafter: Drafter = DraftModel(
-            assistant, input_ids, attention_mask, options, special.eos_token_ids,
-            num_tokens=options.num_assistant_tokens or 20,
-            schedule=options.num_assistant_tokens_schedule or "constant",
-        )
-    else:
-        drafter = PromptLookup(source, options.prompt_lookup_num_tokens, options.max_matching_ngram_size or 2)
-    graphs, stats = target.graphs, {}
-    out = decode(graphs, encoded, options, special, target.vocab_size, token_text, drafter=drafter, stats=stats)
-    counts = {key: stats.get(key, 0) for key in ("rounds", "drafted", "accepted", "decoder_passes", "redecided")}
-    return out, SpeculationStats(**counts, draft_passes=getattr(drafter, "passes", 0))
+    """Speculative greedy decoding of ``encoded`` (any batch) by runtime ``target``, each row drafting by prompt
+    lookup (``options.prompt_lookup_num_tokens``, from its own source) or by the ``assistant`` runtime (a draft
+    decoder per row)."""
+    check_request(options, assistant, target)
+    drafters: list[Drafter] = []
+    for r in range(encoded.batch_size):
+        ids, mask = encoded.input_ids[r: r + 1], encoded.attention_mask[r: r + 1]
+        if assistant is not None:
+            drafters.append(DraftModel(assistant, ids, mask, options, special.eos_token_ids,
+                                       num_tokens=options.num_assistant_tokens or 20,
+                                       schedule=options.num_assistant_tokens_schedule or "constant"))
+        else:
+            drafters.append(PromptLookup(ids[0, mask[0] == 1], options.prompt_lookup_num_tokens,
+                                         options.max_matching_ngram_size or 2))
+    decoding = _Decoding(target.graphs, encoded, options, special, target.vocab_size, drafters, token_text)
+    while not all(row.done for row in decoding.rows):
+        decoding.round()
+        if target.graphs.unused_columns(decoding.state) >= max(32, decoding.state.past_length // 4):
+            decoding.state = target.graphs.compact(decoding.state)  # rows moved right: drop common padding
+    stats = SpeculationStats(**decoding.stats, draft_passes=sum(getattr(d, "passes", 0) for d in drafters))
+    return decoding.output(), stats
