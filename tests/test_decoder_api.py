@@ -210,3 +210,33 @@ def test_decoder_errors_name_the_argument(sp_runtime):
 def test_decoder_is_exported_at_the_top(sp_runtime):
     assert isinstance(sp_runtime.decoder(SOURCES[:1]), t5ort.Decoder)
     assert isinstance(sp_runtime.encode(SOURCES[:1]), t5ort.EncoderOutput)
+
+
+def test_sources_of_very_different_lengths_are_encoded_in_groups_without_padding(sp_runtime, monkeypatch):
+    """A ragged right-padded batch runs the encoder per group of similar length; each row's cross keys/values equal
+    its solo encoding's at its source positions, and generate's answers equal the solo runs'."""
+    from t5ort.runtime.graphs import host_array, length_groups
+
+    texts = ["a b c d e f g h i j k l m n o p q r s t u v w x y z " * 2, "a", "one two", "a b c d e f g h i j k " * 2]
+    ids, mask = sp_runtime.encode_texts(texts)
+    groups = length_groups(mask)
+    assert groups is not None and sorted(np.concatenate(groups).tolist()) == [0, 1, 2, 3]
+    widths = []
+    real = sp_runtime.graphs._run_encoder
+    monkeypatch.setattr(sp_runtime.graphs, "_run_encoder", lambda i, m: widths.append(i.shape[1]) or real(i, m))
+    encoded = sp_runtime.encode(texts)
+    assert len(widths) == len(groups) and sum(widths) < len(groups) * ids.shape[1]
+    for r, text in enumerate(texts):
+        alone = sp_runtime.encode([text])
+        n = int(mask[r].sum())
+        for batch_kv, solo_kv in zip(encoded.cross_kv, alone.cross_kv):
+            got = host_array(batch_kv)[r]
+            np.testing.assert_allclose(got[:, :n], host_array(solo_kv)[0, :, :n], rtol=0, atol=1e-5)
+    batch = sp_runtime.generate(texts, max_new_tokens=8)
+    for r, text in enumerate(texts):
+        solo = sp_runtime.generate([text], max_new_tokens=8)
+        n = solo.num_steps
+        np.testing.assert_array_equal(batch.sequences[r, : n + 1], solo.sequences[0])
+        assert_logits_match(batch.logits[r, :n], solo.logits[0])
+    left = np.ascontiguousarray(mask[:, ::-1])  # left-padded: one pass, as given
+    assert length_groups(left) is None

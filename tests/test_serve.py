@@ -275,6 +275,42 @@ def test_concurrent_requests_each_get_their_own_answer_in_shared_batches(server,
     assert batches < len(texts), "no two requests shared a batch"
 
 
+def test_speculative_requests_get_plain_greedys_tokens_beside_the_batch(server, rt):
+    """prompt_lookup_num_tokens (a t5ort extension): greedy requests decoded speculatively, each in its own group
+    beside the in-flight batch, concurrently with plain ones; tokens, log-probs and top-n as plain greedy's."""
+    speculate = {"details": True, "top_n_tokens": 2, "max_new_tokens": 14, "prompt_lookup_num_tokens": 4}
+    if "dynamic" in server.process.args:
+        r = post(server, "/generate", {"inputs": PREFIX + NUMBERS[0], "parameters": speculate})
+        assert r.status_code == 422 and "prompt_lookup_num_tokens" in r.text and "--batching inflight" in r.text
+        return
+    texts = [PREFIX + n for n in NUMBERS[:6]] + ["nineteen nineteen nineteen nineteen"]
+    plain = {k: v for k, v in speculate.items() if k != "prompt_lookup_num_tokens"}
+
+    def one(i):
+        return post(server, "/generate", {"inputs": texts[i % len(texts)],
+                                          "parameters": speculate if i < len(texts) else plain}).json()
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(one, range(2 * len(texts))))
+    for i, answer in enumerate(answers):
+        want = rt.generate([texts[i % len(texts)]], max_new_tokens=14)
+        n = row_steps(rt, want, 0)
+        d = answer["details"]
+        assert [t["id"] for t in d["tokens"]] == want.sequences[0, 1:1 + n].tolist(), (i, answer)
+        np.testing.assert_allclose([t["logprob"] for t in d["tokens"]], want.token_logprobs[0, :n], atol=ATOL)
+        assert [[t["id"] for t in step] for step in d["top_tokens"]] == want.top_alternatives(2)[0][0, :n].tolist()
+    body = {"inputs": texts[-1], "parameters": speculate}
+    with httpx.stream("POST", server.url + "/generate_stream", json=body, timeout=30) as r:
+        events = [json.loads(line[5:]) for line in r.iter_lines() if line.startswith("data:")]
+    assert [e["token"]["id"] for e in events] == [t["id"] for t in answers[len(texts) - 1]["details"]["tokens"]]
+    r = post(server, "/generate", {"inputs": texts[0], "parameters": {**speculate, "do_sample": True}})
+    assert r.status_code == 422 and "greedy" in r.text
+    with server.client() as c:
+        r = c.post("/v1/completions", json={"model": "numbers", "prompt": texts[0], "temperature": 0,
+                                            "max_tokens": 14, "prompt_lookup_num_tokens": 4})
+    assert r.status_code == 200 and r.json()["choices"][0]["text"] == rt.generate([texts[0]], max_new_tokens=14).texts[0]
+
+
 def test_stream_adds_up_to_the_non_streamed_answer(server):
     body = {"inputs": PREFIX + NUMBERS[4], "parameters": {"details": True, "top_n_tokens": 2, "max_new_tokens": 12}}
     whole = post(server, "/generate", body).json()

@@ -278,18 +278,39 @@ class T5Graphs:
     # ---- encoder -------------------------------------------------------------
 
     def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> EncoderOutput:
-        """Run the encoder once. ``input_ids``/``attention_mask``: int64 [batch, src_len]."""
+        """Run the encoder. ``input_ids``/``attention_mask``: int64 [batch, src_len].
+
+        A right-padded batch of sources of very different lengths is encoded in groups of similar length,
+        each at its own longest length (:func:`length_groups`), so that the encoder does not compute the
+        padding; the groups' outputs are put back in batch order (zero past each group's length, where the
+        mask hides them). One pass otherwise (and on CUDA)."""
+        ids = np.ascontiguousarray(input_ids, np.int64)
+        mask = np.ascontiguousarray(attention_mask, np.int64)
+        groups = length_groups(mask) if self._device == "cpu" else None
+        if groups is None:
+            cross_kv = self._run_encoder(ids, mask)
+        else:
+            host = None
+            for rows in groups:
+                width = int(mask[rows].sum(axis=1).max())
+                out = [host_array(v) for v in self._run_encoder(ids[rows, :width], mask[rows, :width])]
+                if host is None:  # [batch, heads, src_len, d_kv] each
+                    host = [np.zeros((len(ids), v.shape[1], ids.shape[1], v.shape[3]), v.dtype) for v in out]
+                for whole, part in zip(host, out):
+                    whole[rows, :, :width] = part
+            cross_kv = tuple(ort.OrtValue.ortvalue_from_numpy(h) for h in host)
+        return EncoderOutput(cross_kv=cross_kv, attention_mask=mask, input_ids=ids,
+                             device=(self._device, self._device_id))
+
+    def _run_encoder(self, ids: np.ndarray, mask: np.ndarray) -> tuple[ort.OrtValue, ...]:
         io = self.manifest.encoder_io
         binding = self.encoder_session.io_binding()
-        binding.bind_cpu_input(io.input_ids, np.ascontiguousarray(input_ids, np.int64))
-        binding.bind_cpu_input(io.attention_mask, np.ascontiguousarray(attention_mask, np.int64))
+        binding.bind_cpu_input(io.input_ids, np.ascontiguousarray(ids))
+        binding.bind_cpu_input(io.attention_mask, np.ascontiguousarray(mask))
         for name in self._encoder_cross:
             binding.bind_output(name, self._device, self._device_id)
         self.encoder_session.run_with_iobinding(binding)
-        return EncoderOutput(cross_kv=tuple(binding.get_outputs()),
-                             attention_mask=np.ascontiguousarray(attention_mask, np.int64),
-                             input_ids=np.ascontiguousarray(input_ids, np.int64),
-                             device=(self._device, self._device_id))
+        return tuple(binding.get_outputs())
 
     # ---- decoder states ------------------------------------------------------
 
@@ -522,6 +543,29 @@ class T5Graphs:
         cache, mask = self._buffers(tuple(v[:, :, start:state.past_length] for v in state.cache),
                                     state.self_mask[:, start:state.past_length], past, past + INITIAL_CAPACITY)
         return self._state(cache, mask, past, state.encoder)
+
+
+LENGTH_SLACK = 1.25  # encode a group at its longest length while its tokens stay within this factor of its real ones
+
+
+def length_groups(attention_mask: np.ndarray) -> list[np.ndarray] | None:
+    """The rows of a right-padded batch [rows, src_len] in groups of similar length (longest first), so that
+    each group, run at its own longest length, computes at most ``LENGTH_SLACK`` times its real tokens; None
+    where one pass pads no more than that, or where the batch is not right-padded."""
+    rows, width = attention_mask.shape
+    lengths = attention_mask.sum(axis=1)
+    if rows < 2 or LENGTH_SLACK * lengths.sum() >= rows * width:
+        return None
+    if not np.array_equal(attention_mask != 0, np.arange(width) < lengths[:, None]):
+        return None  # left padding, or holes: one pass as given
+    groups, current = [], []
+    for r in np.argsort(-lengths, kind="stable"):
+        if current and lengths[current[0]] * (len(current) + 1) > LENGTH_SLACK * (lengths[current].sum() + lengths[r]):
+            groups.append(np.array(current))
+            current = []
+        current.append(r)
+    groups.append(np.array(current))
+    return groups if len(groups) > 1 else None
 
 
 def check_sources_fit(batch_mask: np.ndarray, encoder_output: EncoderOutput, source_rows) -> None:

@@ -147,13 +147,15 @@ class InflightBatch:
 
     # ---- joining ------------------------------------------------------------------------
 
-    def prepare(self, input_ids: np.ndarray, tag: Any = None, **options: Any) -> Member:
-        """A member for one input (int [L], unpadded) and its options, checked; no graph work yet."""
+    def prepare(self, input_ids: np.ndarray, tag: Any = None, speculative_ok: bool = False, **options: Any) -> Member:
+        """A member for one input (int [L], unpadded) and its options, checked; no graph work yet.
+        ``speculative_ok``: the caller decodes a speculative member itself (a server's own group), not in
+        this batch."""
         for name in ("output_logits", "output_scores", "logits_processor", "stopping_criteria"):
             if options.get(name):
                 raise ValueError(f"{name} is not supported in an in-flight batch.")
         opts = GenerationOptions.create(**options, output_logits=False).validate(self.runtime.vocab_size)
-        if opts.speculative:
+        if opts.speculative and not speculative_ok:
             raise ValueError("speculative decoding options do not apply to an in-flight batch; use generate().")
         ids = np.asarray(input_ids, dtype=np.int64).reshape(1, -1)
         ids, _ = self.runtime._check_ids(ids, None)

@@ -31,7 +31,7 @@ Drafters (``propose(sequence, limit) -> tokens`` and ``accepted(...)``), one per
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
@@ -183,8 +183,25 @@ class _Row:
         return int(self.strategy.input_ids[0, -1])
 
 
-class _Decoding:
-    """The loop's state: the rows, the decoder state, the output buffers and the counts."""
+@dataclass(frozen=True, eq=False)
+class Emitted:
+    """One token a round emitted for one row (what a server streams): the row's step index, the token, its
+    raw logits [vocab] (a view of the pass's output), their logsumexp, the token's log-prob, and whether the
+    row ended with it."""
+
+    row: int
+    index: int
+    token: int
+    logits: np.ndarray
+    logsumexp: float
+    logprob: float
+    done: bool
+
+
+class SpeculativeDecoding:
+    """Speculative greedy decoding of a batch, one draft-and-verify round at a time (:meth:`round`): the rows,
+    the decoder state, the output buffers and the counts. :func:`start` makes one, :func:`run` runs one to the
+    end; a server steps one round per scheduler step."""
 
     def __init__(self, graphs, encoded, options: GenerationOptions, special: Special, vocab_size: int,
                  drafters: Sequence[Drafter], token_text):
@@ -195,6 +212,14 @@ class _Decoding:
         self.logits = np.zeros(shape, np.float32) if options.output_logits else None
         self.scores = np.zeros(shape, np.float32) if options.output_scores else None
         self.stats = dict.fromkeys(("rounds", "drafted", "accepted", "decoder_passes", "redecided"), 0)
+        self.emitted: list[Emitted] = []  # the current round's tokens, in order per row
+
+    @property
+    def done(self) -> bool:
+        return all(row.done for row in self.rows)
+
+    def speculation(self) -> SpeculationStats:
+        return SpeculationStats(**self.stats, draft_passes=sum(getattr(row.drafter, "passes", 0) for row in self.rows))
 
     def emit(self, r: int, logits: np.ndarray, scores: np.ndarray, lse: np.ndarray) -> int:
         """Row r's next token from its raw logits, processed scores [1, vocab] and logsumexp [1, 1]."""
@@ -205,7 +230,10 @@ class _Decoding:
                 buffer[r, row.steps] = value[0]
         row.steps += 1
         row.done = bool(done) or row.steps >= self.max_steps
-        return int(tokens[0])
+        token = int(tokens[0])
+        self.emitted.append(Emitted(r, row.steps - 1, token, logits[0], float(lse[0, 0]),
+                                    float(row.strategy.token_logprobs[0, row.steps - 1]), row.done))
+        return token
 
     def step_inputs(self, r: int, block: np.ndarray, lse: np.ndarray, i: int):
         """Row r's raw logits [1, vocab], processed scores [1, vocab] and logsumexp [1, 1] (checked) at
@@ -215,8 +243,10 @@ class _Decoding:
         row_lse = checked(lse[r: r + 1, i: i + 1], f"at step {row.steps}, batch row {r}")
         return logits, score(row.strategy, row.processors, logits, row_lse), row_lse
 
-    def round(self) -> None:
-        """Draft, verify in one pass, keep each row's accepted tokens; re-decide near-ties in one more pass."""
+    def round(self) -> list[Emitted]:
+        """Draft, verify in one pass, keep each row's accepted tokens; re-decide near-ties in one more pass.
+        Returns the tokens emitted, per row in order."""
+        self.emitted = []
         pad = self.special.pad_token_id
         live = [r for r, row in enumerate(self.rows) if not row.done]
         drafts = {r: self.rows[r].drafter.propose(self.rows[r].strategy.input_ids[0],
@@ -243,6 +273,9 @@ class _Decoding:
         self.stats["drafted"] += sum(len(d) for d in drafts.values())
         if redecide:
             self.one_token_pass(live, redecide, fed, drafts)
+        if self.graphs.unused_columns(self.state) >= max(32, self.state.past_length // 4):
+            self.state = self.graphs.compact(self.state)  # rows moved right: drop the padding they share
+        return self.emitted
 
     def walk(self, r: int, block: np.ndarray, lse: np.ndarray, drafts: np.ndarray) -> tuple[int, int | None, int]:
         """Row r's positions of the pass, in order, as plain greedy's steps, until its pick differs from its
@@ -297,11 +330,11 @@ class _Decoding:
                             scores=None if self.scores is None else self.scores[:, :steps])
 
 
-def run(target, encoded, options: GenerationOptions, special: Special,
-        assistant=None, token_text=None) -> tuple[DecodeOutput, SpeculationStats]:
-    """Speculative greedy decoding of ``encoded`` (any batch) by runtime ``target``, each row drafting by prompt
-    lookup (``options.prompt_lookup_num_tokens``, from its own source) or by the ``assistant`` runtime (a draft
-    decoder per row)."""
+def start(target, encoded, options: GenerationOptions, special: Special, assistant=None,
+          token_text=None) -> SpeculativeDecoding:
+    """Speculative greedy decoding of ``encoded`` (any batch) by runtime ``target``, set up: each row drafts by
+    prompt lookup (``options.prompt_lookup_num_tokens``, from its own source) or by the ``assistant`` runtime
+    (a draft decoder per row)."""
     check_request(options, assistant, target)
     drafters: list[Drafter] = []
     for r in range(encoded.batch_size):
@@ -313,10 +346,13 @@ def run(target, encoded, options: GenerationOptions, special: Special,
         else:
             drafters.append(PromptLookup(ids[0, mask[0] == 1], options.prompt_lookup_num_tokens,
                                          options.max_matching_ngram_size or 2))
-    decoding = _Decoding(target.graphs, encoded, options, special, target.vocab_size, drafters, token_text)
-    while not all(row.done for row in decoding.rows):
+    return SpeculativeDecoding(target.graphs, encoded, options, special, target.vocab_size, drafters, token_text)
+
+
+def run(target, encoded, options: GenerationOptions, special: Special,
+        assistant=None, token_text=None) -> tuple[DecodeOutput, SpeculationStats]:
+    """:func:`start`, then rounds until every row is done (``generate``'s path)."""
+    decoding = start(target, encoded, options, special, assistant, token_text)
+    while not decoding.done:
         decoding.round()
-        if target.graphs.unused_columns(decoding.state) >= max(32, decoding.state.past_length // 4):
-            decoding.state = target.graphs.compact(decoding.state)  # rows moved right: drop common padding
-    stats = SpeculationStats(**decoding.stats, draft_passes=sum(getattr(d, "passes", 0) for d in drafters))
-    return decoding.output(), stats
+    return decoding.output(), decoding.speculation()

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from ..runtime import speculative
 from ..runtime.inflight import InflightBatch, Member, MemberStep
 from .scheduler import (
     DynamicBatcher, Entry, Failed, GenerateJob, RequestQueue, RowText, ScoreJob, _Live, _Row,
@@ -87,7 +88,7 @@ class _Request:
 
     live: _Live
     member: Member
-    group: InflightBatch
+    group: InflightBatch | _SpeculativeGroup
     beam_logits: list[np.ndarray] | None = None  # beam search: each step's raw logits [beams, vocab]
 
 
@@ -103,6 +104,41 @@ class _Event:
     logsumexp: np.ndarray | None = None  # float32 [rows]: of the raw logits, as the decoder graph computed it
 
 
+class _SpeculativeGroup:
+    """One greedy request decoded speculatively (``prompt_lookup_num_tokens``), one draft-and-verify round per
+    scheduler step beside the in-flight batch (a round emits 1 to k + 1 tokens). It has the batch's interface
+    as the scheduler uses it: ``step()`` -> the member's steps, ``len``, ``rows``, ``cancel``."""
+
+    def __init__(self, runtime, member: Member, input_ids: np.ndarray, encoder):
+        ids = np.asarray(input_ids, np.int64).reshape(1, -1)
+        encoded = encoder.encode(ids, np.ones_like(ids))
+        if encoded.input_ids is None:  # prompt lookup drafts from the source ids
+            encoded = replace(encoded, input_ids=ids)
+        self.member = member
+        self.decoding = speculative.start(runtime, encoded, member.options, member.special,
+                                          token_text=runtime._token_text())
+
+    def __len__(self) -> int:
+        return int(self.member.live)
+
+    @property
+    def rows(self) -> int:
+        return self.member.rows if self.member.live else 0
+
+    def step(self) -> list[MemberStep]:
+        m, out = self.member, []
+        for e in self.decoding.round():
+            m.steps += 1
+            if e.done:
+                m.live = False
+            out.append(MemberStep(m, e.index, e.logits[None], np.array([e.token]), np.array([e.done]), e.done,
+                                  None, np.array([e.logprob], np.float32), np.array([e.logsumexp], np.float32)))
+        return out
+
+    def cancel(self, member: Member) -> None:
+        member.live = False
+
+
 class InflightScheduler(DynamicBatcher):
     """In-flight batching on one worker thread (see the module docstring); the HTTP side is unchanged."""
 
@@ -115,14 +151,15 @@ class InflightScheduler(DynamicBatcher):
         self.max_waiting_steps = max_waiting_steps
         self.main = InflightBatch(runtime, encoder_cache=self.encoder_cache)
         self.beams: list[InflightBatch] = []
+        self.speculative: list[_SpeculativeGroup] = []
         self.requests: dict[int, _Request] = {}  # id(member) -> request
         self._waited_steps = 0  # steps the oldest waiting job has waited (for max_waiting_steps)
 
     # ---- the loop ----------------------------------------------------------------
 
     @property
-    def _groups(self) -> list[InflightBatch]:
-        return [self.main, *self.beams]
+    def _groups(self) -> list:
+        return [self.main, *self.beams, *self.speculative]
 
     @property
     def rows(self) -> int:
@@ -155,7 +192,7 @@ class InflightScheduler(DynamicBatcher):
             request.live.entry.channel.send(Failed(kind, message))
         self.requests.clear()
         self.main = InflightBatch(self.runtime, encoder_cache=self.encoder_cache)
-        self.beams = []
+        self.beams, self.speculative = [], []
         self.metrics.rows_in_flight.set(0)
 
     # ---- admission ---------------------------------------------------------------
@@ -213,7 +250,12 @@ class InflightScheduler(DynamicBatcher):
                 self.metrics.failures.labels(reason="invalid").inc()
                 continue
             rows = [_Row(RowText(self.runtime.tokenizer, self._special_ids)) for _ in range(entry.job.rows)]
-            if member.beam:
+            if member.options.speculative:
+                group = _SpeculativeGroup(self.runtime, member, entry.job.input_ids, self.encoder_cache or
+                                          self.runtime.graphs)
+                self.speculative.append(group)
+                self.requests[id(member)] = _Request(_Live(entry, rows, 0, now), member, group)
+            elif member.beam:
                 group = InflightBatch(self.runtime, encoder_cache=self.encoder_cache)
                 group.admit([member], [entry.job.input_ids])
                 self.beams.append(group)
@@ -234,7 +276,8 @@ class InflightScheduler(DynamicBatcher):
     def _member(self, entry: Entry) -> Member:
         job: GenerateJob = entry.job
         options: dict[str, Any] = dict(job.options)
-        return self.main.prepare(job.input_ids, tag=entry, max_new_tokens=job.max_new_tokens, **options)
+        return self.main.prepare(job.input_ids, tag=entry, max_new_tokens=job.max_new_tokens, speculative_ok=True,
+                                 **options)
 
     def _score(self, entries: list[Entry]) -> None:
         """One ``runtime.score`` for the waiting score jobs; a failure answers them alone."""
@@ -270,6 +313,7 @@ class InflightScheduler(DynamicBatcher):
             if self._done(request.live, now) or out.done:
                 self._retire(request, now, out.done)
         self.beams = [g for g in self.beams if len(g)]
+        self.speculative = [g for g in self.speculative if len(g)]
         self.metrics.rows_in_flight.set(self.rows)
 
     def _beam_step(self, request: _Request, out: MemberStep, now: float) -> None:

@@ -75,6 +75,10 @@ class GenerateParameters(_Strict):
     forced_eos_token_id: TokenId | None = Field(None, description="t5ort: force EOS at the last step.")
     entropy: bool = Field(False, description="t5ort: each step's entropy (nats) of the next-token distribution "
                           "under the raw logits: `entropy` on stream events, `details.entropy` (greedy, sampling).")
+    prompt_lookup_num_tokens: int | None = Field(
+        None, ge=1, le=64, description="t5ort: speculative greedy decoding (greedy only; in-flight batching): "
+        "draft up to this many tokens from the input (prompt lookup, as transformers' argument) and verify them "
+        "in one decoder pass; the tokens are plain greedy's. Pays where the output copies the input.")
 
 
 class GenerateRequest(_Strict):
@@ -164,6 +168,8 @@ class CompletionRequest(_Strict):
     top_k: int | None = Field(None, ge=0, description="t5ort (as vLLM): top-k sampling, 0 = off")
     min_tokens: int | None = Field(None, ge=0, description="t5ort (as vLLM): EOS suppressed before this many")
     repetition_penalty: float | None = Field(None, gt=0, description="t5ort (as vLLM)")
+    prompt_lookup_num_tokens: int | None = Field(None, ge=1, le=64, description="t5ort: speculative greedy "
+                                                 "decoding by prompt lookup (temperature 0 only; see /generate's).")
 
 
 # ---- scoring --------------------------------------------------------------------

@@ -96,6 +96,9 @@ def _options(runtime, config: ServeConfig, options: dict, max_new_tokens: int, f
         GenerationOptions.create(max_new_tokens=max_new_tokens, **options).validate(runtime.vocab_size)
     except (ValueError, TypeError) as exc:
         raise RequestError(field, str(exc)) from exc
+    if "prompt_lookup_num_tokens" in options and getattr(config, "batching", "inflight") != "inflight":
+        raise RequestError(f"{field}.prompt_lookup_num_tokens", "speculative decoding runs beside the in-flight "
+                           f"batch; this server batches {config.batching!r} (start it with --batching inflight).")
     return tuple(sorted(options.items()))
 
 
@@ -133,7 +136,8 @@ def tgi_plan(runtime, config: ServeConfig, request: GenerateRequest, request_id:
             if getattr(p, name) is not None:
                 options[name] = getattr(p, name)
     for name in ("repetition_penalty", "num_beams", "num_return_sequences", "min_new_tokens", "no_repeat_ngram_size",
-                 "length_penalty", "early_stopping", "min_p", "forced_bos_token_id", "forced_eos_token_id"):
+                 "length_penalty", "early_stopping", "min_p", "forced_bos_token_id", "forced_eos_token_id",
+                 "prompt_lookup_num_tokens"):
         if getattr(p, name) is not None:
             options[name] = getattr(p, name)
     if p.bad_words_ids is not None:
@@ -195,6 +199,8 @@ def completion_plan(runtime, config: ServeConfig, request: CompletionRequest, re
         options["min_new_tokens"] = r.min_tokens
     if r.repetition_penalty is not None:
         options["repetition_penalty"] = r.repetition_penalty
+    if r.prompt_lookup_num_tokens is not None:
+        options["prompt_lookup_num_tokens"] = r.prompt_lookup_num_tokens
     stops = [r.stop] if isinstance(r.stop, str) else list(r.stop or [])
     if len(stops) > 4 or not all(stops):
         raise RequestError("stop", "pass at most 4 non-empty stop strings.")
