@@ -73,3 +73,22 @@ def test_inflight_batch_through_the_cache_gives_the_same_tokens(sp_runtime):
     for a, b in zip(results[True], results[False]):
         np.testing.assert_array_equal(a, b)
     assert cache.stats().hits == 2 and cache.stats().misses == 3
+
+
+def test_cached_rows_outlive_the_batch_they_came_from(sp_runtime):
+    """Rows cached from a ragged batch (encoded in length groups, over numpy-owned memory) are copies: after the
+    batch is gone and its memory reused, a hit still gives the fresh encoding."""
+    import gc
+
+    texts = ["a b c d e f g h i j k l m n o p q r s t u v w x y z " * 2, "a", "one two", "a b c d e f g h i j k " * 2]
+    ids, mask = sp_runtime.encode_texts(texts)
+    cache = EncoderCache(sp_runtime.graphs, 64 << 20)
+    cache.encode(ids, mask)  # all misses: stored row by row
+    gc.collect()
+    junk = [np.full(1 << 20, np.nan, np.float32) for _ in range(64)]  # reuse the freed memory
+    hit = cache.encode(ids, mask)
+    fresh = sp_runtime.graphs.encode(ids, mask)
+    for r in range(len(texts)):
+        n = int(mask[r].sum())
+        np.testing.assert_array_equal(_kv(hit, r, n), _kv(fresh, r, n))
+    assert cache.stats().hits == len(texts) and junk

@@ -70,7 +70,7 @@ class EncoderCache:
                                          np.ascontiguousarray(attention_mask[missing, :width]))
             host = [host_array(v) for v in encoded.cross_kv]  # [miss, heads, width, d_kv] each
             for j, i in enumerate(missing):  # each row at its own length, a copy of its own
-                new[keys[i]] = tuple(np.ascontiguousarray(h[j:j + 1, :, :lengths[i]]) for h in host)
+                new[keys[i]] = tuple(h[j:j + 1, :, :lengths[i]].copy() for h in host)  # never a view into the batch
         rows = [found.get(k) or new[k] for k in keys]
         with self._lock:
             self._hits += len(keys) - len(missing)  # a repeat within the batch counts as a hit

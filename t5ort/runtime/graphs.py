@@ -108,8 +108,13 @@ class DecoderState:
 
 
 def host_array(value: ort.OrtValue) -> np.ndarray:
-    """A CPU ``OrtValue`` as a numpy array without a copy (through DLPack; the array keeps the value
-    alive), or a host copy where that is not possible (CUDA, an onnxruntime without DLPack)."""
+    """A CPU ``OrtValue`` as a numpy array without a copy, or a host copy where that is not possible (CUDA,
+    an onnxruntime without DLPack). An ``OrtValue`` made over a numpy array gives that array (which owns the
+    memory: a DLPack view would keep only the ``OrtValue`` alive, not the array under it); one onnxruntime
+    allocated gives a DLPack view (which keeps the value alive)."""
+    owner = getattr(value, "_numpy_obj", None)
+    if isinstance(owner, np.ndarray):
+        return owner
     c_value = getattr(value, "_ortvalue", None)
     if value.device_name().lower() == "cpu" and hasattr(c_value, "__dlpack__"):
         return np.from_dlpack(c_value)
