@@ -412,12 +412,13 @@ class T5Graphs:
     def reorder(self, state: DecoderState, source: np.ndarray) -> DecoderState:
         """Cache rows taken from ``source`` [rows] (beam search), in place. Cross keys/values stay:
         a beam's source row always belongs to the same input, whose cross keys/values are the same."""
-        if np.array_equal(source, np.arange(len(source))):
+        moved = np.flatnonzero(source != np.arange(len(source)))  # rows that continue another row's history
+        if len(moved) == 0:
             return state
-        past = state.past_length
+        past, source = state.past_length, source[moved]
         for buffer in state.cache:
-            buffer[:, :, :past] = buffer[source, :, :past]  # [rows, heads, past, d_kv]
-        state.self_mask[:] = state.self_mask[source]
+            buffer[moved, :, :past] = buffer[source, :, :past]  # [moved, heads, past, d_kv] (the right side is a copy)
+        state.self_mask[moved] = state.self_mask[source]
         return state
 
     def truncate(self, state: DecoderState, past_length: int) -> DecoderState:
