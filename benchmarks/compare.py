@@ -3,6 +3,7 @@
     python benchmarks/compare.py [--shape small|base|large|mt5-base[,...]] [--repeats 5] [--threads 2]
         [--new-tokens 32] [--int4] [--bare] [--quick] [--peers pytorch,optimum,ctranslate2,ctranslate2-int8]
         [--peer-python optimum=/path/to/python] [--json FILE] [--chart FILE.png] [--workdir benchmarks/.work]
+    python benchmarks/compare.py --from-json small.json base.json large.json [--chart docs/assets/benchmark.png]
 
 A thin caller of ``t5ort.bench`` (each system in its own process, interleaved
 repetitions, medians; see ``t5ort bench --help``) on seeded random checkpoints of
@@ -117,10 +118,14 @@ def readme_tables(rows: list[dict]) -> str:
         decode.append([name] + cells)
         encoder.append([name] + [_cell((r["systems"].get(c) or {}).get("encoder_ms_per_source_token"), ".4f")
                                  for c in columns if not c.startswith("floor")])
-    n = rows[0]["new_tokens"] if rows else 0
+    tokens = {}  # N per model, for the caption
+    for r in rows:
+        tokens.setdefault(r["new_tokens"], []).append(r["model"])
+    n = ", ".join(f"{k} at {', '.join(dict.fromkeys(m))}" for k, m in tokens.items()) if len(tokens) > 1 else \
+        str(next(iter(tokens), 0))
     return "\n\n".join([
-        f"Decode ms/step ((t_{n} - t_1) / {n - 1}; in brackets: / the floor of the system's precision, int8's for "
-        "int8 and int4; the floor at the workload's rows)",
+        f"Decode ms/step ((t_N - t_1) / (N - 1), N = {n}; in brackets: / the floor of the system's precision, "
+        "int8's for int8 and int4; the floor at the workload's rows)",
         markdown_table(["shape, workload"] + columns, decode),
         "Encoder ms per real source token (t_1 less one step, / the batch's unpadded source tokens)",
         markdown_table(["shape, workload"] + [c for c in columns if not c.startswith("floor")], encoder)])
@@ -159,6 +164,41 @@ def targets(rows: list[dict]) -> list[list[str]]:
     return out
 
 
+CHART_SYSTEMS = ["t5ort fp32", "t5ort int8", "Optimum", "CT2 fp32", "CT2 int8"]
+
+
+def readme_chart(rows: list[dict], path: Path) -> None:
+    """Decode ms/step per shape and workload, one bar per system (CHART_SYSTEMS), the fp32 and int8 floors as
+    lines: the README's chart."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shapes = list(dict.fromkeys(r["model"] for r in rows))
+    fig, axes = plt.subplots(1, len(shapes), figsize=(4.2 * len(shapes), 3.6), squeeze=False)
+    width = 0.8 / len(CHART_SYSTEMS)
+    for ax, shape in zip(axes[0], shapes):
+        mine = [r for r in rows if r["model"] == shape]
+        for i, label in enumerate(CHART_SYSTEMS):
+            values = [(r["systems"].get(label) or {}).get("decode_ms_per_step") or 0 for r in mine]
+            ax.bar(np.arange(len(mine)) + (i - len(CHART_SYSTEMS) / 2 + 0.5) * width, values, width, label=label)
+        for j, r in enumerate(mine):
+            for label, style in (("floor fp32", "-"), ("floor int8", ":")):
+                floor = (r["systems"].get(label) or {}).get("decode_ms_per_step")
+                if floor:
+                    ax.hlines(floor, j - 0.42, j + 0.42, colors="black", linestyles=style, linewidth=1)
+        ax.set_xticks(np.arange(len(mine)), [r["workload"].replace(", batch 1", "") for r in mine], fontsize=8)
+        ax.set_title(f"{shape} shape", fontsize=10)
+        ax.set_ylabel("decode ms/step (lower is better)", fontsize=8)
+    axes[0][0].legend(fontsize=7, loc="upper left")
+    fig.text(0.5, 0.005, "lines: the floor (fp32 solid, int8 dotted): onnxruntime MatMuls over a step's weights",
+             ha="center", fontsize=7)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 # ---- the run ---------------------------------------------------------------------------------------------
 
 
@@ -193,7 +233,19 @@ def main() -> None:
                    help=f"one round, {QUICK_NEW_TOKENS} new tokens, no beam search: a check that it runs, not a figure")
     p.add_argument("--chart", type=Path, help="write a chart per shape (FILE, or FILE-SHAPE.png with several shapes)")
     p.add_argument("--json", type=Path, help="write every timing and the README rows to this JSON file")
+    p.add_argument("--from-json", type=Path, nargs="+", metavar="FILE",
+                   help="measure nothing: join the README rows of earlier --json files (shapes run apart) into one "
+                        "set of README tables, and with --chart one chart of them")
     args = p.parse_args()
+    if args.from_json:
+        rows = [r for path in args.from_json for r in json.loads(path.read_text())["readme"]]
+        print(readme_tables(rows))
+        print("\nIssue 23's targets\n")
+        print(markdown_table(["shape", "target", "measured", "met"], targets(rows)))
+        if args.chart:
+            readme_chart(rows, args.chart)
+            say(f"chart written to {args.chart}")
+        return
     shapes = [s.strip() for s in args.shape.split(",") if s.strip()]
     if not shapes or any(s not in SHAPES for s in shapes):
         p.error(f"--shape: expected any of {', '.join(SHAPES)} (comma-separated), got {args.shape!r}")

@@ -9,6 +9,7 @@ Each row runs the whole 512-step loop through ``graphs.step`` (no search, no pro
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -31,6 +32,7 @@ def checkpoint(workdir: Path) -> Path:
 
 def main() -> None:
     import t5ort
+    from t5ort.runtime.manifest import FORMAT_VERSION
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -38,8 +40,9 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path(__file__).parent / ".work")
     args = parser.parse_args()
     export = args.workdir / "t5-small-random-onnx"
-    if not (export / "t5ort.json").is_file():
-        t5ort.export(checkpoint(args.workdir), export, force=True)
+    manifest = export / "t5ort.json"
+    if not manifest.is_file() or json.loads(manifest.read_text()).get("format_version") != FORMAT_VERSION:
+        t5ort.export(checkpoint(args.workdir), export, force=True)  # first run, or an export of an older format
     g = t5ort.load(export, threads=args.threads).graphs
     rng = np.random.default_rng(0)
     print(f"t5-small shape, {args.threads} threads, {args.steps} forced steps, 128-token sources")

@@ -255,6 +255,12 @@ def test_compare_splits_encoder_from_decode_and_times_the_floors(tmp_path):
             assert v["floor_ratio"] == pytest.approx(
                 v["decode_ms_per_step"] / systems["floor int8" if "int8" in label else "floor fp32"]
                 ["decode_ms_per_step"])
+    # --from-json: the README tables and chart again from the JSON alone (shapes measured apart, joined)
+    again = subprocess.run([sys.executable, str(script), "--from-json", str(tmp_path / "c.json"), "--chart",
+                            str(tmp_path / "c.png")], capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert out.stdout.split("\n## ")[0].strip() == again.stdout.strip()
+    assert (tmp_path / "c.png").stat().st_size > 10_000
 
 
 def test_floor_reads_what_a_decoder_step_reads():
