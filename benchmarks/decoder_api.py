@@ -2,6 +2,7 @@
 loop on ``runtime.decoder`` against ``generate``.
 
     python benchmarks/decoder_api.py [--questions 64] [--answers 4] [--threads 2] [--workdir benchmarks/.work]
+        [--quick]   # a smoke run on the t5-small shape: 4 questions, 1 round (not a measurement)
 
 **Multiple choice** (lm-eval style), 
 On a seeded random flan-t5-base-shaped checkpoint (d_model 768, 12+12 layers, gated-GELU, untied head):
@@ -23,6 +24,7 @@ loop of ``dec.append(dec.logits.argmax(-1))``, interleaved; ms per token, median
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import subprocess
 import time
@@ -51,7 +53,8 @@ def main() -> None:
     import torch
 
     import t5ort
-    from t5ort.bench.t5_small import FLAN_T5_BASE, build_checkpoint
+    from t5ort.bench.shapes import SHAPES, build_checkpoint
+    from t5ort.runtime.manifest import FORMAT_VERSION
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--questions", type=int, default=64)
@@ -59,11 +62,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=Path(__file__).parent / ".work")
+    parser.add_argument("--quick", action="store_true", help="t5-small shape, 4 questions, 1 round: a smoke run")
     args = parser.parse_args()
-    ckpt = build_checkpoint(args.workdir / "flan-t5-base-random", shape=FLAN_T5_BASE)
-    export = args.workdir / "flan-t5-base-random-onnx"
-    if not (export / "t5ort.json").is_file():
-        t5ort.export(ckpt, export, force=True)
+    shape = "t5-small" if args.quick else "flan-t5-base"
+    if args.quick:
+        args.questions, args.repeats = 4, 1
+    ckpt = build_checkpoint(args.workdir / f"{shape}-random", shape=SHAPES["small" if args.quick else "base"])
+    export = args.workdir / f"{shape}-random-onnx"
+    manifest = export / "t5ort.json"
+    if not manifest.is_file() or json.loads(manifest.read_text()).get("format_version") != FORMAT_VERSION:
+        t5ort.export(ckpt, export, force=True)  # first run, or an export of an older format
     rt = t5ort.load(export, threads=args.threads)
     from t5ort.export.exporter import load_float32
 
@@ -110,7 +118,7 @@ def main() -> None:
     import onnxruntime
     import transformers
 
-    print(f"flan-t5-base shape (random weights), {args.questions} questions x {args.answers} answers of {ANSWER} "
+    print(f"{shape} shape (random weights), {args.questions} questions x {args.answers} answers of {ANSWER} "
           f"tokens, sources of {SOURCE} tokens, {args.threads} threads, {args.repeats} interleaved rounds; "
           f"{date.today()}, commit {commit}, onnxruntime {onnxruntime.__version__}, torch {torch.__version__}, "
           f"transformers {transformers.__version__}\n")

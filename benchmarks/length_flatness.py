@@ -1,7 +1,7 @@
 """Is a decoder step's cost flat in the generated length? ms/step over steps 1-32 and 481-512 of one
 512-token generation (forced: min_new_tokens), at batch 1 and batch 16, on a random t5-small-shaped model.
 
-    python benchmarks/length_flatness.py [--threads 2] [--workdir benchmarks/.work]
+    python benchmarks/length_flatness.py [--threads 2] [--steps 512] [--workdir benchmarks/.work] [--quick]
 
 Each row runs the whole 512-step loop through ``graphs.step`` (no search, no processors), timing every step.
 """
@@ -38,15 +38,19 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=512)
     parser.add_argument("--workdir", type=Path, default=Path(__file__).parent / ".work")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 24 steps (not a measurement)")
     args = parser.parse_args()
+    if args.quick:
+        args.steps = 24
     export = args.workdir / "t5-small-random-onnx"
     manifest = export / "t5ort.json"
     if not manifest.is_file() or json.loads(manifest.read_text()).get("format_version") != FORMAT_VERSION:
         t5ort.export(checkpoint(args.workdir), export, force=True)  # first run, or an export of an older format
     g = t5ort.load(export, threads=args.threads).graphs
     rng = np.random.default_rng(0)
-    print(f"t5-small shape, {args.threads} threads, {args.steps} forced steps, 128-token sources")
-    print("batch  ms/step 1-32  ms/step last 32  ratio")
+    window = min(32, args.steps // 2)
+    print(f"t5-small shape, {args.threads} threads, {args.steps} forced steps, 128-token sources\n")
+    print(f"| batch | ms/step, steps 1-{window} | ms/step, last {window} | ratio |\n|---|---|---|---|")
     for batch in (1, 16):
         ids = rng.integers(3, 32000, (batch, 128)).astype(np.int64)
         state = g.start(g.encode(ids, np.ones_like(ids)))
@@ -56,8 +60,8 @@ def main() -> None:
             start = time.perf_counter()
             _, state = g.step(tokens, state)
             times.append(time.perf_counter() - start)
-        first, last = 1e3 * np.mean(times[:32]), 1e3 * np.mean(times[-32:])
-        print(f"{batch:>5}  {first:12.2f}  {last:15.2f}  {last / first:5.2f}")
+        first, last = 1e3 * np.mean(times[:window]), 1e3 * np.mean(times[-window:])
+        print(f"| {batch} | {first:.2f} | {last:.2f} | {last / first:.2f} |")
 
 
 if __name__ == "__main__":

@@ -21,15 +21,15 @@ QUICK = {
     "speculative.py": ["--quick", "--workdir", "{workdir}"],
     "serve_soak.py": ["--quick"],
     "gpu_check.py": ["--provider", "cpu", "--quick", "--workdir", "{workdir}"],
+    "length_flatness.py": ["--quick", "--workdir", "{workdir}"],
+    "decoder_api.py": ["--quick", "--workdir", "{workdir}"],
 }
 # Scripts kept but not yet run here, and why (see the report of the docs change, 2026-12-05).
 NO_QUICK = {
     "_compare_systems.py": "a helper module of compare.py, not a script",
     "_model.py": "a helper module of the scripts, not a script",
-    "compare.py": "has --quick, but builds and exports the t5-small shape three times and times every peer: "
-                  "over a minute on 2 cores",
-    "length_flatness.py": "no --quick yet (owned elsewhere this session)",
-    "decoder_api.py": "no --quick yet (owned elsewhere this session)",
+    "compare.py": "its --quick run is tests/test_bench.py's (--shape small --quick --peers ctranslate2, then "
+                  "--from-json)",
     "serve_load.py": "no --quick: its prepare() always exports the Optimum baseline, which needs optimum-onnx "
                      "(transformers<4.58) in this environment",
     "inflight_load.py": "no --quick: built on serve_load.prepare (the Optimum baseline)",
