@@ -276,10 +276,16 @@ def main() -> None:
     parser.add_argument("--policy", action="store_true", help="compare admission policies in-process instead")
     parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
     parser.add_argument("--json", type=Path, help="write every cell's figures here")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run (not a measurement): in-flight and dynamic batching only (no Optimum "
+                             "baseline), concurrency 1 and 4, one rate, 2 s cells")
     args = parser.parse_args()
+    if args.quick:
+        args.systems = [s for s in args.systems if s in ("inflight", "dynamic")]
+        args.concurrency, args.rates, args.duration = [1, 4], [2.0], 2.0
 
     started = time.perf_counter()
-    served, optimum, tokenizer = sl.prepare(args.workdir)
+    served, optimum, tokenizer = sl.prepare(args.workdir, optimum_baseline="optimum server" in args.systems)
     if args.policy:
         print(policy_run(served, args.threads, args.rates, args.duration))
         say(f"done in {time.perf_counter() - started:.0f} s")

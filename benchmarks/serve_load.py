@@ -124,16 +124,21 @@ def word_tokenizer(path: Path, vocab_size: int) -> None:
 def serving_machine(threads: int) -> dict:
     """The machine and the versions of the serving stack (for the load tests' reports)."""
     import fastapi
-    import optimum.version
     import uvicorn
 
-    return machine(threads, fastapi=fastapi.__version__, uvicorn=uvicorn.__version__,
-                   optimum=optimum.version.__version__)
+    try:
+        import optimum.version
+
+        versions = {"optimum": optimum.version.__version__}
+    except ImportError:  # a run without the Optimum baseline (--quick, --systems without it)
+        versions = {}
+    return machine(threads, fastapi=fastapi.__version__, uvicorn=uvicorn.__version__, **versions)
 
 
-def prepare(workdir: Path, name: str = "serve") -> tuple[Path, Path, Path]:
-    """The t5ort export with a word tokenizer (for serving, or for a corpus: ``name``), optimum's export, and the
-    tokenizer file; the export's served copy is ``t5ort-<name>``, its tokenizer ``<name>-tokenizer.json``."""
+def prepare(workdir: Path, name: str = "serve", optimum_baseline: bool = True) -> tuple[Path, Path, Path]:
+    """The t5ort export with a word tokenizer (for serving, or for a corpus: ``name``), optimum's export (unless
+    ``optimum_baseline`` is False), and the tokenizer file; the export's served copy is ``t5ort-<name>``, its
+    tokenizer ``<name>-tokenizer.json``."""
     ckpt = checkpoint(workdir)
     export = workdir / "t5ort"
     if not current_t5ort_export(export):
@@ -142,7 +147,8 @@ def prepare(workdir: Path, name: str = "serve") -> tuple[Path, Path, Path]:
         say(f"exporting {ckpt} with t5ort to {export}")
         t5ort.export(ckpt, export, force=True, progress=lambda m: say(f"t5ort export: {m}"))
     optimum = workdir / "optimum"
-    if not all((optimum / f).is_file() for f in ("encoder_model.onnx", "decoder_model_merged.onnx")):
+    if optimum_baseline and not all((optimum / f).is_file() for f in ("encoder_model.onnx",
+                                                                       "decoder_model_merged.onnx")):
         say(f"exporting {ckpt} with optimum to {optimum}")
         subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); import _compare_systems "
                         "as cs; cs.prepare('optimum', sys.argv[2])", str(HERE), str(workdir)], check=True)
@@ -550,12 +556,18 @@ def main() -> None:
                         help="only the paired concurrency-1 overhead (of the t5ort servers among --systems; the "
                              "library is always started), no sweep")
     parser.add_argument("--pairs", type=int, default=16, help="requests in the paired measurement (default 16)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run (not a measurement): t5ort's servers and the library only (no Optimum "
+                             "baseline), concurrency 1 and 4, 2 s cells, 4 pairs")
     args = parser.parse_args()
+    if args.quick:
+        args.systems = [s for s in args.systems if s != "optimum server"]
+        args.concurrency, args.duration, args.pairs = [1, 4], 2.0, 4
     if args.paired_only:
         args.systems = [s for s in args.systems if s in BATCHING] + ["library"]
 
     started = time.perf_counter()
-    served, optimum, tokenizer = prepare(args.workdir)
+    served, optimum, tokenizer = prepare(args.workdir, optimum_baseline="optimum server" in args.systems)
     requests = make_requests(max(cell_count(c) for c in args.concurrency))
     targets = {}
     try:
