@@ -260,7 +260,7 @@ class SpeculativeDecoding:
         kept = np.zeros(len(self.rows), np.int64)
         redecide = {}  # row -> position decided again by a one-token pass
         for r in live:
-            kept[r], position, matched = self.walk(r, block, lse, drafts[r])
+            kept[r], position, matched = self.walk(r, block, lse, drafts[r], one_token=fed.shape[1] == 1)
             self.stats["accepted"] += matched
             if position is not None:
                 redecide[r] = position
@@ -277,14 +277,16 @@ class SpeculativeDecoding:
             self.state = self.graphs.compact(self.state)  # rows moved right: drop the padding they share
         return self.emitted
 
-    def walk(self, r: int, block: np.ndarray, lse: np.ndarray, drafts: np.ndarray) -> tuple[int, int | None, int]:
+    def walk(self, r: int, block: np.ndarray, lse: np.ndarray, drafts: np.ndarray,
+             one_token: bool) -> tuple[int, int | None, int]:
         """Row r's positions of the pass, in order, as plain greedy's steps, until its pick differs from its
-        draft or it ends. Returns (columns its cache keeps, the position to decide again or None, drafts
-        emitted as they were)."""
+        draft or it ends. ``one_token``: the pass fed one token per row (computed as plain greedy computes
+        it: no near-tie to re-decide). Returns (columns its cache keeps, the position to decide again or
+        None, drafts emitted as they were)."""
         row = self.rows[r]
         for i in range(len(drafts) + 1):  # position i: the logits after [last token, d_1..d_i]
             logits, scores, row_lse = self.step_inputs(r, block, lse, i)
-            if len(drafts) and _top_two_gap(scores[0]) < near_tie_bound(logits):
+            if not one_token and _top_two_gap(scores[0]) < near_tie_bound(logits):
                 return i, i, i  # keep [last token, d_1..d_i-1]; position i again from a one-token pass
             token = self.emit(r, logits, scores, row_lse)
             matched = i < len(drafts) and token == drafts[i]
