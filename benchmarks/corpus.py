@@ -1,7 +1,7 @@
 """Corpus throughput: `t5ort batch` in one process, on Ray Data, and a plain loop over Optimum's generate.
 
     python benchmarks/corpus.py [--rows 256] [--batch-size 32] [--new-tokens 32] [--threads 2] [--repeats 3]
-        [--systems batch batch-unbucketed ray optimum] [--workdir benchmarks/.work] [--json FILE]
+        [--systems batch batch-unbucketed ray optimum] [--workdir benchmarks/.work] [--json FILE] [--quick]
 
 Every system reads the same Parquet corpus and writes Parquet rows holding the generated ids, text,
 per-step token log-probs and the top-5 alternatives of every step (ids and log-probs), on the
@@ -47,11 +47,12 @@ SYSTEMS = ("batch", "batch-unbucketed", "ray", "optimum")
 TOP_N = 5
 
 
-def prepare(workdir: Path, rows: int) -> tuple[Path, Path, Path, Path]:
-    """The t5ort export with a word tokenizer, optimum's export, the tokenizer file and the corpus."""
+def prepare(workdir: Path, rows: int, optimum_baseline: bool = True) -> tuple[Path, Path, Path, Path]:
+    """The t5ort export with a word tokenizer, optimum's export (unless ``optimum_baseline`` is False), the
+    tokenizer file and the corpus."""
     from serve_load import prepare as prepare_exports
 
-    served, optimum, tokenizer = prepare_exports(workdir, name="corpus")
+    served, optimum, tokenizer = prepare_exports(workdir, name="corpus", optimum_baseline=optimum_baseline)
     corpus = workdir / f"corpus-{rows}.parquet"
     rng = np.random.default_rng(0)
     texts = [" ".join(f"t{t}" for t in rng.integers(3, 32000, size=rng.integers(8, 65))) for _ in range(rows)]
@@ -171,10 +172,14 @@ def main() -> None:
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--child", choices=SYSTEMS, help=argparse.SUPPRESS)
     p.add_argument("--paths", nargs=4, help=argparse.SUPPRESS)
+    p.add_argument("--quick", action="store_true",
+                   help="a smoke run (not a measurement): t5ort batch only, 16 rows, 4 new tokens, one run")
     args = p.parse_args()
     if args.child:
         return child(args)
-    paths = prepare(args.workdir, args.rows)
+    if args.quick:
+        args.systems, args.rows, args.new_tokens, args.repeats = ["batch"], 16, 4, 1
+    paths = prepare(args.workdir, args.rows, optimum_baseline="optimum" in args.systems)
     runs: dict[str, list[dict]] = {system: [] for system in args.systems}
     for repeat in range(args.repeats):  # the systems take turns, so a burst of other load hits them alike
         for system in args.systems:

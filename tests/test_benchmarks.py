@@ -25,6 +25,7 @@ QUICK = {
     "decoder_api.py": ["--quick", "--workdir", "{workdir}"],
     "serve_load.py": ["--quick", "--workdir", "{workdir}"],
     "inflight_load.py": ["--quick", "--workdir", "{workdir}"],
+    "corpus.py": ["--quick", "--workdir", "{workdir}"],
 }
 # Scripts kept but not yet run here, and why (see the report of the docs change, 2026-12-05).
 NO_QUICK = {
@@ -32,7 +33,6 @@ NO_QUICK = {
     "_model.py": "a helper module of the scripts, not a script",
     "compare.py": "its --quick run is tests/test_bench.py's (--shape small --quick --peers ctranslate2, then "
                   "--from-json)",
-    "corpus.py": "no --quick: built on serve_load.prepare (the Optimum baseline)",
     "optimum_server.py": "the Optimum baseline server of serve_load.py; needs optimum-onnx",
     "serve_encoder_cache.py": "no --quick: exports a flan-t5-base-shaped model (25 s, 4 GB peak RSS)",
     "thread_pools.py": "no --quick: needs compare.py's t5-small exports; tests/test_threads.py checks its policies",
