@@ -1,6 +1,6 @@
 """`t5ort serve` with the encoder cache on and off, on a workload where half the requests repeat a recent input.
 
-    python benchmarks/serve_encoder_cache.py [--requests 64] [--concurrency 4] [--threads 2]
+    python benchmarks/serve_encoder_cache.py [--requests 64] [--concurrency 4] [--threads 2] [--quick]
 
 The flan-t5-base-shaped random checkpoint of ``benchmarks/decoder_api.py`` (built and exported on first
 use), served with a word-level tokenizer (token i is ``t{i}``): sources of 128 tokens, 16 new tokens per
@@ -31,15 +31,19 @@ sys.path.insert(0, str(HERE))
 from serve_load import StreamConnection, free_port, word_tokenizer  # noqa: E402
 
 
-def served_export(workdir: Path) -> Path:
-    """The flan-t5-base-shaped export with a word tokenizer, for text requests."""
+def served_export(workdir: Path, shape: str = "flan-t5-base") -> Path:
+    """The export of the ``shape``-shaped random checkpoint (flan-t5-base, or t5-small with --quick) with a word
+    tokenizer, for text requests."""
     import t5ort
-    from t5ort.bench.t5_small import FLAN_T5_BASE, build_checkpoint
+    from t5ort.bench.shapes import SHAPES, build_checkpoint
+    from t5ort.runtime.manifest import FORMAT_VERSION
 
-    export = workdir / "flan-t5-base-random-onnx"
-    if not (export / "t5ort.json").is_file():
-        t5ort.export(build_checkpoint(workdir / "flan-t5-base-random", shape=FLAN_T5_BASE), export, force=True)
-    served = workdir / "flan-t5-base-random-served"
+    export = workdir / f"{shape}-random-onnx"
+    manifest = export / "t5ort.json"
+    if not manifest.is_file() or json.loads(manifest.read_text()).get("format_version") != FORMAT_VERSION:
+        t5ort.export(build_checkpoint(workdir / f"{shape}-random", shape=SHAPES[
+            "small" if shape == "t5-small" else "base"]), export, force=True)  # first run, or an older format
+    served = workdir / f"{shape}-random-served"
     shutil.rmtree(served, ignore_errors=True)
     served.mkdir()
     for f in export.iterdir():
@@ -120,13 +124,17 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workdir", type=Path, default=HERE / ".work")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: the t5-small shape, 8 requests")
     args = parser.parse_args()
-    served = served_export(args.workdir)
+    shape = "t5-small" if args.quick else "flan-t5-base"
+    if args.quick:
+        args.requests = 8
+    served = served_export(args.workdir, shape)
     texts = workload(args.requests)
     rows = {name: run(served, mb, texts, args.concurrency, args.threads) for name, mb in (("off", "0"), ("on", None))}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=HERE).stdout.strip()
-    print(f"t5ort serve, flan-t5-base shape (random weights), {args.requests} streamed requests of 128-token "
+    print(f"t5ort serve, {shape} shape (random weights), {args.requests} streamed requests of 128-token "
           f"sources and 16 new tokens, half repeating one of the 4 latest inputs, {args.concurrency} clients, "
           f"{args.threads} threads; {date.today()}, commit {commit}\n")
     print("| encoder cache | requests/s | p50 time to first token | cache hits |\n|---|---|---|---|")
