@@ -180,7 +180,9 @@ def test_server_random_requests_at_random_times_equal_generate_alone(rt, tmp_pat
         assert "Inflight" in str(info), info
         rng = np.random.default_rng(1)
         requests = [random_request(rng) for _ in range(16)]
-        delays = rng.choice([0.0, 0.005, 0.02], size=len(requests))
+        # Arrivals spread over at most ~75 ms: random join times, while the early requests (the bundled model
+        # answers one in tens of ms) are still running when the later ones come.
+        delays = rng.choice([0.0, 0.005, 0.02], size=len(requests)) * 0.25
 
         def one(i):
             time.sleep(float(delays[i]) * i)
@@ -204,7 +206,8 @@ def test_server_random_requests_at_random_times_equal_generate_alone(rt, tmp_pat
                 np.testing.assert_allclose([t["logprob"] for t in d["tokens"]], want.token_logprobs[r, :n], atol=ATOL)
             assert body["generated_text"] == want.texts[0]
         shared = server.metric("t5ort_batch_size_sum") / max(1.0, server.metric("t5ort_batch_size_count"))
-        assert shared > 1.5, "requests did not share the running batch"
+        print(f"requests per admitted batch: {shared:.2f}")
+        assert shared > 1.5, f"requests did not share the running batch ({shared:.2f} per batch)"
     finally:
         assert server.stop() == 0
 
