@@ -88,11 +88,12 @@ class DecoderState:
     """A running batch: the cache buffers, their mask, and the encoder output the rows attend to.
 
     ``cache``: [key_0, value_0, key_1, ...], each [rows, heads, capacity, d_kv], host memory
-    bound to the decoder's inputs (written in place between steps); columns ``past_length``
-    and later are free. ``self_mask``: int64 [rows, capacity], 1 where a row attends (0: free
-    columns, and the left padding of a row that joined a running batch late). ``binding``:
-    the decoder's inputs bound to these arrays; ``position``: int64 [1], the bound ``past_length``.
-    A state is used once: the next step's state shares (and changes) its arrays.
+    bound to the decoder's ``cache.*`` inputs and ``present.*`` outputs (the graph writes each run's
+    new keys/values into them); columns ``past_length`` and later are free. ``self_mask``: int64
+    [rows, capacity], 1 where a row attends (0: free columns, and the left padding of a row that
+    joined a running batch late). ``binding``: the decoder's inputs and the cache's outputs bound to
+    these arrays; ``position``: int64 [1], the bound ``past_length``. A state is used once: the next
+    step's state shares (and changes) its arrays.
     """
 
     cache: tuple[np.ndarray, ...]
