@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import subprocess
 import sys
@@ -28,7 +27,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from serve_load import StreamConnection, free_port, word_tokenizer  # noqa: E402
+from serve_load import StreamConnection, free_port, served_copy  # noqa: E402
 
 
 def served_export(workdir: Path, shape: str = "flan-t5-base") -> Path:
@@ -43,17 +42,7 @@ def served_export(workdir: Path, shape: str = "flan-t5-base") -> Path:
     if not manifest.is_file() or json.loads(manifest.read_text()).get("format_version") != FORMAT_VERSION:
         t5ort.export(build_checkpoint(workdir / f"{shape}-random", shape=SHAPES[
             "small" if shape == "t5-small" else "base"]), export, force=True)  # first run, or an older format
-    served = workdir / f"{shape}-random-served"
-    shutil.rmtree(served, ignore_errors=True)
-    served.mkdir()
-    for f in export.iterdir():
-        if f.name != "t5ort.json":
-            (served / f.name).symlink_to(f.resolve())
-    manifest = json.loads((export / "t5ort.json").read_text())
-    word_tokenizer(served / "tokenizer.json", manifest["geometry"]["vocab_size"])
-    manifest["tokenizer"] = {**manifest["tokenizer"], "kind": "tokenizers", "file": "tokenizer.json"}
-    (served / "t5ort.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return served
+    return served_copy(export, workdir / f"{shape}-random-served")
 
 
 def workload(n: int, seed: int = 0) -> list[str]:

@@ -152,19 +152,25 @@ def prepare(workdir: Path, name: str = "serve", optimum_baseline: bool = True) -
         say(f"exporting {ckpt} with optimum to {optimum}")
         subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); import _compare_systems "
                         "as cs; cs.prepare('optimum', sys.argv[2])", str(HERE), str(workdir)], check=True)
-    manifest = json.loads((export / "t5ort.json").read_text())
+    served = served_copy(export, workdir / f"t5ort-{name}")
     tokenizer = workdir / f"{name}-tokenizer.json"
-    word_tokenizer(tokenizer, manifest["geometry"]["vocab_size"])
-    served = workdir / f"t5ort-{name}"
+    shutil.copy(served / "tokenizer.json", tokenizer)
+    return served, optimum, tokenizer
+
+
+def served_copy(export: Path, served: Path) -> Path:
+    """``served``: ``export``'s files (linked) with a word-level tokenizer naming token i ``t{i}``, so that the
+    random checkpoint takes text requests; made anew."""
+    manifest = json.loads((export / "t5ort.json").read_text())
     shutil.rmtree(served, ignore_errors=True)
     served.mkdir()
     for f in export.iterdir():
         if f.name != "t5ort.json":
             (served / f.name).symlink_to(f.resolve())
-    shutil.copy(tokenizer, served / "tokenizer.json")
+    word_tokenizer(served / "tokenizer.json", manifest["geometry"]["vocab_size"])
     manifest["tokenizer"] = {**manifest["tokenizer"], "kind": "tokenizers", "file": "tokenizer.json"}
     (served / "t5ort.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return served, optimum, tokenizer
+    return served
 
 
 # ---- processes ---------------------------------------------------------------------------
