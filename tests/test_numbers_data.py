@@ -126,3 +126,22 @@ def test_split_is_pinned():
 
 PINNED_TEST_HEAD = [101, 114, 133, 139, 163]
 PINNED_VALIDATION_HEAD = [141, 175, 197]
+
+
+def test_the_training_tokenizer_splits_as_sentencepiece_does(tmp_path):
+    """train_numbers.load_tokenizer on the bundled vocabulary: every piece, and the same ids as sentencepiece (under
+    transformers 5, T5TokenizerFast(vocab_file=...) alone makes a four-piece vocabulary)."""
+    import shutil
+
+    import sentencepiece
+
+    from t5ort.demo import ASSETS
+    from t5ort.training.train_numbers import load_tokenizer
+
+    shutil.copy(ASSETS / "checkpoint" / "spiece.model", tmp_path / "spiece.model")
+    spm = sentencepiece.SentencePieceProcessor(model_file=str(tmp_path / "spiece.model"))
+    tokenizer = load_tokenizer(tmp_path / "spiece.model")
+    assert len(tokenizer) == spm.get_piece_size()
+    for n in (0, 7, 342, 1001, 777777, 990909):
+        for text in (numbers.source(n), german(n)):
+            assert tokenizer(text).input_ids == spm.encode(text) + [1], text

@@ -154,10 +154,23 @@ def load_tokenizer(spm_path: Path):
     ``add_prefix_space=True``: without it transformers converts the model with the Metaspace
     prepend scheme "never", and the first word of every text is split differently from
     sentencepiece and the slow ``T5Tokenizer`` ("translate" as characters, not "▁translate").
-    """
-    from transformers import T5TokenizerFast
 
+    Under transformers 5, ``T5TokenizerFast(vocab_file=...)`` silently builds a four-piece vocabulary
+    (every word ``<unk>``); there the tokenizer is made with ``from_pretrained`` on ``spm_path``'s
+    directory (which must hold it as ``spiece.model``), and its size is checked against sentencepiece's.
+    """
+    import sentencepiece
+    from transformers import T5Tokenizer, T5TokenizerFast
+
+    pieces = sentencepiece.SentencePieceProcessor(model_file=str(spm_path)).get_piece_size()
     tokenizer = T5TokenizerFast(vocab_file=str(spm_path), extra_ids=0, legacy=False, add_prefix_space=True)
+    if len(tokenizer) != pieces:
+        if spm_path.name != "spiece.model":
+            raise ValueError(f"{spm_path}: name it spiece.model (transformers 5 loads a T5 vocabulary from there).")
+        tokenizer = T5Tokenizer.from_pretrained(spm_path.parent, extra_ids=0, legacy=False, add_prefix_space=True)
+    if len(tokenizer) != pieces:
+        raise RuntimeError(f"{spm_path}: transformers made a tokenizer of {len(tokenizer)} pieces from a "
+                           f"sentencepiece model of {pieces}.")
     # Saved with add_prefix_space, the tokenizer would be rebuilt from spiece.model at every load (which
     # needs sentencepiece); without it, tokenizer.json (prepend scheme "first") is loaded as it is.
     tokenizer.init_kwargs.pop("add_prefix_space", None)

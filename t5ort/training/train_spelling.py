@@ -76,19 +76,15 @@ def build_vocabulary(path: Path, vocab_size: int, seed: int) -> Path:
 def _tokenizer(out: Path):
     """The tokenizer of ``out/spiece.model``, checked against sentencepiece itself.
 
-    Under transformers 5, ``T5TokenizerFast(vocab_file=...)`` (:func:`load_tokenizer`) silently
-    builds an empty four-piece vocabulary: every word became ``<unk>`` and the model trained on
-    ``<unk>`` sequences (the 0% of the first bundled model). ``from_pretrained`` on the directory
-    converts ``spiece.model`` properly; the ids are checked against sentencepiece.
+    Under transformers 5, ``T5TokenizerFast(vocab_file=...)`` silently builds an empty four-piece
+    vocabulary: every word became ``<unk>`` and the model trained on ``<unk>`` sequences (the 0% of
+    the first bundled model). :func:`load_tokenizer` rebuilds it with ``from_pretrained``; here the ids
+    are also checked against sentencepiece on a typical input.
     """
     import sentencepiece
-    from transformers import T5Tokenizer
 
     spm = sentencepiece.SentencePieceProcessor(model_file=str(out / "spiece.model"))
-    tokenizer = load_tokenizer(out / "spiece.model")
-    if len(tokenizer) != spm.get_piece_size():
-        tokenizer = T5Tokenizer.from_pretrained(out, extra_ids=0, legacy=False, add_prefix_space=True)
-        tokenizer.init_kwargs.pop("add_prefix_space", None)
+    tokenizer = load_tokenizer(out / "spiece.model")  # rebuilt with from_pretrained where transformers 5 needs it
     probe = "fix: sven hundred welve thousand five hunred eighty, four hundred forty-seven thousan"
     assert len(tokenizer) == spm.get_piece_size(), (len(tokenizer), spm.get_piece_size())
     assert tokenizer(probe).input_ids == spm.encode(probe) + [tokenizer.eos_token_id], "tokenizer != sentencepiece"
