@@ -24,7 +24,6 @@ loop of ``dec.append(dec.logits.argmax(-1))``, interleaved; ms per token, median
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import time
@@ -32,6 +31,7 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
+from _model import current_t5ort_export  # the scripts' folder is on sys.path
 
 SOURCE, ANSWER = 256, 8
 
@@ -54,7 +54,6 @@ def main() -> None:
 
     import t5ort
     from t5ort.bench.shapes import SHAPES, build_checkpoint
-    from t5ort.runtime.manifest import FORMAT_VERSION
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--questions", type=int, default=64)
@@ -69,8 +68,7 @@ def main() -> None:
         args.questions, args.repeats = 4, 1
     ckpt = build_checkpoint(args.workdir / f"{shape}-random", shape=SHAPES["small" if args.quick else "base"])
     export = args.workdir / f"{shape}-random-onnx"
-    manifest = export / "t5ort.json"
-    if not manifest.is_file() or json.loads(manifest.read_text()).get("format_version") != FORMAT_VERSION:
+    if not current_t5ort_export(export):
         t5ort.export(ckpt, export, force=True)  # first run, or an export of an older format
     rt = t5ort.load(export, threads=args.threads)
     from t5ort.export.exporter import load_float32

@@ -9,11 +9,11 @@ Each row runs the whole 512-step loop through ``graphs.step`` (no search, no pro
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
+from _model import current_t5ort_export  # the scripts' folder is on sys.path
 
 
 def checkpoint(workdir: Path) -> Path:
@@ -32,7 +32,6 @@ def checkpoint(workdir: Path) -> Path:
 
 def main() -> None:
     import t5ort
-    from t5ort.runtime.manifest import FORMAT_VERSION
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -43,8 +42,7 @@ def main() -> None:
     if args.quick:
         args.steps = 24
     export = args.workdir / "t5-small-random-onnx"
-    manifest = export / "t5ort.json"
-    if not manifest.is_file() or json.loads(manifest.read_text()).get("format_version") != FORMAT_VERSION:
+    if not current_t5ort_export(export):
         t5ort.export(checkpoint(args.workdir), export, force=True)  # first run, or an export of an older format
     g = t5ort.load(export, threads=args.threads).graphs
     rng = np.random.default_rng(0)

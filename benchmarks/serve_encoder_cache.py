@@ -12,7 +12,6 @@ threads (``benchmarks/serve_load.py``'s lean streaming client); requests/s and t
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -27,6 +26,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from _model import current_t5ort_export  # noqa: E402
 from serve_load import StreamConnection, free_port, served_copy  # noqa: E402
 
 
@@ -35,11 +35,9 @@ def served_export(workdir: Path, shape: str = "flan-t5-base") -> Path:
     tokenizer, for text requests."""
     import t5ort
     from t5ort.bench.shapes import SHAPES, build_checkpoint
-    from t5ort.runtime.manifest import FORMAT_VERSION
 
     export = workdir / f"{shape}-random-onnx"
-    manifest = export / "t5ort.json"
-    if not manifest.is_file() or json.loads(manifest.read_text()).get("format_version") != FORMAT_VERSION:
+    if not current_t5ort_export(export):
         t5ort.export(build_checkpoint(workdir / f"{shape}-random", shape=SHAPES[
             "small" if shape == "t5-small" else "base"]), export, force=True)  # first run, or an older format
     return served_copy(export, workdir / f"{shape}-random-served")
