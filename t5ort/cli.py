@@ -391,6 +391,7 @@ def serve_config(args):
 
     return ServeConfig(
         batching=args.batching, max_batch_rows=args.max_batch_rows, max_batch_tokens=args.max_batch_tokens,
+        max_speculative_rows=args.max_speculative_rows,
         max_batch_size=args.max_batch_size, max_queue=args.max_queue, max_input_tokens=args.max_input_tokens,
         max_new_tokens=args.max_new_tokens, default_max_new_tokens=min(20, args.max_new_tokens),
         max_top_n_tokens=args.max_top_n_tokens, request_timeout=args.request_timeout,
@@ -541,6 +542,10 @@ def add_serve_parser(sub) -> None:
                    help=f"in-flight: decoder rows in the running batch (default {d.max_batch_rows})")
     g.add_argument("--max-batch-tokens", type=positive_int, default=d.max_batch_tokens,
                    help=f"in-flight: cache budget, rows x the longest max_new_tokens (default {d.max_batch_tokens})")
+    g.add_argument("--max-speculative-rows", type=int, default=d.max_speculative_rows, metavar="N",
+                   help="in-flight: requests asking for prompt_lookup_num_tokens speculate only while at most N "
+                        f"rows are in flight, theirs included; else plain greedy in the batch, the same tokens "
+                        f"(default {d.max_speculative_rows}; 0: never)")
     g.add_argument("--max-batch-size", type=positive_int, default=d.max_batch_size,
                    help=f"dynamic: requests batched into one generate (default {d.max_batch_size})")
     g.add_argument("--batch-window-ms", type=float, default=d.batch_window_ms,

@@ -104,7 +104,8 @@ class Server:
 @pytest.fixture(scope="module", params=["inflight", "dynamic"])
 def server(request, tmp_path_factory):
     """One server per batching mode: in-flight (the default) and the dynamic batcher; every test runs on both."""
-    s = Server(tmp_path_factory.mktemp("serve") / "server.log", "--max-batch-size", "8", "--batching", request.param)
+    s = Server(tmp_path_factory.mktemp("serve") / "server.log", "--max-batch-size", "8", "--batching", request.param,
+               *(["--max-speculative-rows", "64"] if request.param == "inflight" else []))  # speculate however busy
     yield s
     s.stop()
 
@@ -309,6 +310,27 @@ def test_speculative_requests_get_plain_greedys_tokens_beside_the_batch(server, 
         r = c.post("/v1/completions", json={"model": "numbers", "prompt": texts[0], "temperature": 0,
                                             "max_tokens": 14, "prompt_lookup_num_tokens": 4})
     assert r.status_code == 200 and r.json()["choices"][0]["text"] == rt.generate([texts[0]], max_new_tokens=14).texts[0]
+
+
+def test_a_busy_server_decodes_speculative_requests_as_plain_greedy(server, rt, tmp_path):
+    """--max-speculative-rows: past it, a prompt_lookup_num_tokens request joins the batch as plain greedy (its own
+    verify pass per round would cost the batch more than it saves); the answer is the same."""
+    if "dynamic" in server.process.args:
+        return
+    never = Server(tmp_path / "never.log", "--max-speculative-rows", "0")
+    try:
+        text = PREFIX + NUMBERS[1]
+        body = {"inputs": text, "parameters": {"max_new_tokens": 12, "details": True, "prompt_lookup_num_tokens": 4}}
+        answer = post(never, "/generate", body).json()
+        want = rt.generate([text], max_new_tokens=12)
+        assert answer["generated_text"] == want.texts[0]
+        assert [t["id"] for t in answer["details"]["tokens"]] == want.sequences[0, 1:1 + row_steps(rt, want, 0)].tolist()
+        assert "prompt lookup not used, 0 rows in flight (--max-speculative-rows 0)" in never.output()
+    finally:
+        never.stop()
+    r = subprocess.run([sys.executable, "-m", "t5ort.cli", "serve", str(MODEL), "--max-speculative-rows", "-1"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "max_speculative_rows must be an int >= 0" in r.stderr
 
 
 def test_stream_adds_up_to_the_non_streamed_answer(server):

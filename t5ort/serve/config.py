@@ -16,6 +16,10 @@ class ServeConfig:
     - ``max_batch_size``: dynamic batching: requests run together as one ``generate`` (rows: requests x n).
     - ``max_batch_rows``, ``max_batch_tokens``: in-flight batching: decoder rows in the running batch, and
       its cache budget in positions (rows x the longest max_new_tokens among them); what does not fit waits.
+    - ``max_speculative_rows``: in-flight batching: a greedy request asking for ``prompt_lookup_num_tokens``
+      is decoded speculatively (its own verify pass per round) only while the rows in flight, its own
+      included, are at most this many; on a busier server it joins the batch as plain greedy (the same
+      tokens). 0: never speculate.
     - ``max_queue``: requests waiting for a batch; one more is answered 429 with Retry-After.
     - ``max_input_tokens``, ``max_new_tokens``: per-request caps (tokens of the input, tokens generated).
     - ``default_max_new_tokens``: what a request that names no ``max_new_tokens`` / ``max_tokens`` gets.
@@ -42,6 +46,7 @@ class ServeConfig:
     max_batch_size: int = 8
     max_batch_rows: int = 32
     max_batch_tokens: int = 8192
+    max_speculative_rows: int = 2
     max_queue: int = 64
     max_input_tokens: int = 512
     max_new_tokens: int = 256
@@ -66,6 +71,9 @@ class ServeConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"ServeConfig.{name} must be an int >= 1, got {value!r}.")
+        if isinstance(self.max_speculative_rows, bool) or not isinstance(self.max_speculative_rows, int) \
+                or self.max_speculative_rows < 0:
+            raise ValueError(f"ServeConfig.max_speculative_rows must be an int >= 0, got {self.max_speculative_rows!r}.")
         if isinstance(self.max_top_n_tokens, bool) or not isinstance(self.max_top_n_tokens, int) \
                 or self.max_top_n_tokens < 0:
             raise ValueError(f"ServeConfig.max_top_n_tokens must be an int >= 0, got {self.max_top_n_tokens!r}.")

@@ -17,7 +17,10 @@ thread loops:
 4. **retire**: rows that hit EOS, their max tokens or a stop string, or whose client left or
    deadline passed, leave the live set; their rows are dropped once that pays.
 
-Beam-search requests run as their own groups (one ``InflightBatch`` each, stepped in turn
+Greedy requests asking for ``prompt_lookup_num_tokens`` run as their own speculative groups (one
+draft-and-verify round per step, beside the main batch) while the server is light (at most
+``max_speculative_rows`` rows in flight with theirs); on a busy server they join the main batch as
+plain greedy, which emits the same tokens in a shared pass. Beam-search requests run as their own groups (one ``InflightBatch`` each, stepped in turn
 with the main batch; their rows count against ``max_batch_rows``) and answer at the end, as
 with dynamic batching. Score requests run as one ``runtime.score`` at a step boundary.
 
@@ -147,6 +150,7 @@ class InflightScheduler(DynamicBatcher):
         self.queue = _WaitingQueue(config.max_queue)
         self.max_rows = int(getattr(config, "max_batch_rows", 32))
         self.max_tokens = int(getattr(config, "max_batch_tokens", 8192))
+        self.max_speculative_rows = int(getattr(config, "max_speculative_rows", 2))
         self.waiting_served_ratio = waiting_served_ratio
         self.max_waiting_steps = max_waiting_steps
         self.main = InflightBatch(runtime, encoder_cache=self.encoder_cache)
@@ -250,7 +254,7 @@ class InflightScheduler(DynamicBatcher):
                 self.metrics.failures.labels(reason="invalid").inc()
                 continue
             rows = [_Row(RowText(self.runtime.tokenizer, self._special_ids)) for _ in range(entry.job.rows)]
-            if member.options.speculative:
+            if member.options.speculative and self._speculates(member, members):
                 group = _SpeculativeGroup(self.runtime, member, entry.job.input_ids, self.encoder_cache or
                                           self.runtime.graphs)
                 self.speculative.append(group)
@@ -272,6 +276,18 @@ class InflightScheduler(DynamicBatcher):
         score_entries = [e for e in kept if isinstance(e.job, ScoreJob)]
         if score_entries:
             self._score(score_entries)
+
+    def _speculates(self, member: Member, joining: list[Member]) -> bool:
+        """A request asking for speculation gets it only while the server is light: the rows in flight, with
+        those joining now and its own, at most ``max_speculative_rows``. Each speculating request runs its own
+        decoder pass per round, so on a busy server it joins the main batch as plain greedy (the same tokens)."""
+        rows = self.rows + sum(m.rows for m in joining) + member.rows
+        if rows <= self.max_speculative_rows:
+            return True
+        log.info("%s: prompt lookup not used, %d rows in flight (--max-speculative-rows %d): plain greedy in the "
+                 "batch", member.tag.job.request_id, rows - member.rows, self.max_speculative_rows,
+                 extra={"request_id": member.tag.job.request_id})
+        return False
 
     def _member(self, entry: Entry) -> Member:
         job: GenerateJob = entry.job
