@@ -7,7 +7,8 @@
    from its float16 checkpoint, on held-out inputs: t5ort plain greedy vs prompt lookup
    vs the draft model (acceptance, decoder passes per token, ms per token; sequences
    checked equal to plain greedy's), and a sweep of K for each; the same at batch 8 (8 inputs per call), and
-   through ``t5ort serve`` at concurrency 1 and 8 (``prompt_lookup_num_tokens`` per request);
+   through ``t5ort serve`` at concurrency 1, 2, 4 and 8 (``prompt_lookup_num_tokens`` per request), with
+   ``--max-speculative-rows`` 64 (always speculate) and 2 (the default);
 2. transformers' own greedy, ``prompt_lookup_num_tokens`` and ``assistant_model`` on
    the same checkpoints and inputs (2 torch threads);
 3. the verify-cost curve on the t5-small-shaped model (benchmarks/_model.py): ms per
@@ -41,6 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT / "t5ort" / "assets"
 THREADS = 2
 BATCH = 8
+SERVE_CONCURRENCY = (1, 2, 4, 8)
 TARGETS = {"prompt lookup vs t5ort plain greedy": 2.5, "t5ort prompt lookup vs transformers' prompt lookup": 5.0}
 
 
@@ -158,9 +160,11 @@ def sweep(rt, draft, sources, repeats, max_new_tokens) -> tuple[dict, int, int]:
 # ---- the server ----------------------------------------------------------------------------
 
 
-def serve_run(onnx: Path, sources: list[str], concurrency: tuple[int, ...], k: int, max_new_tokens: int) -> dict:
-    """``t5ort serve`` (in-flight batching) on the spelling model: every source sent once by ``c`` client threads,
-    plain greedy then ``prompt_lookup_num_tokens=k``, at each concurrency. Tokens/s over the wall time, texts."""
+def serve_run(onnx: Path, sources: list[str], concurrency: tuple[int, ...], k: int, max_new_tokens: int,
+              speculative_rows: int) -> dict:
+    """``t5ort serve`` (in-flight batching, ``--max-speculative-rows speculative_rows``) on the spelling model: every
+    source sent once by ``c`` client threads, plain greedy then ``prompt_lookup_num_tokens=k``, at each
+    concurrency. Tokens/s over the wall time, texts."""
     from concurrent.futures import ThreadPoolExecutor
 
     import httpx
@@ -168,7 +172,8 @@ def serve_run(onnx: Path, sources: list[str], concurrency: tuple[int, ...], k: i
 
     port = free_port()
     server = ServerProcess([sys.executable, "-m", "t5ort.cli", "serve", str(onnx), "--port", str(port),
-                            "--threads", str(THREADS), "--model-name", "spelling"], port)
+                            "--threads", str(THREADS), "--model-name", "spelling",
+                            "--max-speculative-rows", str(speculative_rows)], port)
     out = {}
     try:
         with httpx.Client(timeout=120) as http:
@@ -278,8 +283,10 @@ def main(argv=None) -> int:
     theirs = run_transformers(task_ckpt, draft_ckpt, sources[: args.hf_inputs], args.repeats, max_new_tokens, best_k)
     ours_hf = run_t5ort(rt, sources[: args.hf_inputs], t5ort_methods(rt, draft, best_k, best_n), args.repeats,
                         max_new_tokens)  # the same inputs as transformers, for the side-by-side ratios
-    say("t5ort serve: plain greedy vs prompt lookup, concurrency 1 and 8")
-    served = serve_run(work / "spelling-task", sources, (1, BATCH), best_k, max_new_tokens)
+    levels = (1, BATCH) if args.quick else SERVE_CONCURRENCY
+    say(f"t5ort serve: plain greedy vs prompt lookup, concurrency {levels}, --max-speculative-rows 64 and 2")
+    served = {rows: serve_run(work / "spelling-task", sources, levels, best_k, max_new_tokens, rows)
+              for rows in (64, 2)}
     say("the draft model as the target (it copies better than the task model): prompt lookup")
     small = run_t5ort(draft, sources, {"t5ort greedy": {}, f"t5ort prompt lookup K={best_k}": {
         "prompt_lookup_num_tokens": best_k}}, args.repeats, max_new_tokens)
@@ -313,14 +320,18 @@ def main(argv=None) -> int:
     print(markdown_table(header, [stats_row(n, r, None if n == "t5ort greedy" else bplain, BATCH)
                                   for n, r in batched.items()]))
     print(f"\n### t5ort serve (in-flight batching), the same {len(sources)} inputs from c client threads\n")
+    print("--max-speculative-rows 64: every prompt-lookup request speculates in its own group; 2 (the default): "
+          "only while at most 2 rows are in flight, else plain greedy in the batch.\n")
     srows = []
-    for c in (1, BATCH):
-        base_tps = served[(c, "greedy")]["tokens_per_s"]
-        for (cc, name), r in served.items():
-            if cc == c:
-                srows.append([str(c), name, f"{r['tokens_per_s']:.0f}", f"{r['tokens_per_s'] / base_tps:.2f}x",
-                              "yes" if r["texts"] == served[(c, "greedy")]["texts"] else "no"])
-    print(markdown_table(["concurrency", "method", "tokens / s", "vs greedy", "texts = greedy"], srows))
+    for c in levels:
+        for rows, runs in served.items():
+            plain_run = runs[(c, "greedy")]
+            lookup_run = runs[(c, f"prompt lookup K={best_k}")]
+            srows.append([str(c), str(rows), f"{plain_run['tokens_per_s']:.0f}", f"{lookup_run['tokens_per_s']:.0f}",
+                          f"{lookup_run['tokens_per_s'] / plain_run['tokens_per_s']:.2f}x",
+                          "yes" if lookup_run["texts"] == plain_run["texts"] else "no"])
+    print(markdown_table(["concurrency", "--max-speculative-rows", "greedy tokens / s",
+                          f"prompt lookup K={best_k} tokens / s", "ratio", "texts equal"], srows))
     hf_plain = ours_hf["t5ort greedy"]
     print(f"\n### transformers on the first {args.hf_inputs} of those inputs, beside t5ort on the same ones\n")
     print(markdown_table(header, [stats_row(n, r, None if n == "t5ort greedy" else hf_plain) for n, r in ours_hf.items()]

@@ -281,7 +281,8 @@ class InflightScheduler(DynamicBatcher):
         """A request asking for speculation gets it only while the server is light: the rows in flight, with
         those joining now and its own, at most ``max_speculative_rows``. Each speculating request runs its own
         decoder pass per round, so on a busy server it joins the main batch as plain greedy (the same tokens)."""
-        rows = self.rows + sum(m.rows for m in joining) + member.rows
+        live = self.main.live_rows + sum(g.live_rows for g in self.beams) + sum(g.rows for g in self.speculative)
+        rows = live + sum(m.rows for m in joining) + member.rows
         if rows <= self.max_speculative_rows:
             return True
         log.info("%s: prompt lookup not used, %d rows in flight (--max-speculative-rows %d): plain greedy in the "
