@@ -266,10 +266,12 @@ class SpeculativeDecoding:
                 redecide[r] = position
             else:
                 self.rows[r].drafter.accepted(self.rows[r].strategy.input_ids[0], len(drafts[r]), matched)
-        kept[[r for r in range(len(self.rows)) if r not in live]] = kept.max()  # ended rows: any, unmoved
-        self.state = self.graphs.keep(self.state, start, kept)
         self.stats["rounds"] += 1
         self.stats["decoder_passes"] += 1
+        if fed.shape[1] == 1:  # nothing drafted (nothing to copy): a plain greedy step, every row keeps its column
+            return self.emitted
+        kept[[r for r in range(len(self.rows)) if r not in live]] = kept.max()  # ended rows: any, unmoved
+        self.state = self.graphs.keep(self.state, start, kept)
         self.stats["drafted"] += sum(len(d) for d in drafts.values())
         if redecide:
             self.one_token_pass(live, redecide, fed, drafts)
