@@ -319,5 +319,11 @@ def test_spelling_data_is_seeded_one_edit_per_word_and_held_out():
         assert len(wrong) == len(right)
         for w, r in zip(wrong, right):  # at most one edit: drop, double, swap or replace
             assert w == r or one_edit(w.rstrip(","), r.rstrip(",")), (w, r)
+        items = target.split(", ")
+        if len(items) > 1:  # several numbers are numbered, and the markers are never misspelled
+            assert [i.split(" ")[0] for i in items] == [f"{k}." for k in range(1, len(items) + 1)]
+            assert [i.split(" ")[0] for i in source[len(sp.PREFIX):].split(", ")] == [f"{k}." for k in range(1, len(items) + 1)]
+        else:
+            assert not target[0].isdigit()
     held, pool = sp.split(0)
     assert len(held) == 2000 and not held & set(pool)

@@ -8,6 +8,11 @@ misspelled, and writes the list again, spelled right::
     >>> example(random.Random(3))
     ('fix: fiv hundred seventy thousand six hundrwd sixty-five', 'five hundred seventy thousand six hundred sixty-five')
 
+Several numbers are numbered, "1. ..., 2. ...", and the markers are never misspelled:
+number words repeat ("hundred", "thousand", "seventy" in every item), and without a
+marker a small model copying by content cannot tell which item a word belongs to
+(it wrote one item's words into another).
+
 Most output tokens are copies of input tokens: the task where speculative decoding
 drafting from the input (prompt lookup) pays.
 
@@ -60,14 +65,19 @@ def misspell(text: str, rng: random.Random, rate: float = TYPO_RATE) -> str:
     words = []
     for word in text.split(" "):
         core, comma = (word[:-1], ",") if word.endswith(",") else (word, "")
+        if core[:1].isdigit():  # a list marker "2." stays
+            words.append(word)
+            continue
         parts = [typo(p, rng) if rng.random() < rate else p for p in core.split("-")]
         words.append("-".join(parts) + comma)
     return " ".join(words)
 
 
 def target(numbers: list[int]) -> str:
-    """The correct text: the numbers in English words, separated by ", "."""
-    return ", ".join(nb.english(n) for n in numbers)
+    """The correct text: the numbers in English words, separated by ", "; several are numbered "1. ", "2. "."""
+    if len(numbers) == 1:
+        return nb.english(numbers[0])
+    return ", ".join(f"{i}. {nb.english(n)}" for i, n in enumerate(numbers, 1))
 
 
 def example(rng: random.Random, pool: list[int] | None = None) -> tuple[str, str]:
