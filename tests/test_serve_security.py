@@ -684,8 +684,8 @@ def test_help_groups_the_flags():
     assert groups["model and runtime"] == ["--model-name", "--provider", "--threads", "--spin"]
     assert groups["limits"] == ["--max-queue", "--max-input-tokens", "--max-new-tokens", "--max-top-n-tokens",
                                 "--request-timeout"]
-    assert groups["batching"] == ["--batching", "--max-batch-rows", "--max-batch-tokens", "--max-batch-size",
-                                  "--batch-window-ms", "--encoder-cache-mb"]
+    assert groups["batching"] == ["--batching", "--max-batch-rows", "--max-batch-tokens", "--max-speculative-rows",
+                                  "--max-batch-size", "--batch-window-ms", "--encoder-cache-mb"]
     assert groups["security"] == ["--api-key", "--api-key-file", "--metrics-api-key", "--ssl-keyfile",
                                   "--ssl-certfile", "--ssl-ca-certs", "--cors-allow-origin"]
     assert groups["logging"] == ["--log-level", "--json-output", "--quiet", "--otlp-endpoint", "--otlp-service-name"]
