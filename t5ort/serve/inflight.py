@@ -20,9 +20,9 @@ thread loops:
 Greedy requests asking for ``prompt_lookup_num_tokens`` run as their own speculative groups (one
 draft-and-verify round per step, beside the main batch) while the server is light (at most
 ``max_speculative_rows`` rows in flight with theirs); on a busy server they join the main batch as
-plain greedy, which emits the same tokens in a shared pass. Beam-search requests run as their own groups (one ``InflightBatch`` each, stepped in turn
-with the main batch; their rows count against ``max_batch_rows``) and answer at the end, as
-with dynamic batching. Score requests run as one ``runtime.score`` at a step boundary.
+plain greedy, which emits the same tokens in a shared pass. Beam-search requests run as their own
+groups (one ``InflightBatch`` each, stepped in turn with the main batch; their rows count against
+``max_batch_rows``) and answer at the end, as with dynamic batching. Score requests run as one ``runtime.score`` at a step boundary.
 
 Admission policy: eager (every step boundary admits whatever fits). Measured against TGI's
 rule (admit only when waiting >= ``waiting_served_ratio`` x running, or the oldest has waited
@@ -128,6 +128,8 @@ class _SpeculativeGroup:
     def rows(self) -> int:
         return self.member.rows if self.member.live else 0
 
+    live_rows = rows  # a finished speculative group holds no rows
+
     def step(self) -> list[MemberStep]:
         m, out = self.member, []
         for e in self.decoding.round():
@@ -168,6 +170,11 @@ class InflightScheduler(DynamicBatcher):
     @property
     def rows(self) -> int:
         return sum(g.rows for g in self._groups)
+
+    @property
+    def live_rows(self) -> int:
+        """Rows still decoding (``rows`` also counts finished rows not yet dropped)."""
+        return sum(g.live_rows for g in self._groups)
 
     def _loop(self) -> None:
         while True:
@@ -281,8 +288,7 @@ class InflightScheduler(DynamicBatcher):
         """A request asking for speculation gets it only while the server is light: the rows in flight, with
         those joining now and its own, at most ``max_speculative_rows``. Each speculating request runs its own
         decoder pass per round, so on a busy server it joins the main batch as plain greedy (the same tokens)."""
-        live = self.main.live_rows + sum(g.live_rows for g in self.beams) + sum(g.rows for g in self.speculative)
-        rows = live + sum(m.rows for m in joining) + member.rows
+        rows = self.live_rows + sum(m.rows for m in joining) + member.rows
         if rows <= self.max_speculative_rows:
             return True
         log.info("%s: prompt lookup not used, %d rows in flight (--max-speculative-rows %d): plain greedy in the "

@@ -9,9 +9,9 @@ misspelled, and writes the list again, spelled right::
     ('fix: fiv hundred seventy thousand six hundrwd sixty-five', 'five hundred seventy thousand six hundred sixty-five')
 
 Several numbers are numbered, "1. ..., 2. ...", and the markers are never misspelled:
-number words repeat ("hundred", "thousand", "seventy" in every item), and without a
-marker a small model copying by content cannot tell which item a word belongs to
-(it wrote one item's words into another).
+number words repeat ("hundred", "thousand", "seventy" in every item), and a marker gives
+a small model copying by content a way to tell the items apart (models trained without
+them wrote one item's words into another; the markers' effect alone was not isolated).
 
 Most output tokens are copies of input tokens: the task where speculative decoding
 drafting from the input (prompt lookup) pays.
