@@ -16,7 +16,7 @@ def test_train_spelling_writes_a_checkpoint_and_its_record(tmp_path):
                                 "--eval-count", "2", "--test-count", "3", "--threads", "1"]) == 0
     record = json.loads((out / "training.json").read_text())
     assert record["steps"] == 4 and record["test"]["total"] == 3 and len(record["history"]) == 2
-    assert record["lr"] == train_spelling.LEARNING_RATES["draft"] and record["did_not_work"]
+    assert record["lr"] == train_spelling.DEFAULTS["lr"] and record["did_not_work"]
     assert record["model"]["num_layers"] >= record["model"]["num_decoder_layers"]  # transformers' generate needs it
     for name in ("model.safetensors", "spiece.model", "tokenizer_config.json", "config.json"):
         assert (out / name).exists(), name
