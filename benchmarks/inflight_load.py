@@ -42,6 +42,8 @@ sys.path.insert(0, str(HERE))
 import serve_load as sl  # noqa: E402
 from _model import DEFAULT_WORKDIR, markdown_table, other_cpu_meter, say  # noqa: E402
 
+from t5ort.bench.server import ServerProcess, free_port, serve_command  # noqa: E402
+
 LENGTHS = (4, 8, 16, 32, 64, 128)
 SYSTEMS = ("inflight", "dynamic", "none", "optimum server")
 
@@ -107,17 +109,17 @@ def _row(system, kind, load, seconds, requests, tokens, ttft, latency, errors, o
 
 
 def run_system(system: str, args, served: Path, optimum: Path, tokenizer: Path, requests) -> tuple[list[dict], float]:
-    port = sl.free_port()
+    port = free_port()
     if system == "optimum server":
         command = [sys.executable, str(HERE / "optimum_server.py"), str(optimum), str(tokenizer), "--port", str(port),
                    "--threads", str(args.threads)]
     else:
-        command = [sys.executable, "-m", "t5ort.cli", "serve", str(served), "--port", str(port), "--threads",
-                   str(args.threads), "--batching", system, "--max-batch-size", "16", "--max-batch-rows",
-                   str(args.max_batch_rows), "--max-queue", "1024", "--max-new-tokens", str(max(LENGTHS)),
-                   "--request-timeout", "600", "--log-level", "warning", "--quiet"]
+        command = serve_command(served, port, "--threads", str(args.threads), "--batching", system,
+                                "--max-batch-size", "16", "--max-batch-rows", str(args.max_batch_rows), "--max-queue",
+                                "1024", "--max-new-tokens", str(max(LENGTHS)), "--request-timeout", "600",
+                                "--log-level", "warning", "--quiet")
     say(f"starting {system}")
-    target = sl.ServerProcess(command, port)
+    target = ServerProcess(command, port)
     route, stream = ("/generate", False) if system == "optimum server" else ("/generate_stream", True)
     rows = []
     try:

@@ -20,14 +20,15 @@ import time
 from datetime import date
 from pathlib import Path
 
-import httpx
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from _model import current_t5ort_export  # noqa: E402
-from serve_load import StreamConnection, free_port, served_copy  # noqa: E402
+from serve_load import StreamConnection, served_copy  # noqa: E402
+
+from t5ort.bench.server import ServerProcess, free_port, serve_command  # noqa: E402
 
 
 def served_export(workdir: Path, shape: str = "flan-t5-base") -> Path:
@@ -56,21 +57,11 @@ def workload(n: int, seed: int = 0) -> list[str]:
 
 def run(served: Path, cache_mb: str | None, texts: list[str], concurrency: int, threads: int) -> dict:
     port = free_port()
-    args = [sys.executable, "-m", "t5ort.cli", "serve", str(served), "--port", str(port), "--threads", str(threads),
-            "--max-input-tokens", "512", "--quiet"] + ([] if cache_mb is None else ["--encoder-cache-mb", cache_mb])
-    server = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    args = ["--threads", str(threads), "--max-input-tokens", "512", "--quiet"]
+    server = ServerProcess(serve_command(served, port, *args, *([] if cache_mb is None else
+                                                                 ["--encoder-cache-mb", cache_mb])), port)
+    url = server.url
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(url + "/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise RuntimeError("the server did not start")
-            time.sleep(0.2)
         body = lambda text: {"inputs": text, "parameters": {"max_new_tokens": 16, "min_new_tokens": 16}}  # noqa: E731
         warm = StreamConnection(url)
         warm.stream("/generate_stream", body("t5 t6 t7"))
@@ -96,13 +87,10 @@ def run(served: Path, cache_mb: str | None, texts: list[str], concurrency: int, 
         for w in workers:
             w.join()
         seconds = time.perf_counter() - start
-        metrics = httpx.get(url + "/metrics").text
-        hits = next((float(line.split()[1]) for line in metrics.splitlines()
-                     if line.startswith("t5ort_encoder_cache_hits_total")), 0.0)
+        hits = server.metric("t5ort_encoder_cache_hits_total")
         return {"requests_per_s": len(texts) / seconds, "ttft_p50_ms": 1e3 * statistics.median(ttft), "hits": hits}
     finally:
-        server.terminate()
-        server.wait(30)
+        server.stop()
 
 
 def main() -> None:

@@ -41,11 +41,9 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -58,6 +56,8 @@ sys.path.insert(0, str(HERE))
 
 from _model import (DEFAULT_WORKDIR, checkpoint, current_t5ort_export, machine, markdown_table,  # noqa: E402
                     other_cpu_meter, say)
+
+from t5ort.bench.server import ServerProcess, free_port, serve_command  # noqa: E402
 
 LENGTHS = (4, 8, 16, 32, 64)
 SYSTEMS = ("t5ort serve", "t5ort serve dynamic", "library", "optimum server")
@@ -177,48 +177,12 @@ def served_copy(export: Path, served: Path) -> Path:
 # ---- processes ---------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def proc_cpu(pid: int) -> float:
     try:
         rest = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
     return sum(int(v) for v in rest[11:15]) / os.sysconf("SC_CLK_TCK")
-
-
-class ServerProcess:
-    def __init__(self, command: list[str], port: int):
-        import httpx
-
-        self.url = f"http://127.0.0.1:{port}"
-        # its log goes to a file: a pipe nobody reads fills up (64 KiB) and blocks the server's next log line
-        self.log = tempfile.TemporaryFile()
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=self.log)
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.log.seek(0)
-                raise RuntimeError(f"{command[:4]} did not start: {self.log.read().decode()[-2000:]}")
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.log.close()
 
 
 # ---- clients -------------------------------------------------------------------------------
@@ -439,11 +403,10 @@ def start_system(system: str, args, served: Path, optimum: Path, tokenizer: Path
     if system in BATCHING:
         port = free_port()
         window = ["--batch-window-ms", str(args.batch_window_ms)] if args.batch_window_ms is not None else []
-        return ServerProcess([sys.executable, "-m", "t5ort.cli", "serve", str(served), "--port", str(port),
-                              "--batching", BATCHING[system], "--threads", str(args.threads),
-                              "--max-batch-size", str(args.max_batch_size), "--max-batch-rows", str(args.max_batch_size),
-                              "--max-queue", "512", "--max-new-tokens", str(max(LENGTHS)), "--log-level", "warning",
-                              "--quiet", *window], port)
+        return ServerProcess(serve_command(served, port, "--batching", BATCHING[system], "--threads", str(args.threads),
+                                           "--max-batch-size", str(args.max_batch_size), "--max-batch-rows",
+                                           str(args.max_batch_size), "--max-queue", "512", "--max-new-tokens",
+                                           str(max(LENGTHS)), "--log-level", "warning", "--quiet", *window), port)
     if system == "optimum server":
         port = free_port()
         return ServerProcess([sys.executable, str(HERE / "optimum_server.py"), str(optimum), str(tokenizer),

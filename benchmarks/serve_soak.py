@@ -37,14 +37,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import datetime
 import json
 import math
 import os
 import random
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -57,9 +55,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from _model import markdown_table, say  # noqa: E402
-from serve_load import free_port  # noqa: E402
 
 from t5ort.bench.machine import busy_minus_own, machine, process_cpu_seconds  # noqa: E402
+from t5ort.bench.server import ServerProcess, free_port, metric, serve_command  # noqa: E402
 
 BLOCK = 1000  # requests between two readings
 BASELINE = 2000  # growth is judged against the reading after this many requests
@@ -75,61 +73,6 @@ GOOD = {"generate", "stream", "stream_dropped", "completions", "score", "burst"}
 # ---- the server ------------------------------------------------------------------------------------------
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when this script dies, so the server never outlives it (Linux)."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
-class Server:
-    """``t5ort serve`` on a free loopback port; its log in ``log``."""
-
-    def __init__(self, model: Path, threads: int, log: Path):
-        import httpx
-
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        self._log_file = open(log, "wb")
-        self.command = [sys.executable, "-m", "t5ort.cli", "serve", str(model), "--port", str(self.port),
-                        "--threads", str(threads)]
-        self.process = subprocess.Popen(self.command, stdout=self._log_file, stderr=subprocess.STDOUT,
-                                        preexec_fn=_die_with_parent)
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"t5ort serve did not start:\n{log.read_text(errors='replace')[-3000:]}")
-            time.sleep(0.1)
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log_file.close()
-        return self.process.returncode
-
-    def output(self) -> str:
-        if not self._log_file.closed:
-            self._log_file.flush()
-        return self.log.read_text(errors="replace")
-
-
 def process_figures(pid: int) -> dict:
     """RSS (MB), open file descriptors (and how many are sockets) and threads of ``pid``, from /proc."""
     status = Path(f"/proc/{pid}/status").read_text()
@@ -142,12 +85,6 @@ def process_figures(pid: int) -> dict:
     return {"rss_mb": int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M).group(1)) / 1024,
             "fds": len(fds), "sockets": sum(f.startswith("socket:") for f in fds),
             "threads": int(re.search(r"^Threads:\s+(\d+)", status, re.M).group(1))}
-
-
-def metric(text: str, name: str, labels: str = "") -> float:
-    pattern = rf"^{re.escape(name)}{re.escape('{' + labels + '}') if labels else ''} (\S+)$"
-    found = re.search(pattern, text, re.M)
-    return float(found.group(1)) if found else 0.0
 
 
 # ---- what is sent ------------------------------------------------------------------------------------------
@@ -457,7 +394,7 @@ class Budget:
             return n
 
 
-def run_block(server: Server, inputs: Inputs, model_name: str, size: int, args, tally: Tally, seed: int,
+def run_block(server: ServerProcess, inputs: Inputs, model_name: str, size: int, args, tally: Tally, seed: int,
               deadline: float) -> None:
     import httpx
 
@@ -494,7 +431,7 @@ def run_block(server: Server, inputs: Inputs, model_name: str, size: int, args, 
         t.join(max(deadline - time.monotonic(), 0) + 300)
 
 
-def settle(server: Server, timeout: float = 60) -> tuple[bool, dict]:
+def settle(server: ServerProcess, timeout: float = 60) -> tuple[bool, dict]:
     """Waits until no rows run and nothing is queued, then 1 s more (connections closed, threads done); the
     /metrics figures of the moment it settled."""
     import httpx
@@ -609,7 +546,9 @@ def main() -> int:
     setup = setup_line(args, info)
     tally, samples, failures = Tally(), [], []
     with tempfile.TemporaryDirectory(prefix="t5ort-soak-") as tmp:
-        server = Server(model, args.threads, Path(tmp) / "server.log")
+        port = free_port()
+        server = ServerProcess(serve_command(model, port, "--threads", str(args.threads)), port,
+                               log=Path(tmp) / "server.log", ready_timeout=120, die_with_parent=True)
         say(f"started: {' '.join(server.command)} (pid {server.pid})")
         try:
             model_name = httpx.get(server.url + "/v1/models", timeout=30).json()["data"][0]["id"]

@@ -171,12 +171,12 @@ def serve_run(onnx: Path, sources: list[str], concurrency: tuple[int, ...], k: i
     from concurrent.futures import ThreadPoolExecutor
 
     import httpx
-    from serve_load import ServerProcess, free_port
+
+    from t5ort.bench.server import ServerProcess, free_port, serve_command
 
     port = free_port()
-    server = ServerProcess([sys.executable, "-m", "t5ort.cli", "serve", str(onnx), "--port", str(port),
-                            "--threads", str(THREADS), "--model-name", "spelling",
-                            "--max-speculative-rows", str(speculative_rows)], port)
+    server = ServerProcess(serve_command(onnx, port, "--threads", str(THREADS), "--model-name", "spelling",
+                                         "--max-speculative-rows", str(speculative_rows)), port)
     out = {}
     try:
         with httpx.Client(timeout=120) as http:

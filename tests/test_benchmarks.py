@@ -35,7 +35,6 @@ NO_QUICK = {
     "compare.py": "its --quick run is tests/test_bench.py's (--shape small --quick --peers ctranslate2, then "
                   "--from-json)",
     "optimum_server.py": "the Optimum baseline server of serve_load.py; needs optimum-onnx",
-    "thread_pools.py": "no --quick: needs compare.py's t5-small exports; tests/test_threads.py checks its policies",
 }
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 import t5ort  # noqa: E402
+from t5ort.bench.server import ServerProcess, free_port, serve_command  # noqa: E402
 from t5ort.corpus import CorpusError, JobSpec, run_job  # noqa: E402
 from t5ort.demo import bundled  # noqa: E402
 from t5ort.ray import run_ray_job  # noqa: E402
@@ -34,6 +34,7 @@ from t5ort.training.numbers import german, source  # noqa: E402
 MODEL = bundled("onnx")
 GEN = {"max_new_tokens": 12}
 FLOATS = ["token_logprobs", "top_logprobs"]
+PYTHONPATH = {"PYTHONPATH": str(Path(t5ort.__file__).parents[1])}  # the server processes import this t5ort
 
 
 def ray_processes(marker: str) -> list[str]:
@@ -46,7 +47,7 @@ def cluster():
     """A local cluster on 127.0.0.1 with 2 CPUs, in its own temp dir; yields its address for other processes."""
     temp_dir = f"/tmp/t5ort-ray-{os.getpid()}"
     ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, _temp_dir=temp_dir,
-             log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": str(Path(t5ort.__file__).parents[1])}})
+             log_to_driver=False, runtime_env={"env_vars": PYTHONPATH})
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
@@ -129,9 +130,9 @@ def test_cli_batch_on_a_running_cluster(cluster, corpus, tmp_path):
          "--task", "score",
          "--shard-rows", "16", "--batch-size", "8", "--ray", cluster, "--workers", "2"],
         capture_output=True, text=True, timeout=120,
-        env={**os.environ, "PYTHONPATH": str(Path(t5ort.__file__).parents[1])})
+        env={**os.environ, **PYTHONPATH})
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.startswith(f"40 rows in ") and "tokens/s" in done.stdout
+    assert done.stdout.startswith("40 rows in ") and "tokens/s" in done.stdout
     ray_table, local_table = pq.read_table(tmp_path / "ray"), pq.read_table(tmp_path / "local")
     np.testing.assert_allclose(ray_table.sort_by("id").column("total_logprob").to_numpy(),
                                local_table.column("total_logprob").to_numpy(), atol=1e-4)
@@ -141,46 +142,16 @@ def test_cli_batch_on_a_running_cluster(cluster, corpus, tmp_path):
 # ---- Ray Serve -------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(url: str, process=None, timeout: float = 90) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"the server exited with {process.returncode}")
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError(f"{url} not healthy after {timeout} s")
-
-
 @pytest.fixture(scope="module")
 def plain_server(tmp_path_factory):
     """`t5ort serve` as a real process on a free loopback port (the reference)."""
     port = free_port()
-    log = tmp_path_factory.mktemp("plain") / "server.log"
-    with open(log, "w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "t5ort.cli", "serve", str(MODEL), "--port", str(port), "--threads", "1", "--quiet"],
-            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(Path(t5ort.__file__).parents[1])})
-    url = f"http://127.0.0.1:{port}"
+    server = ServerProcess(serve_command(MODEL, port, "--threads", "1", "--quiet"), port,
+                           log=tmp_path_factory.mktemp("plain") / "server.log", env=PYTHONPATH, ready_timeout=90)
     try:
-        wait_healthy(url, process)
-        yield url
+        yield server.url
     finally:
-        process.terminate()
-        process.wait(30)
+        server.stop(30)
 
 
 REQUESTS = [
@@ -201,14 +172,10 @@ def test_ray_serve_two_replicas_answer_as_one_server(cluster, plain_server, tmp_
     from t5ort.ray import REPLICA_HEADER
 
     port = free_port()
-    with open(tmp_path / "ray-serve.log", "w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "t5ort.cli", "serve", str(MODEL), "--ray", cluster, "--replicas", "2",
-             "--port", str(port), "--threads", "1"],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(Path(t5ort.__file__).parents[1])})
-    url = f"http://127.0.0.1:{port}"
+    server = ServerProcess(serve_command(MODEL, port, "--ray", cluster, "--replicas", "2", "--threads", "1"), port,
+                           log=tmp_path / "ray-serve.log", env=PYTHONPATH, ready_timeout=90)
+    url = server.url
     try:
-        wait_healthy(url, process)
         for route, body in REQUESTS:
             want = httpx.post(plain_server + route, json=body, timeout=30)
             got = httpx.post(url + route, json=body, timeout=30)
@@ -223,13 +190,8 @@ def test_ray_serve_two_replicas_answer_as_one_server(cluster, plain_server, tmp_
                     for _ in range(16)}
         assert len(replicas) == 2  # both replicas served (chance of one taking all 16 by luck: 2 x 2**-16)
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            code = process.wait(120)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            code = process.wait()
-        print((tmp_path / "ray-serve.log").read_text()[-4000:])  # shown by pytest when the test fails
+        code = server.stop(120)
+        print(server.output()[-4000:])  # shown by pytest when the test fails
     assert code == 0
     from ray import serve
 
@@ -253,5 +215,5 @@ def test_serve_deployment_options_checked_before_ray_starts(tmp_path):
         serve_deployment(tmp_path)
     done = subprocess.run([sys.executable, "-m", "t5ort.cli", "serve", str(MODEL), "--ray", "--replicas", "2",
                            "--max-replicas", "4", "--quiet"], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "PYTHONPATH": str(Path(t5ort.__file__).parents[1])})
+                          env={**os.environ, **PYTHONPATH})
     assert done.returncode == 2 and "--replicas is a fixed count" in done.stderr

@@ -8,10 +8,7 @@ covers overload (429), timeout and SIGTERM.
 from __future__ import annotations
 
 import json
-import os
-import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +20,7 @@ import numpy as np
 import pytest
 
 import t5ort
+from t5ort.bench.server import ServerProcess, free_port, serve_command
 from t5ort.demo import PREFIX, bundled
 
 httpx = pytest.importorskip("httpx")
@@ -34,14 +32,8 @@ NUMBERS = ["three hundred forty-two", "nineteen", "seventy-one thousand nine", "
            "twenty thousand two hundred ten", "eight", "nine hundred ninety-nine thousand", "sixty-six"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """A real ``t5ort serve`` process (the bundled model) and httpx clients for it.
+class Server(ServerProcess):
+    """A real ``t5ort serve`` process (the bundled model, one thread, model name "numbers") and httpx clients for it.
 
     ``scheme="https"`` with ``client=dict(verify=..., cert=...)``: what the readiness poll and :meth:`client`
     use. ``wait=False``: return at once (for servers that should not start, or to watch them start).
@@ -49,56 +41,11 @@ class Server:
 
     def __init__(self, log: Path, *args: str, env: dict | None = None, scheme: str = "http",
                  client: dict | None = None, wait: bool = True, model: Path = MODEL):
-        self.port = free_port()
-        self.url = f"{scheme}://127.0.0.1:{self.port}"
-        self.log = log
-        self.client_options = client or {}
-        self._log_file = open(log, "wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "t5ort.cli", "serve", str(model), "--port", str(self.port), "--threads", "1",
-             "--model-name", "numbers", *args],
-            stdout=self._log_file, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-        )
+        port = free_port()
+        super().__init__(serve_command(model, port, "--threads", "1", "--model-name", "numbers", *args), port,
+                         log=log, env=env, scheme=scheme, client=client, wait=False)
         if wait:
-            self.wait_ready()
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        with self.client() as c:
-            while True:
-                try:
-                    if c.get("/health", timeout=1).status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"t5ort serve did not start:\n{self.log.read_text()}")
-                time.sleep(0.05)
-
-    def client(self, **options) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30, **{**self.client_options, **options})
-
-    def output(self) -> str:
-        if not self._log_file.closed:
-            self._log_file.flush()
-        return self.log.read_text(errors="replace")
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log_file.close()
-        return self.process.returncode
-
-    def metric(self, name: str, labels: str = "") -> float:
-        text = httpx.get(self.url + "/metrics").text
-        pattern = rf"^{re.escape(name)}{re.escape('{' + labels + '}') if labels else ''} (\S+)$"
-        found = re.search(pattern, text, re.M)
-        return float(found.group(1)) if found else 0.0
+            self.wait_ready(60)
 
 
 @pytest.fixture(scope="module", params=["inflight", "dynamic"])

@@ -87,31 +87,3 @@ def test_many_runtimes_in_one_process_stay_idle(runtimes):
     start = time.process_time()
     time.sleep(0.2)
     assert 1000 * (time.process_time() - start) < 10
-
-
-def test_the_thread_pool_benchmark_sets_what_each_policy_names():
-    """benchmarks/thread_pools.py builds every policy over t5ort's common options and sets the spinning
-    entries itself: before it did, its "spin" policies inherited t5ort's allow_spinning=0 and two rounds
-    of its tables compared blocking with itself."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "thread_pools.py"
-    spec = importlib.util.spec_from_file_location("thread_pools", path)
-    thread_pools = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(thread_pools)
-    expected = {  # policy: (encoder allow/stop/duration, decoder allow/stop/duration)
-        "spin": (("1", "0", None), ("1", "0", None)),
-        "nospin": (("0", "0", None), ("0", "0", None)),
-        "stop": (("1", "1", None), ("1", "1", None)),
-        "spin-1000us": (("1", "0", "1000"), ("1", "0", "1000")),
-        "enc-nospin-dec-spin": (("0", "0", None), ("1", "0", None)),
-        "enc-stop-dec-spin-1000us": (("1", "1", None), ("1", "0", "1000")),
-        "t5ort": (("1", "1", None), ("1", None, str(graphs.SPIN_US))),
-        "t5ort-nospin": (("0", None, None), ("0", None, None)),
-    }
-    keys = ("session.intra_op.allow_spinning", "session.force_spinning_stop", "session.intra_op.spin_duration_us")
-
-    for policy, want in expected.items():
-        make = thread_pools._options_for(policy)
-        got = tuple(tuple(_config(make(2, graph), k) for k in keys) for graph in ("encoder", "decoder"))
-        assert got == want, policy

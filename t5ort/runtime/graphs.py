@@ -159,8 +159,8 @@ def session_options(threads: int | None, role: str = "decoder", spin: bool = Tru
       no CPU 1 ms after a call, where onnxruntime's default spins for ~20 ms per thread.
 
     ``spin=False``: they never spin (``session.intra_op.allow_spinning=0``), for machines whose cores other
-    work keeps busy. Why (``benchmarks/thread_pools.py``, t5-small shape, 2 threads, 32 forced tokens,
-    each policy in its own process, interleaved runs; README, How it works): on the idle machine this
+    work keeps busy. Why (``benchmarks/thread_pools.py`` at commit 65136db, t5-small shape, 2 threads, 32 forced tokens,
+    each policy in its own process, interleaved runs; the manual, How it works): on the idle machine this
     policy took 0.56-0.92x the ms/step of never spinning in two runs, at greedy batch 1, ragged batch 16 and
     beam 4 in fp32 and int8, level with unbounded spinning and with ``force_spinning_stop`` on both,
     and spent no CPU in the 0.2 s after a call (unbounded: 40 ms); with a busy loop on one of the two
