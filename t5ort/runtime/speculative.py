@@ -31,6 +31,7 @@ Drafters (``propose(sequence, limit) -> tokens`` and ``accepted(...)``), one per
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, replace
 from typing import Sequence
 
@@ -45,6 +46,9 @@ from .strategies import SearchOutput
 
 
 # ---- drafters ----------------------------------------------------------------------
+
+_NOTHING = np.empty(0, dtype=np.int64)
+_NOTHING.flags.writeable = False
 
 
 class PromptLookup:
@@ -62,36 +66,41 @@ class PromptLookup:
     def __init__(self, source_ids: np.ndarray, num_tokens: int, max_ngram: int):
         self.source = [int(t) for t in source_ids]
         self.num_tokens, self.max_ngram = num_tokens, max_ngram
-        self.source_index = self._index(self.source, {}, 0)
+        self.source_index: dict[tuple[int, ...], list[int]] = {}
+        for end in range(1, len(self.source)):  # n-grams with a continuation: ending before the source's end
+            self._record(self.source_index, self.source, end)
+        self.output: list[int] = []  # the output so far, without the decoder start token (in no source)
         self.output_index: dict[tuple[int, ...], list[int]] = {}
-        self.indexed = 0  # output tokens whose n-grams are indexed
         self.cursor = 0  # in the source: where the last accepted draft ended
         self._from_source: int | None = None
 
-    def _index(self, tokens: list[int], index: dict, first: int) -> dict:
-        """Record, for every n-gram ending at position >= ``first``, where its continuation starts (ascending)."""
-        for end in range(max(first, 1), len(tokens) + 1):
-            for n in range(1, min(self.max_ngram, end) + 1):
-                index.setdefault(tuple(tokens[end - n: end]), []).append(end)
-        return index
+    def _record(self, index: dict, tokens: list[int], end: int) -> None:
+        """Record that the n-grams ending at ``end`` (exclusive) continue at ``end``; called in ascending ``end``."""
+        for n in range(1, min(self.max_ngram, end) + 1):
+            index.setdefault(tuple(tokens[end - n: end]), []).append(end)
 
     def propose(self, sequence: np.ndarray, limit: int) -> np.ndarray:
         limit = min(limit, self.num_tokens)
         self._from_source = None
-        output = sequence[1:].tolist()  # the decoder start token is in no source
-        self._index(output, self.output_index, self.indexed + 1)
-        self.indexed = len(output)
+        output = self.output
+        for token in sequence[1 + len(output):].tolist():  # the tokens emitted since the last proposal
+            if output:
+                self._record(self.output_index, output, len(output))  # the n-grams before it now continue
+            output.append(token)
+        if limit <= 0:
+            return _NOTHING
         for n in range(min(self.max_ngram, len(output)), 0, -1):
             gram = tuple(output[-n:])
-            starts = [s for s in self.source_index.get(gram, ()) if s < len(self.source)]
-            if starts and limit > 0:
-                start = next((s for s in starts if s >= self.cursor), starts[0])
+            starts = self.source_index.get(gram)
+            if starts:
+                at = bisect.bisect_left(starts, self.cursor)
+                start = starts[at] if at < len(starts) else starts[0]
                 self._from_source = start
                 return np.asarray(self.source[start: start + limit], dtype=np.int64)
-            starts = [s for s in self.output_index.get(gram, ()) if s < len(output)]
-            if starts and limit > 0:
+            starts = self.output_index.get(gram)
+            if starts:
                 return np.asarray(output[starts[-1]: starts[-1] + limit], dtype=np.int64)
-        return np.empty(0, dtype=np.int64)
+        return _NOTHING
 
     def accepted(self, sequence: np.ndarray, drafted: int, kept: int) -> None:
         if self._from_source is not None and kept:
@@ -204,8 +213,9 @@ class SpeculativeDecoding:
     end; a server steps one round per scheduler step."""
 
     def __init__(self, graphs, encoded, options: GenerationOptions, special: Special, vocab_size: int,
-                 drafters: Sequence[Drafter], token_text):
+                 drafters: Sequence[Drafter], token_text, record: bool = True):
         self.graphs, self.special, self.max_steps = graphs, special, options.max_new_tokens
+        self.record = record  # keep each round's Emitted tokens (a server streams them; generate does not)
         self.rows = [_Row(options, special, token_text, d) for d in drafters]
         self.state = graphs.start(encoded)
         shape = (len(self.rows), self.max_steps, vocab_size)  # [rows, steps, vocab]; zeros after a row ends
@@ -231,8 +241,9 @@ class SpeculativeDecoding:
         row.steps += 1
         row.done = bool(done) or row.steps >= self.max_steps
         token = int(tokens[0])
-        self.emitted.append(Emitted(r, row.steps - 1, token, logits[0], float(lse[0, 0]),
-                                    float(row.strategy.token_logprobs[0, row.steps - 1]), row.done))
+        if self.record:
+            self.emitted.append(Emitted(r, row.steps - 1, token, logits[0], float(lse[0, 0]),
+                                        float(row.strategy.token_logprobs[0, row.steps - 1]), row.done))
         return token
 
     def step_inputs(self, r: int, block: np.ndarray, lse: np.ndarray, i: int):
@@ -245,7 +256,7 @@ class SpeculativeDecoding:
 
     def round(self) -> list[Emitted]:
         """Draft, verify in one pass, keep each row's accepted tokens; re-decide near-ties in one more pass.
-        Returns the tokens emitted, per row in order."""
+        Returns the tokens emitted, per row in order (none unless ``record``)."""
         self.emitted = []
         pad = self.special.pad_token_id
         live = [r for r, row in enumerate(self.rows) if not row.done]
@@ -335,7 +346,7 @@ class SpeculativeDecoding:
 
 
 def start(target, encoded, options: GenerationOptions, special: Special, assistant=None,
-          token_text=None) -> SpeculativeDecoding:
+          token_text=None, record: bool = True) -> SpeculativeDecoding:
     """Speculative greedy decoding of ``encoded`` (any batch) by runtime ``target``, set up: each row drafts by
     prompt lookup (``options.prompt_lookup_num_tokens``, from its own source) or by the ``assistant`` runtime
     (a draft decoder per row)."""
@@ -350,13 +361,14 @@ def start(target, encoded, options: GenerationOptions, special: Special, assista
         else:
             drafters.append(PromptLookup(ids[0, mask[0] == 1], options.prompt_lookup_num_tokens,
                                          options.max_matching_ngram_size or 2))
-    return SpeculativeDecoding(target.graphs, encoded, options, special, target.vocab_size, drafters, token_text)
+    return SpeculativeDecoding(target.graphs, encoded, options, special, target.vocab_size, drafters, token_text,
+                               record)
 
 
 def run(target, encoded, options: GenerationOptions, special: Special,
         assistant=None, token_text=None) -> tuple[DecodeOutput, SpeculationStats]:
     """:func:`start`, then rounds until every row is done (``generate``'s path)."""
-    decoding = start(target, encoded, options, special, assistant, token_text)
+    decoding = start(target, encoded, options, special, assistant, token_text, record=False)
     while not decoding.done:
         decoding.round()
     return decoding.output(), decoding.speculation()
