@@ -80,3 +80,24 @@ def test_top_k_equals_a_stable_full_sort(seed):
         if seed % 2:
             x = rng.standard_normal((rows, m)).astype(np.float32)
         np.testing.assert_array_equal(top_k(x, k), np.argsort(-x, axis=1, kind="stable")[:, :k])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_top_k_shifted_equals_the_top_k_of_the_sum(seed):
+    """Beam search's top-k over every beam's scores plus its running score, against a stable sort of the sum
+    written out (groups whose length is no multiple of the chunk, ties across groups, -inf, -1e9 offsets)."""
+    from t5ort.runtime.strategies import NEG, top_k_shifted
+
+    rng = np.random.default_rng(seed)
+    for _ in range(200):
+        rows, groups, v = int(rng.integers(1, 4)), int(rng.integers(1, 6)), int(rng.integers(1, 1500))
+        k = min(int(rng.integers(1, 17)), groups * v)
+        x = rng.integers(-3, 3, size=(rows, groups, v)).astype(np.float32)  # ties everywhere
+        x[:, :, rng.integers(0, v, size=3)] = rng.choice([-np.inf, 5.0, 0.5], size=3)
+        offsets = rng.integers(-2, 2, size=(rows, groups)).astype(np.float32)
+        if seed % 2:
+            x, offsets = rng.standard_normal((rows, groups, v)).astype(np.float32), rng.standard_normal(
+                (rows, groups)).astype(np.float32)
+        offsets[:, 1:] = np.where(rng.random((rows, groups - 1)) < 0.3, NEG, offsets[:, 1:])
+        summed = (x + offsets[:, :, None]).reshape(rows, groups * v)
+        np.testing.assert_array_equal(top_k_shifted(x, offsets, k), np.argsort(-summed, axis=1, kind="stable")[:, :k])

@@ -24,27 +24,37 @@ CHUNK = 256  # top_k's first pass: the maximum of every CHUNK consecutive scores
 
 
 def top_k(x: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k largest values of each row of ``x`` [B, M], best first; lower index first on ties.
+    """Indices of the k largest values of each row of ``x`` [B, M], best first; lower index first on ties."""
+    return top_k_shifted(x[:, None, :], np.zeros((len(x), 1), x.dtype), k)
 
-    For long rows (beam search: beams x vocab scores) a first pass takes the
-    maximum of each chunk of 256; only the chunks whose maximum reaches the k-th
-    largest maximum can hold a top-k value (k distinct chunks reach it, so the
-    k-th largest value is at least that high), and the exact stable sort runs on
-    those few chunks instead of the whole row.
+
+def top_k_shifted(x: np.ndarray, offsets: np.ndarray, k: int) -> np.ndarray:
+    """The k largest of ``x + offsets[:, :, None]`` over each row's groups: ``x`` [B, G, V], ``offsets`` [B, G]
+    (beam search: every beam's scores plus its running score). Flat indices into [G * V], best first, lower
+    index first on ties: ``top_k`` of the sum reshaped to [B, G * V], without writing the sum.
+
+    For long rows a first pass takes the maximum of each chunk of 256 of a group; the sum's chunk maxima are
+    those plus the group's offset (rounding is monotonic), and only the chunks whose maximum reaches the k-th
+    largest maximum can hold a top-k value (k distinct chunks reach it, so the k-th largest value is at least
+    that high): the exact stable sort runs on those few chunks instead of the whole row.
     """
-    m = x.shape[1]
-    if m <= 4 * k:
-        return np.argsort(-x, axis=1, kind="stable")[:, :k]
-    starts = np.arange(0, m, CHUNK)
-    out = np.empty((len(x), k), dtype=np.int64)
-    for row in range(len(x)):
-        maxima = np.maximum.reduceat(x[row], starts)  # [chunks]
-        chunks = np.arange(len(starts))
+    b, g, v = x.shape
+    if g * v <= 4 * k:
+        return np.argsort(-(x + offsets[:, :, None]).reshape(b, g * v), axis=1, kind="stable")[:, :k]
+    starts = np.arange(0, v, CHUNK)
+    per_group = len(starts)
+    flat_starts = (np.arange(g)[:, None] * v + starts).ravel()  # [G * chunks], ascending
+    within = starts[:, None] + np.arange(CHUNK)  # [chunks, CHUNK]: positions within a group
+    out = np.empty((b, k), dtype=np.int64)
+    for row in range(b):
+        values = x[row].reshape(-1)
+        maxima = (np.maximum.reduceat(values, flat_starts).reshape(g, per_group) + offsets[row][:, None]).ravel()
+        chunks = np.arange(len(maxima))
         if len(maxima) > k:
             chunks = np.flatnonzero(maxima >= np.partition(maxima, len(maxima) - k)[len(maxima) - k])
-        idx = (starts[chunks, None] + np.arange(CHUNK)).ravel()  # ascending
-        idx = idx[idx < m]
-        out[row] = idx[_top_k_of(x[row, idx], k)]
+        group, position = chunks // per_group, within[chunks % per_group]
+        idx = (group[:, None] * v + position)[position < v]  # ascending
+        out[row] = idx[_top_k_of(values[idx] + offsets[row][idx // v], k)]
     return out
 
 
@@ -169,12 +179,12 @@ class BeamSearch:
     def update(self, logits: np.ndarray, scores: np.ndarray, lse: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
         b, nb, t = self.batch, self.num_beams, self.cur_len
         vocab = scores.shape[-1]
-        accumulated = (scores.reshape(b, nb, vocab) + self.running_scores[:, :, None]).reshape(b, nb * vocab)
 
-        # The top `keep` continuations of every batch row.
-        flat = top_k(accumulated, self.keep)
-        cand_scores = np.take_along_axis(accumulated, flat, axis=1)
+        # The top `keep` continuations of every batch row (by each beam's scores plus its running score).
+        flat = top_k_shifted(scores.reshape(b, nb, vocab), self.running_scores, self.keep)
         cand_beams, cand_tokens = flat // vocab, flat % vocab
+        cand_scores = scores.reshape(b, nb * vocab)[np.arange(b)[:, None], flat] + self._gather(self.running_scores,
+                                                                                               cand_beams)
         cand_sequences = self._gather(self.running, cand_beams)
         cand_sequences[:, :, t] = cand_tokens
         cand_sources = self._gather(self.running_sources, cand_beams)
@@ -209,6 +219,8 @@ class BeamSearch:
         normalised = normalised + batch_full.astype(np.float32) * NEG
         normalised = normalised + (~self.improvable).astype(np.float32) * NEG
         normalised = normalised + (~just_done).astype(np.float32) * NEG
+        if (normalised.max(axis=1) <= self.done_scores.min(axis=1)).all():
+            return  # no candidate beats a finished hypothesis: the merge below would keep them as they are
         merged_scores = np.concatenate([self.done_scores, normalised], axis=1)
         best = top_k(merged_scores, self.num_beams)
         self.done_scores = np.take_along_axis(merged_scores, best, axis=1)
