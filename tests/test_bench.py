@@ -245,7 +245,10 @@ def test_compare_splits_encoder_from_decode_and_times_the_floors(tmp_path):
             assert math.isfinite(systems[label]["decode_ms_per_step"]) and systems[label]["decode_ms_per_step"] > 0
         # A system's step and encoder are differences of noisy times: positive when the CPUs were ours (on a
         # shared, busy machine t_N - t_1 has come out negative, even as a median of 3 rounds), finite always.
-        quiet = all(m["other_cpu_seconds"] < 1 for m in measured if m["workload"]["batch"] == r["batch"])
+        # Only at batch 1: at the ragged batch one quick round's encoder (~170 ms) varied by ~40 ms between the
+        # two calls on an idle machine, as much as the 11 steps between them (1 run in 4 came out negative).
+        quiet = r["batch"] == 1 and all(m["other_cpu_seconds"] < 1 for m in measured
+                                        if m["workload"]["batch"] == r["batch"])
         for label, v in systems.items():
             if label.startswith("floor"):
                 continue
