@@ -57,9 +57,9 @@ def workload(n: int, seed: int = 0) -> list[str]:
 
 def run(served: Path, cache_mb: str | None, texts: list[str], concurrency: int, threads: int) -> dict:
     port = free_port()
-    args = ["--threads", str(threads), "--max-input-tokens", "512", "--quiet"]
-    server = ServerProcess(serve_command(served, port, *args, *([] if cache_mb is None else
-                                                                 ["--encoder-cache-mb", cache_mb])), port)
+    cache = [] if cache_mb is None else ["--encoder-cache-mb", cache_mb]
+    server = ServerProcess(serve_command(served, port, "--threads", str(threads), "--max-input-tokens", "512",
+                                         "--quiet", *cache), port)
     url = server.url
     try:
         body = lambda text: {"inputs": text, "parameters": {"max_new_tokens": 16, "min_new_tokens": 16}}  # noqa: E731

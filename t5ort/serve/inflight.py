@@ -22,7 +22,8 @@ draft-and-verify round per step, beside the main batch) while the server is ligh
 ``max_speculative_rows`` rows in flight with theirs); on a busy server they join the main batch as
 plain greedy, which emits the same tokens in a shared pass. Beam-search requests run as their own
 groups (one ``InflightBatch`` each, stepped in turn with the main batch; their rows count against
-``max_batch_rows``) and answer at the end, as with dynamic batching. Score requests run as one ``runtime.score`` at a step boundary.
+``max_batch_rows``) and answer at the end, as with dynamic batching. Score requests run as one
+``runtime.score`` at a step boundary.
 
 Admission policy: eager (every step boundary admits whatever fits). Measured against TGI's
 rule (admit only when waiting >= ``waiting_served_ratio`` x running, or the oldest has waited
