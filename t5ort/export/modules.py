@@ -92,7 +92,7 @@ class T5Spec:
             eps=float(config.layer_norm_epsilon),
             activation=activation,
             gated=bool(getattr(config, "is_gated_act", False)),
-            scale_head=_scales_head(config),
+            scale_head=scales_head(config),
             bias_every_layer=config.model_type == "umt5",
             encoder_attention=str(config.encoder_attention_type) if longt5 else "full",
             local_radius=int(config.local_radius) if longt5 else 0,
@@ -100,7 +100,7 @@ class T5Spec:
         )
 
 
-def _scales_head(config) -> bool:
+def scales_head(config) -> bool:
     """Whether the installed transformers scales this checkpoint's decoder output (:class:`T5Spec`)."""
     import transformers
 

@@ -73,8 +73,10 @@ SIZES = {
                  tie_word_embeddings=False),
     "draft": dict(d_model=128, d_kv=32, num_heads=4, d_ff=256, num_layers=4, num_decoder_layers=1,
                   tie_word_embeddings=False),
+    # --grow-from a task model: its depths, t5-small's width (a decoder step that reads ~125 MB of fp32 weights)
+    "wide": dict(d_model=512, num_heads=16, d_ff=2048),
 }
-STEPS = {"task": 6000, "draft": 2500}  # --steps's default per size
+STEPS = {"task": 6000, "draft": 2500, "wide": 100}  # --steps's default per size
 DEFAULTS = dict(vocab_size=128, steps=0, batch_size=32, lr=1e-3, warmup=100, weight_decay=0.01, seed=0,
                 minutes=45.0, eval_every=500, eval_count=50, test_count=500, threads=2, bucket=16, copy_steps=300,
                 short_steps=0, scramble_steps=0, pos_init=5.0)
@@ -151,6 +153,71 @@ def positional_init(model, strength: float) -> None:
             dec[bucket, head] += strength
 
 
+def grow(model, d_model: int, d_ff: int, num_heads: int, seed: int):
+    """A wider copy of a trained T5 model that computes the same function (``--grow-from``; Net2Net's
+    function-preserving widening, as in bert2BERT): same depths, ``d_kv`` and vocabulary; ``d_model``, ``d_ff``
+    and ``num_heads`` at least the model's.
+
+    The old weights fill the top-left blocks; every weight that writes into the residual stream's new dimensions
+    (embedding columns, attention and feed-forward output rows) and every output weight of a new head or
+    feed-forward unit starts at zero, so the new dimensions stay 0 and the new units contribute nothing; the
+    inputs of new units and the new heads' position biases take the wide model's own initialization, so that
+    fine-tuning trains every weight. RMS norms average over ``d_model``: their weights are scaled by
+    ``sqrt(d / D)`` so that the old dimensions are normalized as before, except the decoder's last one where the
+    head scales the decoder output by ``d_model ** -0.5`` (its ``sqrt(D / d)`` more cancels that). The logits match
+    the model's to float rounding (checked by the caller)."""
+    import torch
+    from transformers import T5ForConditionalGeneration
+
+    from ..export.modules import scales_head
+
+    old = model.config
+    if d_model < old.d_model or d_ff < old.d_ff or num_heads < old.num_heads:
+        raise ValueError(f"grow: the new sizes (d_model {d_model}, d_ff {d_ff}, heads {num_heads}) must be at least "
+                         f"the model's ({old.d_model}, {old.d_ff}, {old.num_heads}).")
+    if num_heads * old.d_kv != d_model:
+        raise ValueError(f"grow: num_heads * d_kv ({num_heads} * {old.d_kv}) must equal d_model ({d_model}).")
+    config = old.__class__.from_dict({**old.to_dict(), "d_model": d_model, "d_ff": d_ff, "num_heads": num_heads})
+    torch.manual_seed(seed)
+    wide = T5ForConditionalGeneration(config)
+    d = old.d_model
+    norm_scale = math.sqrt(d / d_model)
+    last_norm = "decoder.final_layer_norm.weight"
+    source = model.state_dict()
+    with torch.no_grad():
+        for name, target in wide.state_dict().items():
+            if name not in source:
+                continue
+            w = source[name].to(target.dtype)
+            leaf = name.rsplit(".", 2)[-2]
+            if name.endswith("layer_norm.weight"):
+                scale = 1.0 if name == last_norm and scales_head(old) else norm_scale
+                target.mul_(scale)  # the new dimensions' weights: at the same scale
+                target[:d] = w * scale
+            elif leaf in ("o", "wo"):  # [d_model, inner or d_ff]: writes into the residual stream
+                target.zero_()
+                target[:d, : w.shape[1]] = w
+            elif name in ("shared.weight", "lm_head.weight", "encoder.embed_tokens.weight",
+                          "decoder.embed_tokens.weight"):
+                target.zero_()
+                target[:, :d] = w
+            elif leaf == "relative_attention_bias":  # [buckets, heads]
+                target[:, : w.shape[1]] = w
+            else:  # q, k, v [inner, d_model]; wi, wi_0, wi_1 [d_ff, d_model]: new input columns multiply zeros
+                target[: w.shape[0], :d] = w
+    return wide
+
+
+def _logits_diff(a, b, tokenizer, pairs) -> float:
+    """The largest difference between two models' teacher-forced logits on ``pairs``."""
+    import torch
+
+    input_ids, attention_mask, labels = encode(tokenizer, pairs)
+    with torch.no_grad():
+        la, lb = (m.eval()(input_ids=input_ids, attention_mask=attention_mask, labels=labels).logits for m in (a, b))
+    return float((la - lb).abs().max())
+
+
 def build_model(vocab_size: int, size: str):
     from transformers import T5Config, T5ForConditionalGeneration
 
@@ -214,11 +281,18 @@ def train(args) -> dict:
     log(f"vocabulary {len(tokenizer)} pieces; target tokens mean {sum(lengths) / len(lengths):.1f}, "
         f"max {max(lengths)}; example {test[0]}")
 
-    if args.init_from:  # continue training a saved checkpoint (its vocabulary: pass --vocab-from the same DIR)
+    grown = None
+    if args.grow_from:  # a trained model, widened (its function kept), then fine-tuned
+        source = T5ForConditionalGeneration.from_pretrained(args.grow_from, dtype=torch.float32)
+        model = grow(source, seed=args.seed, **SIZES[args.size])
+        grown = {"from": str(args.grow_from), "logits_max_abs_diff": _logits_diff(source, model, tokenizer, test[:32])}
+        log(f"grown from {args.grow_from}: logits within {grown['logits_max_abs_diff']:.2e} of its own")
+        del source
+    elif args.init_from:  # continue training a saved checkpoint (its vocabulary: pass --vocab-from the same DIR)
         model = T5ForConditionalGeneration.from_pretrained(args.init_from, dtype=torch.float32)
     else:
         model = build_model(len(tokenizer), args.size)
-    if args.pos_init and not args.init_from:
+    if args.pos_init and not (args.init_from or args.grow_from):
         positional_init(model, args.pos_init)
     model.generation_config.max_new_tokens = max_new_tokens
     params = sum(p.numel() for p in model.parameters())
@@ -243,7 +317,8 @@ def train(args) -> dict:
     while step < args.steps:
         model.train()
         if not batches:  # --bucket B: B batches' worth of pairs, sorted by length, cut into batches
-            rate = sp.TYPO_RATE * min(1.0, step / args.copy_steps) if args.copy_steps else sp.TYPO_RATE
+            copying = args.copy_steps and not args.grow_from  # the copy curriculum: only from scratch
+            rate = sp.TYPO_RATE * min(1.0, step / args.copy_steps) if copying else sp.TYPO_RATE
             pairs = sorted((example(rng, pool, rate, step < args.short_steps, step < args.scramble_steps)
                             for _ in range(args.batch_size * args.bucket)), key=lambda p: len(p[0]))
             batches = [pairs[i: i + args.batch_size] for i in range(0, len(pairs), args.batch_size)]
@@ -280,11 +355,11 @@ def train(args) -> dict:
     report = {
         "task": "misspelled English number words -> the same words spelled right (t5ort.training.spelling)",
         "command": "python -m t5ort.training.train_spelling " + " ".join(sys.argv[1:]),
-        "size": args.size, "init_from": args.init_from, "seed": args.seed, "steps": step, "planned_steps": args.steps,
+        "size": args.size, "init_from": args.init_from, "grown_from": grown, "seed": args.seed, "steps": step, "planned_steps": args.steps,
         "stopped_early": stopped_early, "batch_size": args.batch_size, "lr": args.lr, "warmup": args.warmup,
         "training_seconds": round(train_seconds, 1), "total_seconds": round(time.monotonic() - t_start, 1),
         "threads": torch.get_num_threads(), "vocab_size": len(tokenizer),
-        "model": dict(SIZES[args.size], parameters=params, saved_dtype="float16"),
+        "model": dict({k: getattr(model.config, k) for k in SIZES["task"]}, parameters=params, saved_dtype="float16"),
         "max_new_tokens": max_new_tokens, "test": test_acc, "history": history,
         "loss_curve": losses, "did_not_work": DID_NOT_WORK,
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
@@ -302,10 +377,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", choices=sorted(SIZES), default="task")
     parser.add_argument("--vocab-from", help="a checkpoint directory whose spiece.model to reuse (the draft model)")
     parser.add_argument("--init-from", help="a checkpoint directory to continue training (with --vocab-from it)")
+    parser.add_argument("--grow-from", help="a trained checkpoint directory to widen to --size wide (its "
+                        "vocabulary is reused), then fine-tune")
     for name, value in DEFAULTS.items():
         parser.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
     args = parser.parse_args(argv)
     args.steps = args.steps or STEPS[args.size]
+    if (args.size == "wide") != bool(args.grow_from):
+        parser.error("--size wide and --grow-from go together: the wide model is grown from a trained one")
+    if args.grow_from:
+        args.vocab_from = args.vocab_from or args.grow_from
     if "torch" not in sys.modules:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     train(args)
