@@ -1,11 +1,17 @@
 """Speculative greedy decoding, side by side in one run: batch 1 and batch 8, 2 threads.
 
-    python benchmarks/speculative.py [--inputs 40] [--repeats 3] [--workdir benchmarks/.work] [--quick]
+    python benchmarks/speculative.py [--target task|wide] [--inputs 40] [--repeats 3] [--workdir benchmarks/.work]
+        [--quick]
 
 1. The spelling model (t5ort/assets/spelling: misspelled English number words -> the
    same words spelled right; the output mostly copies the input), exported on the fly
-   from its float16 checkpoint, on held-out inputs: t5ort plain greedy vs prompt lookup
-   vs the draft model (acceptance, decoder passes per token, ms per token; sequences
+   from its float16 checkpoint, on held-out inputs. The model sped up (``--target``):
+   ``task``, the bundled task model (4.1M parameters, a 0.3-0.5 ms decoder step, mostly
+   per-operator overhead), or ``wide``, the task model grown to t5-small's width (65M
+   parameters, a weight-bound ~4 ms step; ``train_spelling --size wide``, made in
+   ``--workdir`` on first use, ~10 minutes). The bundled draft model drafts for both.
+   t5ort plain greedy vs prompt lookup vs the draft model (acceptance, decoder passes
+   per token, ms per token, the target's encoder alone; sequences
    checked equal to plain greedy's), and a sweep of K for each; the same at batch 8 (8 inputs per call), and
    through ``t5ort serve`` at concurrency 1, 2, 4 and 8 (``prompt_lookup_num_tokens`` per request), with
    ``--max-speculative-rows`` 64 (always speculate) and 2 (the default);
@@ -43,6 +49,8 @@ ASSETS = ROOT / "t5ort" / "assets"
 THREADS = 2
 BATCH = 8
 SERVE_CONCURRENCY = (1, 2, 4, 8)
+WIDE_RECIPE = ["--size", "wide", "--lr", "1e-4", "--warmup", "10", "--eval-every", "50", "--seed", "0"]
+DRAFT_KS = (2, 4, 8, "heuristic")  # the draft model's tokens per round tried by the sweep
 TARGETS = {"prompt lookup vs t5ort plain greedy": 2.5, "t5ort prompt lookup vs transformers' prompt lookup": 5.0}
 
 
@@ -52,6 +60,17 @@ def export_once(ckpt: Path, out: Path) -> Path:
     if not current_t5ort_export(out):
         say(f"exporting {ckpt} -> {out}")
         t5ort.export(ckpt, out, force=True)
+    return out
+
+
+def grown_once(task: Path, out: Path) -> Path:
+    """The wide spelling model grown from ``task`` and fine-tuned (:data:`WIDE_RECIPE`), trained into ``out`` once."""
+    import subprocess
+
+    if not (out / "training.json").exists():
+        say(f"growing {task} to the wide size -> {out} (fine-tuning takes ~10 minutes)")
+        subprocess.run([sys.executable, "-m", "t5ort.training.train_spelling", "--out", str(out), "--grow-from",
+                        str(task), *WIDE_RECIPE], check=True)
     return out
 
 
@@ -68,22 +87,37 @@ def timed(fn, repeats: int) -> tuple[float, object]:
 # ---- 1 and 2: the spelling model --------------------------------------------------------
 
 
-def t5ort_methods(rt, draft, best_k: int, best_n: int) -> dict:
+ENCODER = "t5ort encoder alone"  # a pseudo-method of run_t5ort: the target's encoder on the same inputs
+
+
+def draft_kwargs(draft, n) -> dict:
+    """The draft model's generate arguments: ``n`` tokens per round, or transformers' heuristic schedule."""
+    if n == "heuristic":
+        return {"assistant": draft, "num_assistant_tokens_schedule": "heuristic"}
+    return {"assistant": draft, "num_assistant_tokens": n}
+
+
+def t5ort_methods(rt, draft, best_k: int, best_n) -> dict:
     return {
         "t5ort greedy": {},
         f"t5ort prompt lookup K={best_k}": {"prompt_lookup_num_tokens": best_k},
-        f"t5ort draft model K={best_n}": {"assistant": draft, "num_assistant_tokens": best_n},
+        f"t5ort draft model K={best_n}": draft_kwargs(draft, best_n),
+        ENCODER: None,
     }
 
 
 def run_t5ort(rt, sources: list[str], methods: dict, repeats: int, max_new_tokens: int, batch: int = 1) -> dict:
     """Per method: seconds (sum of per-call fastest runs, ``batch`` inputs per call), tokens generated (the end of
-    sequence included, the padding after it not), sequences (one per input, padding dropped), speculation stats."""
+    sequence included, the padding after it not), sequences (one per input, padding dropped), speculation stats.
+    A method whose arguments are None times the encoder alone (``rt.encode``; seconds only)."""
     out = {name: {"seconds": 0.0, "tokens": 0, "passes": 0, "sequences": [], "stats": []} for name in methods}
     pad = rt.manifest.special_tokens.pad_token_id
     for i in range(0, len(sources), batch):
         texts = sources[i: i + batch]
         for name, kwargs in methods.items():
+            if kwargs is None:
+                out[name]["seconds"] += timed(lambda: rt.encode(texts), repeats)[0]
+                continue
             seconds, result = timed(lambda: rt.generate(texts, max_new_tokens=max_new_tokens, output_logits=True,
                                                         **kwargs), repeats)
             row = out[name]
@@ -95,6 +129,21 @@ def run_t5ort(rt, sources: list[str], methods: dict, repeats: int, max_new_token
                 row["sequences"].append([int(seq[0])] + kept)
             row["stats"].append(result.speculation)
     return out
+
+
+def decoding_speedup(results: dict, name: str) -> float:
+    """``name``'s speedup over plain greedy with the target's encoder time subtracted from both: what speculation
+    works on (it drafts and verifies decoder steps; the encoder runs once per input either way)."""
+    encoder = results[ENCODER]["seconds"]
+    return (results["t5ort greedy"]["seconds"] - encoder) / (results[name]["seconds"] - encoder)
+
+
+def encoder_note(results: dict, best_k: int, best_n) -> str:
+    plain, encoder = results["t5ort greedy"], results[ENCODER]["seconds"]
+    return (f"\nThe target's encoder alone: {1000 * encoder / plain['tokens']:.3f} ms per generated token, "
+            f"{encoder / plain['seconds']:.0%} of plain greedy's time. Decoding only (the encoder's time subtracted "
+            f"from both): prompt lookup {decoding_speedup(results, f't5ort prompt lookup K={best_k}'):.2f}x, "
+            f"draft model {decoding_speedup(results, f't5ort draft model K={best_n}'):.2f}x plain greedy's speed.")
 
 
 def run_transformers(ckpt: Path, draft_ckpt: Path, sources: list[str], repeats: int, max_new_tokens: int,
@@ -150,13 +199,12 @@ def sweep(rt, draft, sources, repeats, max_new_tokens) -> tuple[dict, int, int]:
     methods = {"greedy": {}}
     for k in (2, 4, 8, 16):
         methods[f"prompt lookup K={k}"] = {"prompt_lookup_num_tokens": k}
-    for k in (2, 4, 8):
-        methods[f"draft K={k}"] = {"assistant": draft, "num_assistant_tokens": k}
-    methods["draft heuristic"] = {"assistant": draft, "num_assistant_tokens_schedule": "heuristic"}
+    for k in DRAFT_KS:
+        methods[f"draft K={k}"] = draft_kwargs(draft, k)
     res = run_t5ort(rt, sources, methods, repeats, max_new_tokens)
     ms = {name: 1000 * r["seconds"] / r["tokens"] for name, r in res.items()}
     best_k = min((k for k in (2, 4, 8, 16)), key=lambda k: ms[f"prompt lookup K={k}"])
-    best_n = min((k for k in (2, 4, 8)), key=lambda k: ms[f"draft K={k}"])
+    best_n = min(DRAFT_KS, key=lambda k: ms[f"draft K={k}"])
     return res, best_k, best_n
 
 
@@ -251,6 +299,8 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--checkpoints", type=Path, default=ASSETS / "spelling",
                         help="the folder with the spelling model's task/ and draft/ checkpoints")
+    parser.add_argument("--target", choices=("task", "wide"), default="task",
+                        help="the model to speed up: the task model or the task model grown to t5-small's width")
     parser.add_argument("--quick", action="store_true", help="smoke run: 4 inputs, 1 repeat, 2 for transformers, "
                         "the verify-cost curve on the task model instead of the t5-small shape")
     args = parser.parse_args(argv)
@@ -267,9 +317,14 @@ def main(argv=None) -> int:
     meter = other_cpu_meter()
     t_start = time.monotonic()
     work = args.workdir / "speculative"
-    task_ckpt, draft_ckpt = args.checkpoints / "task", args.checkpoints / "draft"
-    rt = t5ort.load(export_once(task_ckpt, work / "spelling-task"), threads=THREADS)
-    draft = t5ort.load(export_once(draft_ckpt, work / "spelling-draft"), threads=THREADS)
+    if args.target == "wide":
+        task_ckpt = grown_once(args.checkpoints / "task", work / "spelling-wide-checkpoint")
+    else:
+        task_ckpt = args.checkpoints / "task"
+    draft_ckpt = args.checkpoints / "draft"
+    task_onnx = export_once(task_ckpt, work / f"spelling-{args.target}")
+    rt = t5ort.load(task_onnx, threads=THREADS)
+    draft = t5ort.load(export_once(draft_ckpt, work / f"spelling-{draft_ckpt.name}"), threads=THREADS)
     info = json.loads((task_ckpt / "training.json").read_text())
     max_new_tokens = info["max_new_tokens"]
     pairs = sp.test_pairs(0)[: args.inputs]
@@ -288,7 +343,7 @@ def main(argv=None) -> int:
                         max_new_tokens)  # the same inputs as transformers, for the side-by-side ratios
     levels = (1, BATCH) if args.quick else SERVE_CONCURRENCY
     say(f"t5ort serve: plain greedy vs prompt lookup, concurrency {levels}, --max-speculative-rows 64 and 2")
-    served = {rows: serve_run(work / "spelling-task", sources, levels, best_k, max_new_tokens, rows)
+    served = {rows: serve_run(task_onnx, sources, levels, best_k, max_new_tokens, rows)
               for rows in (64, 2)}
     say("the draft model as the target (a smaller step: less for a verify pass to save): prompt lookup")
     small = run_t5ort(draft, sources, {"t5ort greedy": {}, f"t5ort prompt lookup K={best_k}": {
@@ -312,16 +367,18 @@ def main(argv=None) -> int:
     exact = sum(s == [0] + rt.tokenizer.encode_batch([t])[0] for s, (_, t) in zip(plain["sequences"], pairs))
     print(f"## Spelling model ({info['model']['parameters'] / 1e6:.1f}M parameters), {len(sources)} held-out "
           f"inputs, {plain['tokens'] / len(sources):.1f} tokens each; greedy exact match here {exact}/{len(sources)}\n")
-    print("decoder pass after 30 cached positions, ms (fastest of the runs): task model " +
+    print(f"decoder pass after 30 cached positions, ms (fastest of the runs): {args.target} model " +
           ", ".join(f"{k} new: {v:.3f}" for k, v in task_curve.items()) + f"; draft model 1 new: {draft_curve[1]:.3f}\n")
     header = ["method", "acceptance", "decoder passes / token", "re-decided", "ms / token", "vs t5ort greedy",
               "sequences = t5ort greedy"]
-    rows = [stats_row(name, r, None if name == "t5ort greedy" else plain) for name, r in ours.items()]
+    rows = [stats_row(name, r, None if name == "t5ort greedy" else plain) for name, r in ours.items() if name != ENCODER]
     print(markdown_table(header, rows))
+    print(encoder_note(ours, best_k, best_n))
     print(f"\n### Batch {BATCH}: the same inputs, {BATCH} per call (rows accept different numbers of drafted tokens)\n")
     bplain = batched["t5ort greedy"]
     print(markdown_table(header, [stats_row(n, r, None if n == "t5ort greedy" else bplain, BATCH)
-                                  for n, r in batched.items()]))
+                                  for n, r in batched.items() if n != ENCODER]))
+    print(encoder_note(batched, best_k, best_n))
     print(f"\n### t5ort serve (in-flight batching), the same {len(sources)} inputs from c client threads\n")
     print("--max-speculative-rows 64: every prompt-lookup request speculates in its own group; 2 (the default): "
           "only while at most 2 rows are in flight, else plain greedy in the batch.\n")
@@ -337,7 +394,7 @@ def main(argv=None) -> int:
                           f"prompt lookup K={best_k} tokens / s", "ratio", "texts equal"], srows))
     hf_plain = ours_hf["t5ort greedy"]
     print(f"\n### transformers on the first {args.hf_inputs} of those inputs, beside t5ort on the same ones\n")
-    print(markdown_table(header, [stats_row(n, r, None if n == "t5ort greedy" else hf_plain) for n, r in ours_hf.items()]
+    print(markdown_table(header, [stats_row(n, r, None if n == "t5ort greedy" else hf_plain) for n, r in ours_hf.items() if n != ENCODER]
                          + [stats_row(n, r, hf_plain) for n, r in theirs.items()]))
     th_lookup = theirs[f"transformers prompt_lookup_num_tokens={best_k}"]
     hf_lookup = ours_hf[f"t5ort prompt lookup K={best_k}"]
@@ -368,19 +425,27 @@ def main(argv=None) -> int:
     slower = numbers["t5ort prompt lookup K=10"]["seconds"] / nplain["seconds"] - 1
     print("\n## Targets\n")
     print(f"- >= 2.5x t5ort plain greedy on the input-grounded task, equal sequences: {speed:.2f}x, "
-          f"sequences equal: {lookup['sequences'] == plain['sequences']} -> {'met' if speed >= 2.5 else 'NOT met'}")
+          f"sequences equal: {lookup['sequences'] == plain['sequences']} -> {'met' if speed >= 2.5 else 'NOT met'}; "
+          f"the draft model {plain['seconds'] / drafted['seconds']:.2f}x (decoding only: prompt lookup "
+          f"{decoding_speedup(ours, f't5ort prompt lookup K={best_k}'):.2f}x, the draft model "
+          f"{decoding_speedup(ours, f't5ort draft model K={best_n}'):.2f}x)")
     bspeed = bplain["seconds"] / batched[f"t5ort prompt lookup K={best_k}"]["seconds"]
     bsame = batched[f"t5ort prompt lookup K={best_k}"]["sequences"] == bplain["sequences"] == plain["sequences"]
+    bdraft = bplain["seconds"] / batched[f"t5ort draft model K={best_n}"]["seconds"]
     print(f"- >= 1.5x t5ort plain greedy at batch {BATCH}, equal sequences: {bspeed:.2f}x, sequences equal (and equal "
-          f"to batch 1's): {bsame} -> {'met' if bspeed >= 1.5 else 'NOT met'}")
+          f"to batch 1's): {bsame} -> {'met' if bspeed >= 1.5 else 'NOT met'}; the draft model {bdraft:.2f}x")
     print(f"- >= 5x transformers' prompt lookup: {versus:.1f}x -> {'met' if versus >= 5 else 'NOT met'}")
     print(f"- <= 5% slower than plain greedy with nothing to copy (numbers model): {100 * slower:+.1f}% -> "
           f"{'met' if slower <= 0.05 else 'NOT met'}")
     print(f"\nmachine: {machine(THREADS)}; wall {wall:.0f} s; CPU seconds taken by other processes during the run: "
           f"{other:.0f} (the machine was shared: timings are noisy, ratios were measured side by side)")
     if args.json:
-        args.json.write_text(json.dumps({"curve": curve, "speedup": speed, "speedup_batch": bspeed, "versus_transformers": versus,
-                                         "numbers_slower": slower}, indent=2))
+        args.json.write_text(json.dumps({
+            "target": args.target, "curve": curve, "speedup": speed, "speedup_batch": bspeed,
+            "draft_speedup": plain["seconds"] / drafted["seconds"], "draft_speedup_batch": bdraft,
+            "decoding_speedup": decoding_speedup(ours, f"t5ort prompt lookup K={best_k}"),
+            "draft_decoding_speedup": decoding_speedup(ours, f"t5ort draft model K={best_n}"),
+            "versus_transformers": versus, "numbers_slower": slower}, indent=2))
     return 0
 
 
