@@ -1,6 +1,7 @@
 """Train the spelling model and its draft model: misspelled English number words -> the same words spelled right.
 
     python -m t5ort.training.train_spelling --out DIR [--size task|draft] [--vocab-from DIR] [--init-from DIR]
+        [--grow-from DIR --size wide]
         [--minutes N] [--seed S] [--lr LR] [--warmup N] [--steps N] [--batch-size N] [--threads N]
         [--bucket B] [--copy-steps N] [--pos-init S] [--short-steps N] [--scramble-steps N] [--test-count N]
 
@@ -16,7 +17,13 @@ two threads, like :mod:`t5ort.training.train_numbers`:
 2. a T5 model (gated-GELU), narrow and deep: ``--size task`` (d_model 128, d_ff 512,
    8 + 6 layers, untied head, 4.1M parameters) or ``--size draft`` (d_model 128, d_ff 256,
    4 + 1 layers, 0.9M parameters). transformers' generate (4.57 and 5.25) needs at least
-   as many encoder layers as decoder layers (an IndexError in its cache otherwise);
+   as many encoder layers as decoder layers (an IndexError in its cache otherwise).
+   ``--grow-from DIR --size wide``: a trained model widened to d_model 512, d_ff 2048, 16
+   heads (t5-small's width, its depths) by :func:`grow`, which keeps its function, then
+   fine-tuned: the task model so grown, ``--lr 1e-4 --warmup 10`` for the default 100
+   steps (7 minutes), keeps 99.4% held-out exact match at 65M parameters, a model whose
+   decoder step reads the weights (~4 ms), which no model trained from scratch here
+   reached (d_model 256 learned at a third of the narrow model's steps per second);
 3. AdamW with teacher forcing on freshly generated pairs from the training pool, linear
    warm-up and cosine decay. ``--bucket B`` draws B batches' worth of pairs at a time,
    sorts them by length and cuts them into batches (less padding: about twice the steps
