@@ -248,6 +248,27 @@ def test_a_batch_equals_plain_greedy_at_the_same_batch_row_by_row(bundled, specu
             assert stats.accepted == stats.drafted and stats.decoder_passes < plain.num_steps / 2
 
 
+def test_rows_that_end_leave_the_verify_passes(bundled):
+    """Once a row has ended, the next pass feeds only the live rows; the others' results stay as plain greedy's."""
+    from t5ort.runtime import speculative
+    from t5ort.runtime.options import GenerationOptions
+
+    texts = [nb.source(n) for n in (0, 342342, 19, 777777)]  # outputs of 2 to 9 tokens
+    plain = bundled.generate(texts, output_scores=True)
+    options = GenerationOptions(prompt_lookup_num_tokens=3, output_logits=True, output_scores=True)
+    decoding = speculative.start(bundled, bundled.encode(texts), options, bundled._special(options))
+    widths = []
+    while not decoding.done:
+        decoding.round()
+        widths.append(decoding.state.self_mask.shape[0])
+    assert widths[-1] < len(texts) and widths == sorted(widths, reverse=True)
+    out = decoding.output()
+    np.testing.assert_array_equal(out.search.sequences, plain.sequences)
+    bound = tolerance(plain.logits)
+    for r, n in enumerate(row_steps(plain)):
+        np.testing.assert_allclose(out.logits[r, :n], plain.logits[r, :n], rtol=0, atol=bound)
+
+
 def test_a_batch_with_near_ties_decides_them_as_plain_greedy(bundled):
     def tie(input_ids, scores):  # the two best scores of every row made equal
         out = scores.copy()

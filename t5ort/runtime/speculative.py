@@ -18,8 +18,10 @@ Rows accept different numbers of tokens, so each row is its own search (one row 
 drafter), and after each pass :meth:`~t5ort.runtime.graphs.T5Graphs.keep` keeps each
 row's accepted columns, moving the rows that kept fewer to the right into masked
 columns, so that all rows stay on one ``past_length`` (T5's position bias depends
-only on distances). A one-token pass that re-decides near-ties is a plain greedy step
-for the other rows.
+only on distances). A row that ends leaves the decoder state before the next pass
+(:meth:`~t5ort.runtime.graphs.T5Graphs.select`), so that verify passes compute live
+rows only. A one-token pass that re-decides near-ties is a plain greedy step for the
+other rows.
 
 Drafters (``propose(sequence, limit) -> tokens`` and ``accepted(...)``), one per row:
 
@@ -218,6 +220,7 @@ class SpeculativeDecoding:
         self.record = record  # keep each round's Emitted tokens (a server streams them; generate does not)
         self.rows = [_Row(options, special, token_text, d) for d in drafters]
         self.state = graphs.start(encoded)
+        self.slots = list(range(len(self.rows)))  # the rows in the decoder state, in its order
         shape = (len(self.rows), self.max_steps, vocab_size)  # [rows, steps, vocab]; zeros after a row ends
         self.logits = np.zeros(shape, np.float32) if options.output_logits else None
         self.scores = np.zeros(shape, np.float32) if options.output_scores else None
@@ -246,32 +249,36 @@ class SpeculativeDecoding:
                                         float(row.strategy.token_logprobs[0, row.steps - 1]), row.done))
         return token
 
-    def step_inputs(self, r: int, block: np.ndarray, lse: np.ndarray, i: int):
+    def step_inputs(self, r: int, slot: int, block: np.ndarray, lse: np.ndarray, i: int):
         """Row r's raw logits [1, vocab], processed scores [1, vocab] and logsumexp [1, 1] (checked) at
-        position i of a pass."""
+        position i of a pass, where it is row ``slot`` of the decoder state."""
         row = self.rows[r]
-        logits = block[r: r + 1, i]
-        row_lse = checked(lse[r: r + 1, i: i + 1], f"at step {row.steps}, batch row {r}")
+        logits = block[slot: slot + 1, i]
+        row_lse = checked(lse[slot: slot + 1, i: i + 1], f"at step {row.steps}, batch row {r}")
         return logits, score(row.strategy, row.processors, logits, row_lse), row_lse
 
     def round(self) -> list[Emitted]:
         """Draft, verify in one pass, keep each row's accepted tokens; re-decide near-ties in one more pass.
+        Rows that ended have left the decoder state first (a verify pass computes only live rows).
         Returns the tokens emitted, per row in order (none unless ``record``)."""
         self.emitted = []
         pad = self.special.pad_token_id
-        live = [r for r, row in enumerate(self.rows) if not row.done]
+        live = [r for r in self.slots if not self.rows[r].done]
+        if len(live) < len(self.slots):
+            self.state = self.graphs.select(self.state, np.array([self.slots.index(r) for r in live]))
+            self.slots = live
         drafts = {r: self.rows[r].drafter.propose(self.rows[r].strategy.input_ids[0],
                                                   self.max_steps - self.rows[r].steps - 1) for r in live}
-        fed = np.full((len(self.rows), 1 + max(len(d) for d in drafts.values())), pad, np.int64)  # [rows, 1 + k]
-        for r in live:
-            fed[r, 0], fed[r, 1: 1 + len(drafts[r])] = self.rows[r].last, drafts[r]
+        fed = np.full((len(live), 1 + max(len(d) for d in drafts.values())), pad, np.int64)  # [live, 1 + k]
+        for slot, r in enumerate(live):
+            fed[slot, 0], fed[slot, 1: 1 + len(drafts[r])] = self.rows[r].last, drafts[r]
         start = self.state.past_length
         lse = np.empty(fed.shape, np.float32)
-        block, self.state = self.graphs.forward(fed, self.state, logsumexp_out=lse)  # [rows, 1 + k, vocab]
-        kept = np.zeros(len(self.rows), np.int64)
+        block, self.state = self.graphs.forward(fed, self.state, logsumexp_out=lse)  # [live, 1 + k, vocab]
+        kept = np.zeros(len(live), np.int64)
         redecide = {}  # row -> position decided again by a one-token pass
-        for r in live:
-            kept[r], position, matched = self.walk(r, block, lse, drafts[r], one_token=fed.shape[1] == 1)
+        for slot, r in enumerate(live):
+            kept[slot], position, matched = self.walk(r, slot, block, lse, drafts[r], one_token=fed.shape[1] == 1)
             self.stats["accepted"] += matched
             if position is not None:
                 redecide[r] = position
@@ -281,7 +288,6 @@ class SpeculativeDecoding:
         self.stats["decoder_passes"] += 1
         if fed.shape[1] == 1:  # nothing drafted (nothing to copy): a plain greedy step, every row keeps its column
             return self.emitted
-        kept[[r for r in range(len(self.rows)) if r not in live]] = kept.max()  # ended rows: any, unmoved
         self.state = self.graphs.keep(self.state, start, kept)
         self.stats["drafted"] += sum(len(d) for d in drafts.values())
         if redecide:
@@ -290,15 +296,15 @@ class SpeculativeDecoding:
             self.state = self.graphs.compact(self.state)  # rows moved right: drop the padding they share
         return self.emitted
 
-    def walk(self, r: int, block: np.ndarray, lse: np.ndarray, drafts: np.ndarray,
+    def walk(self, r: int, slot: int, block: np.ndarray, lse: np.ndarray, drafts: np.ndarray,
              one_token: bool) -> tuple[int, int | None, int]:
-        """Row r's positions of the pass, in order, as plain greedy's steps, until its pick differs from its
-        draft or it ends. ``one_token``: the pass fed one token per row (computed as plain greedy computes
-        it: no near-tie to re-decide). Returns (columns its cache keeps, the position to decide again or
-        None, drafts emitted as they were)."""
+        """Row r's positions of the pass (row ``slot`` of it), in order, as plain greedy's steps, until its pick
+        differs from its draft or it ends. ``one_token``: the pass fed one token per row (computed as plain
+        greedy computes it: no near-tie to re-decide). Returns (columns its cache keeps, the position to decide
+        again or None, drafts emitted as they were)."""
         row = self.rows[r]
         for i in range(len(drafts) + 1):  # position i: the logits after [last token, d_1..d_i]
-            logits, scores, row_lse = self.step_inputs(r, block, lse, i)
+            logits, scores, row_lse = self.step_inputs(r, slot, block, lse, i)
             if not one_token and _top_two_gap(scores[0]) < near_tie_bound(logits):
                 return i, i, i  # keep [last token, d_1..d_i-1]; position i again from a one-token pass
             token = self.emit(r, logits, scores, row_lse)
@@ -309,24 +315,25 @@ class SpeculativeDecoding:
 
     def one_token_pass(self, live: list[int], redecide: dict[int, int], fed: np.ndarray, drafts: dict) -> None:
         """One token per row: a re-decided row feeds the token before its near-tie position (its logits are then
-        computed as plain greedy computes them); every other live row takes a plain greedy step."""
-        tokens = np.full((len(self.rows), 1), self.special.pad_token_id, np.int64)
-        for r in live:
+        computed as plain greedy computes them); every other live row takes a plain greedy step. ``live``: the
+        rows of the verify pass, in the decoder state's order; ``fed``: its tokens."""
+        tokens = np.full((len(live), 1), self.special.pad_token_id, np.int64)
+        for slot, r in enumerate(live):
             if not self.rows[r].done:
-                tokens[r, 0] = fed[r, redecide[r]] if r in redecide else self.rows[r].last
+                tokens[slot, 0] = fed[slot, redecide[r]] if r in redecide else self.rows[r].last
         start = self.state.past_length
         lse = np.empty(tokens.shape, np.float32)
         block, self.state = self.graphs.forward(tokens, self.state, logsumexp_out=lse)
-        for r in live:
+        for slot, r in enumerate(live):
             if self.rows[r].done:
                 continue
-            token = self.emit(r, *self.step_inputs(r, block, lse, 0))
+            token = self.emit(r, *self.step_inputs(r, slot, block, lse, 0))
             if r in redecide:
                 i = redecide[r]
                 matched = i < len(drafts[r]) and token == drafts[r][i]
                 self.stats["accepted"] += int(matched)
                 self.rows[r].drafter.accepted(self.rows[r].strategy.input_ids[0], len(drafts[r]), i + int(matched))
-        self.state = self.graphs.keep(self.state, start, np.ones(len(self.rows), np.int64))
+        self.state = self.graphs.keep(self.state, start, np.ones(len(live), np.int64))
         self.stats["decoder_passes"] += 1
         self.stats["redecided"] += len(redecide)
 
