@@ -1,13 +1,18 @@
 """Load test of in-flight batching: ``t5ort serve --batching inflight|dynamic|none`` vs the per-request Optimum server.
 
     python benchmarks/inflight_load.py [--concurrency 1 4 16 64] [--rates 2 4 8 16] [--duration 20] [--threads 2]
+        [--mixes loadtest uniform]
     python benchmarks/inflight_load.py --policy [--rates ...]   # admission policies, scheduler in-process
 
 The seeded t5-small-shaped checkpoint of ``_model.py`` served as ``benchmarks/serve_load.py`` serves it
 (its export, word-level tokenizer, client code and the Optimum server are reused from there), on the
 same requests for every system, one system after the other in one run:
 
-- mixed output lengths: 4, 8, 16, 32, 64 or 128 new tokens (``min_new_tokens = max_new_tokens``);
+- mixed output lengths (``min_new_tokens = max_new_tokens``), one ``--mixes`` after the other: ``loadtest``
+  (the default), sources of 8-32 tokens and 4, 8, 16, 32, 64 or 128 new tokens; ``uniform``, sources of
+  8-60 tokens and 4-96 new tokens drawn uniformly (the mix of issue 23's second trial). Each mix's ceiling,
+  the most in-flight batching can gain over dynamic batching at concurrency c with the step cost equal,
+  E[longest of c] / E[length], is printed beside the measured ratio;
 - closed loop at each ``--concurrency`` (each client sends its next request when answered);
 - open loop: Poisson arrivals at each ``--rates`` (requests/s) for ``--duration`` s, whatever the answers;
 - t5ort serve streams (``/generate_stream``, time to first token = first event); the Optimum server
@@ -48,13 +53,29 @@ LENGTHS = (4, 8, 16, 32, 64, 128)
 SYSTEMS = ("inflight", "dynamic", "none", "optimum server")
 
 
-def make_requests(n: int, seed: int = 0) -> list[sl.Request]:
+MIXES = ("loadtest", "uniform")
+
+
+def new_tokens(rng: np.random.Generator, mix: str, size=None):
+    """Forced output lengths of ``mix``."""
+    return rng.choice(LENGTHS, size=size) if mix == "loadtest" else rng.integers(4, 97, size=size)
+
+
+def make_requests(n: int, seed: int = 0, mix: str = "loadtest") -> list[sl.Request]:
     rng = np.random.default_rng(seed)
+    longest = 33 if mix == "loadtest" else 61
     out = []
     for _ in range(n):
-        ids = rng.integers(3, 32000, size=int(rng.integers(8, 33)))
-        out.append(sl.Request(" ".join(f"t{i}" for i in ids), int(rng.choice(LENGTHS))))
+        ids = rng.integers(3, 32000, size=int(rng.integers(8, longest)))
+        out.append(sl.Request(" ".join(f"t{i}" for i in ids), int(new_tokens(rng, mix))))
     return out
+
+
+def ceiling(mix: str, concurrency: int, batches: int = 20000) -> float:
+    """E[longest of ``concurrency``] / E[length] for ``mix``: dynamic batching runs each batch to its longest
+    request, in-flight batching keeps every row busy (a simulation of ``batches`` batches)."""
+    lengths = new_tokens(np.random.default_rng(0), mix, size=(batches, concurrency)).astype(float)
+    return float(lengths.max(axis=1).mean() / lengths.mean())
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -102,7 +123,7 @@ async def _open_loop(url: str, route: str, stream: bool, requests: list[sl.Reque
 def _row(system, kind, load, seconds, requests, tokens, ttft, latency, errors, other, offered=None) -> dict:
     ttft_ms, lat_ms = np.array(ttft) * 1000, np.array(latency) * 1000
     pct = (lambda a, q: float(np.percentile(a, q)) if len(a) else float("nan"))  # noqa: E731
-    return {"system": system, "kind": kind, "load": load, "requests": requests, "offered": offered,
+    return {"system": system, "mix": None, "kind": kind, "load": load, "requests": requests, "offered": offered,
             "errors": errors, "seconds": seconds, "requests_per_s": requests / seconds, "tokens_per_s": tokens / seconds,
             "ttft_p50_ms": pct(ttft_ms, 50), "ttft_p99_ms": pct(ttft_ms, 99), "p50_ms": pct(lat_ms, 50),
             "p99_ms": pct(lat_ms, 99), "other_cpu_s": other}
@@ -167,37 +188,39 @@ def report(rows: list[dict], rss: dict[str, float], info: dict) -> str:
         load = str(r["load"]) if r["kind"] == "closed" else f"{r['load']:g}/s"
         ttft = f"{r['ttft_p50_ms']:.0f} / {r['ttft_p99_ms']:.0f}" + (" (no stream)" if r["system"] == "optimum server"
                                                                    else "")
-        return [r["kind"], load, r["system"], str(r["requests"]), f"{r['requests_per_s']:.2f}",
+        return [r["mix"], r["kind"], load, r["system"], str(r["requests"]), f"{r['requests_per_s']:.2f}",
                 f"{r['tokens_per_s']:.0f}", ttft, f"{r['p50_ms']:.0f}", f"{r['p99_ms']:.0f}", f"{r['other_cpu_s']:.1f}"]
 
-    header = ["loop", "load", "system", "requests", "req/s", "tokens/s", "TTFT p50 / p99 ms", "p50 ms", "p99 ms",
-              "other CPU s"]
-    order = sorted(rows, key=lambda r: (r["kind"], r["load"], SYSTEMS.index(r["system"])))
+    header = ["mix", "loop", "load", "system", "requests", "req/s", "tokens/s", "TTFT p50 / p99 ms", "p50 ms",
+              "p99 ms", "other CPU s"]
+    order = sorted(rows, key=lambda r: (MIXES.index(r["mix"]), r["kind"], r["load"], SYSTEMS.index(r["system"])))
     lines = [markdown_table(header, [fmt(r) for r in order]), ""]
     lines.append("peak RSS under load (VmHWM of the server process): "
                  + ", ".join(f"{s} {mb:.0f} MB" for s, mb in rss.items()))
-    by = {(r["system"], r["kind"], r["load"]): r for r in rows}
-    if ("inflight", "closed", 16) in by and ("dynamic", "closed", 16) in by:
-        i, d = by["inflight", "closed", 16], by["dynamic", "closed", 16]
-        ratio = i["tokens_per_s"] / d["tokens_per_s"]
-        met = ratio >= 2 and i["p99_ms"] <= d["p99_ms"]
-        lines.append(f"- concurrency 16: in-flight {ratio:.2f}x dynamic's tokens/s, p99 {i['p99_ms']:.0f} vs "
-                     f"{d['p99_ms']:.0f} ms (target >= 2x at no worse p99): **{'met' if met else 'not met'}**")
-    for system in SYSTEMS:
-        idle = by.get((system, "closed", 1))
-        rates = sorted(r["load"] for r in rows if r["system"] == system and r["kind"] == "poisson")
-        if not rates or idle is None:
-            continue
-        kept = [x for x in rates if sustained(by[system, "poisson", x], idle)]
-        above = [x for x in rates if x not in kept]
-        sat = (f"sustains {max(kept):g}/s" if kept else "sustains none of the rates") + (
-            f", saturated at {min(above):g}/s" if above else " (the highest rate tried)")
-        line = f"- {system}: {sat}"
-        if system != "optimum server":
-            within = [x for x in kept if by[system, "poisson", x]["ttft_p50_ms"] <= 2 * idle["ttft_p50_ms"]]
-            line += (f"; idle TTFT p50 {idle['ttft_p50_ms']:.0f} ms; TTFT p50 within 2x idle at "
-                     f"{', '.join(f'{x:g}/s' for x in within) or 'no sustained rate'}")
-        lines.append(line)
+    by = {(r["mix"], r["system"], r["kind"], r["load"]): r for r in rows}
+    for mix in (m for m in MIXES if any(r["mix"] == m for r in rows)):
+        if (mix, "inflight", "closed", 16) in by and (mix, "dynamic", "closed", 16) in by:
+            i, d = by[mix, "inflight", "closed", 16], by[mix, "dynamic", "closed", 16]
+            ratio = i["tokens_per_s"] / d["tokens_per_s"]
+            met = ratio >= 2 and i["p99_ms"] <= d["p99_ms"]
+            lines.append(f"- {mix} mix, concurrency 16: in-flight {ratio:.2f}x dynamic's tokens/s (the mix's ceiling "
+                         f"{ceiling(mix, 16):.2f}x), p99 {i['p99_ms']:.0f} vs {d['p99_ms']:.0f} ms (target >= 2x at no "
+                         f"worse p99): **{'met' if met else 'not met'}**")
+        for system in SYSTEMS:
+            idle = by.get((mix, system, "closed", 1))
+            rates = sorted(r["load"] for r in rows if (r["mix"], r["system"], r["kind"]) == (mix, system, "poisson"))
+            if not rates or idle is None:
+                continue
+            kept = [x for x in rates if sustained(by[mix, system, "poisson", x], idle)]
+            above = [x for x in rates if x not in kept]
+            sat = (f"sustains {max(kept):g}/s" if kept else "sustains none of the rates") + (
+                f", saturated at {min(above):g}/s" if above else " (the highest rate tried)")
+            line = f"- {mix} mix, {system}: {sat}"
+            if system != "optimum server":
+                within = [x for x in kept if by[mix, system, "poisson", x]["ttft_p50_ms"] <= 2 * idle["ttft_p50_ms"]]
+                line += (f"; idle TTFT p50 {idle['ttft_p50_ms']:.0f} ms; TTFT p50 within 2x idle at "
+                         f"{', '.join(f'{x:g}/s' for x in within) or 'no sustained rate'}")
+            lines.append(line)
     lines.append("")
     lines.append("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()))
     return "\n".join(lines)
@@ -275,6 +298,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-batch-rows", type=int, default=64)
     parser.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS))
+    parser.add_argument("--mixes", nargs="+", choices=MIXES, default=["loadtest"],
+                        help="request mixes, one after the other (default: loadtest)")
     parser.add_argument("--policy", action="store_true", help="compare admission policies in-process instead")
     parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
     parser.add_argument("--json", type=Path, help="write every cell's figures here")
@@ -292,11 +317,14 @@ def main() -> None:
         print(policy_run(served, args.threads, args.rates, args.duration))
         say(f"done in {time.perf_counter() - started:.0f} s")
         return
-    requests = make_requests(4096)
     rows, rss = [], {}
-    for system in args.systems:
-        system_rows, rss[system] = run_system(system, args, served, optimum, tokenizer, requests)
-        rows.extend(system_rows)
+    for mix in args.mixes:
+        requests = make_requests(4096, mix=mix)
+        for system in args.systems:
+            say(f"mix {mix}")
+            system_rows, peak = run_system(system, args, served, optimum, tokenizer, requests)
+            rss[system] = max(peak, rss.get(system, 0.0))
+            rows.extend({**row, "mix": mix} for row in system_rows)
     info = sl.serving_machine(args.threads)
     print(report(rows, rss, info))
     say(f"done in {time.perf_counter() - started:.0f} s")
