@@ -8,9 +8,12 @@ The seeded t5-small-shaped checkpoint of ``_model.py`` served as ``benchmarks/se
 (its export, word-level tokenizer, client code and the Optimum server are reused from there), on the
 same requests for every system, one system after the other in one run:
 
-- mixed output lengths (``min_new_tokens = max_new_tokens``), one ``--mixes`` after the other: ``loadtest``
+- mixed output lengths, forced by suppressing EOS (``suppress_tokens``; every request has the same generation
+  options, so that the dynamic batcher may batch any of them together, as with real traffic whose rows end at
+  EOS; forcing by ``min_new_tokens``, a per-request option, kept it to requests of equal length), one
+  ``--mixes`` after the other: ``loadtest``
   (the default), sources of 8-32 tokens and 4, 8, 16, 32, 64 or 128 new tokens; ``uniform``, sources of
-  8-60 tokens and 4-96 new tokens drawn uniformly (the mix of issue 23's second trial). Each mix's ceiling,
+  8-60 tokens and 4-96 new tokens drawn uniformly (a flatter mix). Each mix's ceiling,
   the most in-flight batching can gain over dynamic batching at concurrency c with the step cost equal,
   E[longest of c] / E[length], is printed beside the measured ratio;
 - closed loop at each ``--concurrency`` (each client sends its next request when answered);
@@ -67,7 +70,7 @@ def make_requests(n: int, seed: int = 0, mix: str = "loadtest") -> list[sl.Reque
     out = []
     for _ in range(n):
         ids = rng.integers(3, 32000, size=int(rng.integers(8, longest)))
-        out.append(sl.Request(" ".join(f"t{i}" for i in ids), int(new_tokens(rng, mix))))
+        out.append(sl.Request(" ".join(f"t{i}" for i in ids), int(new_tokens(rng, mix)), ban_eos=True))
     return out
 
 

@@ -3,7 +3,8 @@ Optimum's ``ORTModelForSeq2SeqLM.generate`` once per request (no batching, no st
 
     python benchmarks/optimum_server.py OPTIMUM_DIR TOKENIZER_JSON --port 8001 [--threads 2]
 
-``POST /generate`` takes TGI's ``{"inputs": ..., "parameters": {"max_new_tokens", "min_new_tokens"}}``
+``POST /generate`` takes TGI's ``{"inputs": ..., "parameters": {"max_new_tokens", "min_new_tokens",
+"suppress_tokens"}}``
 and answers ``{"generated_text", "details": {"generated_tokens", "tokens": [{"id", "logprob"}]}}``, the
 per-token log-probs from ``compute_transition_scores`` (so it returns what the t5ort requests ask for).
 The endpoint is a plain ``def``: FastAPI runs it in its thread pool, so concurrent requests run
@@ -36,6 +37,7 @@ def create_app(optimum_dir: str, tokenizer_json: str, threads: int):
     class Parameters(BaseModel):
         max_new_tokens: int = 20
         min_new_tokens: int = 0
+        suppress_tokens: list[int] | None = None
 
     class Request(BaseModel):
         inputs: str
@@ -52,7 +54,8 @@ def create_app(optimum_dir: str, tokenizer_json: str, threads: int):
         encoded = tokenizer([request.inputs], return_tensors="pt")
         with torch.no_grad():
             out = model.generate(**encoded, max_new_tokens=request.parameters.max_new_tokens,
-                                 min_new_tokens=request.parameters.min_new_tokens, do_sample=False,
+                                 min_new_tokens=request.parameters.min_new_tokens,
+                                 suppress_tokens=request.parameters.suppress_tokens, do_sample=False,
                                  output_scores=True, return_dict_in_generate=True)
         logprobs = model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)[0]
         ids = out.sequences[0, 1:].tolist()

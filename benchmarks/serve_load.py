@@ -62,12 +62,19 @@ from t5ort.bench.server import ServerProcess, free_port, serve_command  # noqa: 
 LENGTHS = (4, 8, 16, 32, 64)
 SYSTEMS = ("t5ort serve", "t5ort serve dynamic", "library", "optimum server")
 BATCHING = {"t5ort serve": "inflight", "t5ort serve dynamic": "dynamic"}  # the server's --batching
+EOS_ID = 1  # the word-level tokenizer's </s> (word_tokenizer) and the checkpoint's eos_token_id
 
 
 @dataclass(frozen=True)
 class Request:
     text: str
     new_tokens: int
+    ban_eos: bool = False  # force the length by suppressing EOS (equal options for every request), not min_new_tokens
+
+    def parameters(self) -> dict:
+        """TGI parameters that make exactly ``new_tokens`` tokens."""
+        forced = {"suppress_tokens": [EOS_ID]} if self.ban_eos else {"min_new_tokens": self.new_tokens}
+        return {"max_new_tokens": self.new_tokens, **forced, "details": True}
 
 
 @dataclass
@@ -191,8 +198,7 @@ def proc_cpu(pid: int) -> float:
 async def send(http, url: str, route: str, stream: bool, r: Request) -> tuple[float, float, int] | None:
     """One TGI request of ``r`` through the httpx client ``http`` (streamed: counts the server-sent events).
     Returns (time to first token, latency, tokens) in seconds, or None if the server did not answer 200."""
-    body = {"inputs": r.text, "parameters": {"max_new_tokens": r.new_tokens, "min_new_tokens": r.new_tokens,
-                                              "details": True}}
+    body = {"inputs": r.text, "parameters": r.parameters()}
     sent = time.perf_counter()
     first = None
     if stream:
@@ -439,8 +445,7 @@ def _server_cpu(pid: int) -> float:
 
 
 def _stream_body(r: Request) -> dict:
-    return {"inputs": r.text, "parameters": {"max_new_tokens": r.new_tokens, "min_new_tokens": r.new_tokens,
-                                             "details": True}}
+    return {"inputs": r.text, "parameters": r.parameters()}
 
 
 async def _httpx_stream(url: str, route: str, body: dict) -> tuple[float, float]:
