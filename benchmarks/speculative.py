@@ -424,16 +424,20 @@ def main(argv=None) -> int:
     speed = plain["seconds"] / lookup["seconds"]
     slower = numbers["t5ort prompt lookup K=10"]["seconds"] / nplain["seconds"] - 1
     print("\n## Targets\n")
-    print(f"- >= 2.5x t5ort plain greedy on the input-grounded task, equal sequences: {speed:.2f}x, "
-          f"sequences equal: {lookup['sequences'] == plain['sequences']} -> {'met' if speed >= 2.5 else 'NOT met'}; "
-          f"the draft model {plain['seconds'] / drafted['seconds']:.2f}x (decoding only: prompt lookup "
-          f"{decoding_speedup(ours, f't5ort prompt lookup K={best_k}'):.2f}x, the draft model "
-          f"{decoding_speedup(ours, f't5ort draft model K={best_n}'):.2f}x)")
+    dspeed = plain["seconds"] / drafted["seconds"]
+    best = max(speed, dspeed)
+    same = lookup["sequences"] == plain["sequences"] == drafted["sequences"]
+    print(f"- >= 2.5x t5ort plain greedy on the input-grounded task, equal sequences: prompt lookup {speed:.2f}x, the "
+          f"draft model {dspeed:.2f}x, sequences equal: {same} -> {'met' if best >= 2.5 and same else 'NOT met'} "
+          f"(decoding only: prompt lookup {decoding_speedup(ours, f't5ort prompt lookup K={best_k}'):.2f}x, the draft "
+          f"model {decoding_speedup(ours, f't5ort draft model K={best_n}'):.2f}x)")
     bspeed = bplain["seconds"] / batched[f"t5ort prompt lookup K={best_k}"]["seconds"]
-    bsame = batched[f"t5ort prompt lookup K={best_k}"]["sequences"] == bplain["sequences"] == plain["sequences"]
+    bsame = (batched[f"t5ort prompt lookup K={best_k}"]["sequences"] == bplain["sequences"] == plain["sequences"]
+             == batched[f"t5ort draft model K={best_n}"]["sequences"])
     bdraft = bplain["seconds"] / batched[f"t5ort draft model K={best_n}"]["seconds"]
-    print(f"- >= 1.5x t5ort plain greedy at batch {BATCH}, equal sequences: {bspeed:.2f}x, sequences equal (and equal "
-          f"to batch 1's): {bsame} -> {'met' if bspeed >= 1.5 else 'NOT met'}; the draft model {bdraft:.2f}x")
+    print(f"- >= 1.5x t5ort plain greedy at batch {BATCH}, equal sequences: prompt lookup {bspeed:.2f}x, the draft "
+          f"model {bdraft:.2f}x, sequences equal (and equal to batch 1's): {bsame} -> "
+          f"{'met' if max(bspeed, bdraft) >= 1.5 and bsame else 'NOT met'}")
     print(f"- >= 5x transformers' prompt lookup: {versus:.1f}x -> {'met' if versus >= 5 else 'NOT met'}")
     print(f"- <= 5% slower than plain greedy with nothing to copy (numbers model): {100 * slower:+.1f}% -> "
           f"{'met' if slower <= 0.05 else 'NOT met'}")
