@@ -323,8 +323,8 @@ def main() -> None:
     rows, rss = [], {}
     for mix in args.mixes:
         requests = make_requests(4096, mix=mix)
+        say(f"mix {mix}")
         for system in args.systems:
-            say(f"mix {mix}")
             system_rows, peak = run_system(system, args, served, optimum, tokenizer, requests)
             rss[system] = max(peak, rss.get(system, 0.0))
             rows.extend({**row, "mix": mix} for row in system_rows)

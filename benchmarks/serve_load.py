@@ -71,10 +71,10 @@ class Request:
     new_tokens: int
     ban_eos: bool = False  # force the length by suppressing EOS (equal options for every request), not min_new_tokens
 
-    def parameters(self) -> dict:
-        """TGI parameters that make exactly ``new_tokens`` tokens."""
+    def body(self) -> dict:
+        """The TGI request: ``text`` in, exactly ``new_tokens`` tokens out."""
         forced = {"suppress_tokens": [EOS_ID]} if self.ban_eos else {"min_new_tokens": self.new_tokens}
-        return {"max_new_tokens": self.new_tokens, **forced, "details": True}
+        return {"inputs": self.text, "parameters": {"max_new_tokens": self.new_tokens, **forced, "details": True}}
 
 
 @dataclass
@@ -198,7 +198,7 @@ def proc_cpu(pid: int) -> float:
 async def send(http, url: str, route: str, stream: bool, r: Request) -> tuple[float, float, int] | None:
     """One TGI request of ``r`` through the httpx client ``http`` (streamed: counts the server-sent events).
     Returns (time to first token, latency, tokens) in seconds, or None if the server did not answer 200."""
-    body = {"inputs": r.text, "parameters": r.parameters()}
+    body = r.body()
     sent = time.perf_counter()
     first = None
     if stream:
@@ -444,10 +444,6 @@ def _server_cpu(pid: int) -> float:
     return total / 1e9
 
 
-def _stream_body(r: Request) -> dict:
-    return {"inputs": r.text, "parameters": r.parameters()}
-
-
 async def _httpx_stream(url: str, route: str, body: dict) -> tuple[float, float]:
     """One streamed request as :func:`_http_cell` sends it (httpx, a new client and connection): (seconds to
     the end, CPU seconds this process spent meanwhile)."""
@@ -476,11 +472,11 @@ def paired_overhead(server: ServerProcess, rt, requests: list[Request]) -> dict:
     connection = StreamConnection(server.url)
     try:
         for r in requests[:2]:  # warm: the connection, and the first requests' one-time work
-            connection.stream("/generate_stream", _stream_body(r))
+            connection.stream("/generate_stream", r.body())
         lean, library, httpx_ms, lean_cpu, library_cpu, client_cpu, httpx_cpu = ([] for _ in range(7))
         for r in requests:
             cpu, client = _server_cpu(pid), time.process_time()
-            _, latency, events = connection.stream("/generate_stream", _stream_body(r))
+            _, latency, events = connection.stream("/generate_stream", r.body())
             lean_cpu.append(_server_cpu(pid) - cpu)
             client_cpu.append(time.process_time() - client)
             if events != r.new_tokens:
@@ -489,7 +485,7 @@ def paired_overhead(server: ServerProcess, rt, requests: list[Request]) -> dict:
             cpu = time.process_time()
             library.append(library_cell(rt, [r], 1, 60)[3][0])
             library_cpu.append(time.process_time() - cpu)
-            latency, cpu = asyncio.run(_httpx_stream(server.url, "/generate_stream", _stream_body(r)))
+            latency, cpu = asyncio.run(_httpx_stream(server.url, "/generate_stream", r.body()))
             httpx_ms.append(latency)
             httpx_cpu.append(cpu)
     finally:

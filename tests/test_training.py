@@ -44,8 +44,11 @@ def test_grow_keeps_the_models_function(tied):
         a, b = small(input_ids=ids, labels=labels).logits, wide(input_ids=ids, labels=labels).logits
     assert a.abs().max() > 0.1
     torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
-    moved = {n for n, p in wide.named_parameters() if p.requires_grad}
-    assert "encoder.block.0.layer.0.SelfAttention.o.weight" in moved  # every weight trains afterwards
+    # the new heads' output weights start at zero, and fine-tuning moves them: their gradient is not zero
+    out = wide.encoder.block[0].layer[0].SelfAttention.o.weight  # [48, 6 heads * 8]
+    assert not out[:, 16:].any()
+    wide(input_ids=ids, labels=labels).loss.backward()
+    assert out.grad[:16, 16:].abs().max() > 0
     with pytest.raises(ValueError, match="d_model"):
         grow(small, d_model=8, d_ff=64, num_heads=1, seed=0)
 
