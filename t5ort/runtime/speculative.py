@@ -110,12 +110,13 @@ class PromptLookup:
 
 
 class DraftModel:
-    """A smaller t5ort runtime drafting greedily (its raw logits through the built-in processors)."""
+    """A smaller t5ort runtime drafting greedily (its raw logits through the built-in processors), over its own
+    encoder's output for one input (``encoder_output``, a batch of one)."""
 
-    def __init__(self, runtime, input_ids: np.ndarray, attention_mask: np.ndarray, options: GenerationOptions,
+    def __init__(self, runtime, encoder_output, options: GenerationOptions,
                  eos_token_ids: Sequence[int], num_tokens: int, schedule: str):
         self.graphs = runtime.graphs
-        self.state = self.graphs.start(self.graphs.encode(input_ids, attention_mask))
+        self.state = self.graphs.start(encoder_output)
         self.fed = 0  # sequence tokens whose keys/values are in the draft model's cache
         self.processors = build_processors(replace(options, logits_processor=()), eos_token_ids)
         self.eos = set(eos_token_ids)
@@ -358,16 +359,17 @@ def start(target, encoded, options: GenerationOptions, special: Special, assista
     prompt lookup (``options.prompt_lookup_num_tokens``, from its own source) or by the ``assistant`` runtime
     (a draft decoder per row)."""
     check_request(options, assistant, target)
-    drafters: list[Drafter] = []
-    for r in range(encoded.batch_size):
-        ids, mask = encoded.input_ids[r: r + 1], encoded.attention_mask[r: r + 1]
-        if assistant is not None:
-            drafters.append(DraftModel(assistant, ids, mask, options, special.eos_token_ids,
-                                       num_tokens=options.num_assistant_tokens or 20,
-                                       schedule=options.num_assistant_tokens_schedule or "constant"))
-        else:
-            drafters.append(PromptLookup(ids[0, mask[0] == 1], options.prompt_lookup_num_tokens,
-                                         options.max_matching_ngram_size or 2))
+    drafters: list[Drafter]
+    if assistant is not None:  # the draft model's encoder: one pass over the batch; a draft decoder per row
+        own = assistant.graphs.encode(encoded.input_ids, encoded.attention_mask)
+        rows = [own] if encoded.batch_size == 1 else [own[r] for r in range(encoded.batch_size)]
+        drafters = [DraftModel(assistant, row, options, special.eos_token_ids,
+                               num_tokens=options.num_assistant_tokens or 20,
+                               schedule=options.num_assistant_tokens_schedule or "constant") for row in rows]
+    else:
+        ids, mask = encoded.input_ids, encoded.attention_mask
+        drafters = [PromptLookup(ids[r, mask[r] == 1], options.prompt_lookup_num_tokens,
+                                 options.max_matching_ngram_size or 2) for r in range(encoded.batch_size)]
     return SpeculativeDecoding(target.graphs, encoded, options, special, target.vocab_size, drafters, token_text,
                                record)
 
