@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import random
 import re
 import signal
 import socket
@@ -24,8 +25,26 @@ import time
 from pathlib import Path
 
 
+# Below this, ports the kernel hands out for "any port" (bind to 0) never come: ip_local_port_range's start on Linux.
+_EPHEMERAL = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_LOWEST = 20000  # Ray's workers take 10002-19999 by default
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    """A TCP port on 127.0.0.1 that was free a moment ago: outside the kernel's ephemeral range where it is known
+    (Linux), so that no process asking for any port (Ray's agents and workers do, as they start) is handed it
+    between this check and the server's own bind; an ephemeral port otherwise."""
+    try:
+        highest = int(_EPHEMERAL.read_text().split()[0]) - 1
+    except (OSError, ValueError, IndexError):
+        highest = 0
+    for port in random.sample(range(_LOWEST, highest + 1), min(64, max(0, highest + 1 - _LOWEST))):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
