@@ -9,6 +9,7 @@ result arrays. All pure numpy; semantics follow transformers 4.5x.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -25,7 +26,24 @@ CHUNK = 256  # top_k's first pass: the maximum of every CHUNK consecutive scores
 
 def top_k(x: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k largest values of each row of ``x`` [B, M], best first; lower index first on ties."""
+    if x.shape[1] <= 4 * k:
+        return np.argsort(-x, axis=1, kind="stable")[:, :k]
     return top_k_shifted(x[:, None, :], np.zeros((len(x), 1), x.dtype), k)
+
+
+@functools.lru_cache(maxsize=16)
+def _chunk_layout(groups: int, vocab: int) -> tuple[np.ndarray, np.ndarray]:
+    """For rows of ``groups`` groups of ``vocab`` scores: the first flat position of every chunk of ``CHUNK``
+    within a group ([groups * chunks], ascending), and every chunk's flat positions ([groups * chunks, CHUNK],
+    -1 past its group's end)."""
+    starts = np.arange(0, vocab, CHUNK)
+    within = starts[:, None] + np.arange(CHUNK)  # [chunks, CHUNK]: positions within a group
+    positions = np.arange(groups)[:, None, None] * vocab + within  # [groups, chunks, CHUNK]
+    positions[:, within >= vocab] = -1
+    first = (np.arange(groups)[:, None] * vocab + starts).ravel()
+    for array in (first, positions):
+        array.flags.writeable = False
+    return first, positions.reshape(-1, CHUNK)
 
 
 def top_k_shifted(x: np.ndarray, offsets: np.ndarray, k: int) -> np.ndarray:
@@ -41,19 +59,16 @@ def top_k_shifted(x: np.ndarray, offsets: np.ndarray, k: int) -> np.ndarray:
     b, g, v = x.shape
     if g * v <= 4 * k:
         return np.argsort(-(x + offsets[:, :, None]).reshape(b, g * v), axis=1, kind="stable")[:, :k]
-    starts = np.arange(0, v, CHUNK)
-    per_group = len(starts)
-    flat_starts = (np.arange(g)[:, None] * v + starts).ravel()  # [G * chunks], ascending
-    within = starts[:, None] + np.arange(CHUNK)  # [chunks, CHUNK]: positions within a group
+    first, positions = _chunk_layout(g, v)
+    n = len(first)
     out = np.empty((b, k), dtype=np.int64)
     for row in range(b):
         values = x[row].reshape(-1)
-        maxima = (np.maximum.reduceat(values, flat_starts).reshape(g, per_group) + offsets[row][:, None]).ravel()
-        chunks = np.arange(len(maxima))
-        if len(maxima) > k:
-            chunks = np.flatnonzero(maxima >= np.partition(maxima, len(maxima) - k)[len(maxima) - k])
-        group, position = chunks // per_group, within[chunks % per_group]
-        idx = (group[:, None] * v + position)[position < v]  # ascending
+        maxima = np.maximum.reduceat(values, first)  # [G * chunks]
+        maxima.reshape(g, -1)[...] += offsets[row][:, None]
+        chunks = np.flatnonzero(maxima >= np.partition(maxima, n - k)[n - k]) if n > k else np.arange(n)
+        idx = positions[chunks].ravel()
+        idx = idx[idx >= 0]  # ascending
         out[row] = idx[_top_k_of(values[idx] + offsets[row][idx // v], k)]
     return out
 
@@ -163,6 +178,7 @@ class BeamSearch:
         self.done_logprobs = self.running_logprobs.copy()
         self.is_done = np.zeros((batch, num_beams), dtype=bool)
         self.improvable = np.ones((batch, 1), dtype=bool)
+        self._batch_rows = np.arange(batch)[:, None]  # [B, 1], for gathers along the beam axis
 
     @property
     def input_ids(self) -> np.ndarray:
@@ -171,10 +187,9 @@ class BeamSearch:
     def prepare(self, logits: np.ndarray, lse: np.ndarray) -> np.ndarray:
         return log_softmax(logits, lse)  # processors see log-probs, as in transformers' beam search
 
-    @staticmethod
-    def _gather(x: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    def _gather(self, x: np.ndarray, idx: np.ndarray) -> np.ndarray:
         """x [B, beams, ...] gathered along the beam axis by idx [B, K] -> [B, K, ...]."""
-        return x[np.arange(len(x))[:, None], idx]
+        return x[self._batch_rows, idx]
 
     def update(self, logits: np.ndarray, scores: np.ndarray, lse: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
         b, nb, t = self.batch, self.num_beams, self.cur_len
@@ -183,14 +198,13 @@ class BeamSearch:
         # The top `keep` continuations of every batch row (by each beam's scores plus its running score).
         flat = top_k_shifted(scores.reshape(b, nb, vocab), self.running_scores, self.keep)
         cand_beams, cand_tokens = flat // vocab, flat % vocab
-        cand_scores = scores.reshape(b, nb * vocab)[np.arange(b)[:, None], flat] + self._gather(self.running_scores,
-                                                                                               cand_beams)
+        cand_scores = scores.reshape(b, nb * vocab)[self._batch_rows, flat] + self._gather(self.running_scores, cand_beams)
         cand_sequences = self._gather(self.running, cand_beams)
         cand_sequences[:, :, t] = cand_tokens
         cand_sources = self._gather(self.running_sources, cand_beams)
-        cand_sources[:, :, t - 1] = cand_beams + np.arange(b)[:, None] * nb
+        rows = self._batch_rows * nb + cand_beams  # [b, keep] decoder rows
+        cand_sources[:, :, t - 1] = rows
         cand_logprobs = self._gather(self.running_logprobs, cand_beams)
-        rows = np.arange(b)[:, None] * nb + cand_beams  # [b, keep] decoder rows
         cand_logprobs[:, :, t - 1] = logits[rows, cand_tokens] - lse[rows, 0]
         hits = any_done(self.criteria, cand_sequences[:, :, : t + 1].reshape(b * self.keep, t + 1), None)
         hits = hits.reshape(b, self.keep)
@@ -199,7 +213,7 @@ class BeamSearch:
         live_scores = cand_scores + hits.astype(np.float32) * NEG
         best = top_k(live_scores, nb)
         self.running = self._gather(cand_sequences, best)
-        self.running_scores = np.take_along_axis(live_scores, best, axis=1)
+        self.running_scores = live_scores[self._batch_rows, best]
         self.running_sources = self._gather(cand_sources, best)
         self.running_logprobs = self._gather(cand_logprobs, best)
 
@@ -211,8 +225,10 @@ class BeamSearch:
         return self.running[:, :, t].reshape(-1), source, not go_on
 
     def _update_finished(self, cand_sequences, cand_scores, cand_sources, cand_logprobs, hits) -> None:
+        if not hits[:, :self.num_beams].any():
+            return  # only the top num_beams candidates may finish, and none did: nothing to merge
         just_done = hits.copy()
-        just_done[:, self.num_beams:] = False  # only the top num_beams candidates may finish
+        just_done[:, self.num_beams:] = False
         generated = self.cur_len  # new tokens in each candidate, EOS included
         normalised = cand_scores / np.float32(generated ** self.length_penalty)
         batch_full = self.is_done.all(axis=1, keepdims=True) & (self.early_stopping is True)
