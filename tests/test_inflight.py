@@ -175,3 +175,33 @@ def test_finished_rows_taken_over_in_place_then_compacted_equal_generate_alone(s
         np.testing.assert_array_equal(member.finalize().sequences, alone.sequences)
         np.testing.assert_allclose(np.stack(logits[member.tag], axis=1), alone.logits, rtol=0,
                                    atol=tolerance(alone.logits))
+
+
+def test_a_done_row_waiting_for_a_successor_does_not_keep_the_cache_wide(sp_runtime):
+    """The oldest member finishes and nobody takes its row (a fifth of the batch: below dead_row_fraction, so
+    it stays). Its history no longer counts: the positions only it attended to are compacted away, and the
+    others still equal their solo runs. (Before, a done row kept every row's cache as wide as its own history,
+    and in a busy server the cache grew to several times the live rows' histories.)"""
+    batch = InflightBatch(sp_runtime, dead_row_fraction=0.25)
+    src = [sp_runtime.encode_texts([s])[0][0] for s in SOURCES]
+    old = batch.add(src[0], max_new_tokens=24, min_new_tokens=24)
+    for _ in range(20):
+        batch.step()
+    options = dict(max_new_tokens=40, min_new_tokens=40)
+    young = [batch.prepare(src[i % len(src)], tag=i, **options) for i in range(4)]
+    batch.admit(young, [src[i % len(src)] for i in range(4)])
+    logits: dict[int, list[np.ndarray]] = {i: [] for i in range(4)}
+    widths = []
+    while len(batch):
+        for out in batch.step():
+            if out.member is not old:
+                logits[out.member.tag].append(out.logits.copy())
+        widths.append(batch.past_length)
+        if not old.live and len(batch):
+            assert batch.rows == 5  # the done row waits (1 of 5 rows is not over a quarter)
+    assert batch.stats.compactions >= 1 and batch.stats.removed_columns >= 20, batch.stats
+    assert max(widths[5:40]) <= 40 + 8, widths  # about the young rows' own history, not 20 + 40 columns
+    for i, member in enumerate(young):
+        alone = sp_runtime.generate(input_ids=src[i % len(src)][None], **options)
+        np.testing.assert_array_equal(member.finalize().sequences, alone.sequences)
+        np.testing.assert_allclose(np.stack(logits[i], axis=1), alone.logits, rtol=0, atol=tolerance(alone.logits))

@@ -517,6 +517,13 @@ class T5Graphs:
         write_sources(host_kv, mask, rows, encoder_output, source_rows)  # copies, bound anew (CUDA)
         return self._state(state.cache, state.self_mask, state.past_length, self._cross_from_host(host_kv, mask))
 
+    def release(self, state: DecoderState, rows: np.ndarray) -> DecoderState:
+        """Rows ``rows`` of a running batch are done (fed padding until :meth:`select` drops them or
+        :meth:`fill` reuses them): their cached positions are masked out, in place, so that they no longer
+        hold the leading columns :meth:`compact` drops. Each step still gives them their new column."""
+        state.self_mask[np.asarray(rows, np.int64)] = 0
+        return state
+
     def select(self, state: DecoderState, rows: np.ndarray) -> DecoderState:
         """Only ``rows`` (int [kept], in the order given) of a running batch; the others are dropped.
 

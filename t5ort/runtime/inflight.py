@@ -22,11 +22,12 @@ The batch runs on the export's one decoder graph, as every other path does
 keys/values come back).
 
 Finished rows are not removed at once: removing rows copies the whole cache, so dead rows
-(fed padding) stay until they are more than ``dead_row_fraction`` of the batch, and a new
-member takes over a dead member's rows in place (its old history masked out; measured on the
-t5-small shape, 16 rows: a removal or a join cost 25-85 ms each, about one decoder step).
-Removing rows also drops the leading cached positions that no remaining row attends to, and so
-does a compaction once those are at least a quarter of the cache (and 16 positions).
+(fed padding, their history masked out as they finish) stay until they are more than
+``dead_row_fraction`` of the batch, and a new member takes over a dead member's rows in place
+(measured on the t5-small shape, 16 rows: a removal or a join cost 25-85 ms each, about one
+decoder step). Removing rows also drops the leading cached positions that no remaining row
+attends to, and so does a compaction once those are at least a quarter of the cache (and 16
+positions): the cache stays about as wide as the oldest live row's history.
 
 Pure numpy apart from the graphs; knows nothing of HTTP or threads (one caller at a time).
 """
@@ -257,6 +258,9 @@ class InflightBatch:
         if source is not None:
             self.state = self.graphs.reorder(self.state, source)
             self.stats.reorders += 1
+        dead = [np.arange(m.first, m.first + m.rows) for m in self.members if not m.live]
+        if dead:  # their history goes (each step gives them a column): no done row holds the leading columns
+            self.state = self.graphs.release(self.state, np.concatenate(dead))
         if self._dead_rows() > self.dead_row_fraction * self.rows or not self.live_members:
             self._remove_dead()
         elif self.graphs.unused_columns(self.state) >= max(COMPACT_MIN, self.state.past_length // 4):
