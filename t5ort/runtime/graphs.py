@@ -549,14 +549,18 @@ class T5Graphs:
         return _leading_unused(state.self_mask[:, :state.past_length])
 
     def compact(self, state: DecoderState) -> DecoderState:
-        """Drop the leading cached positions that every row has masked (after long rows left)."""
+        """Drop the leading cached positions that every row has masked (after long rows left): the used
+        columns move left within the same buffers (no new memory, the binding stays); the columns they
+        leave hold old, finite keys/values, masked and free."""
         start = self.unused_columns(state)
         if start == 0:
             return state
         past = state.past_length - start
-        cache, mask = self._buffers(tuple(v[:, :, start:state.past_length] for v in state.cache),
-                                    state.self_mask[:, start:state.past_length], past, past + INITIAL_CAPACITY)
-        return self._state(cache, mask, past, state.encoder)
+        for buffer in state.cache:
+            buffer[:, :, :past] = buffer[:, :, start:state.past_length]  # overlapping: numpy copies via a temporary
+        state.self_mask[:, :past] = state.self_mask[:, start:state.past_length]
+        state.self_mask[:, past:] = 0
+        return replace(state, past_length=past)
 
 
 # Encode a group at its longest length while its tokens stay within this factor of its real ones. The encoder is

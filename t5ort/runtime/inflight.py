@@ -27,7 +27,8 @@ Finished rows are not removed at once: removing rows copies the whole cache, so 
 (measured on the t5-small shape, 16 rows: a removal or a join cost 25-85 ms each, about one
 decoder step). Removing rows also drops the leading cached positions that no remaining row
 attends to, and so does a compaction once those are at least a quarter of the cache (and 16
-positions): the cache stays about as wide as the oldest live row's history.
+positions; it moves the used columns left within the same buffers): the cache stays about as wide as
+the oldest live row's history.
 
 Pure numpy apart from the graphs; knows nothing of HTTP or threads (one caller at a time).
 """
@@ -44,7 +45,7 @@ from .numerics import checked
 from .options import GenerationOptions
 from .processors import LogitsProcessor, build_processors
 
-COMPACT_MIN = 16  # leading cached positions no row attends to, before compact() copies the cache
+COMPACT_MIN = 16  # leading cached positions no row attends to, before compact() moves the rest left
 
 
 @dataclass(eq=False)
