@@ -205,3 +205,34 @@ def test_a_done_row_waiting_for_a_successor_does_not_keep_the_cache_wide(sp_runt
         alone = sp_runtime.generate(input_ids=src[i % len(src)][None], **options)
         np.testing.assert_array_equal(member.finalize().sequences, alone.sequences)
         np.testing.assert_allclose(np.stack(logits[i], axis=1), alone.logits, rtol=0, atol=tolerance(alone.logits))
+
+
+def test_a_longer_source_takes_a_done_row_after_the_sources_widen(sp_runtime):
+    """A new member whose source is longer than every source in the batch takes a done member's row: the
+    cross-attention keys/values widen (no copy of the self-attention cache, no extra row), and every member
+    still equals its solo run."""
+    batch = InflightBatch(sp_runtime, dead_row_fraction=0.5)
+    src = [sp_runtime.encode_texts([s])[0][0] for s in SOURCES]
+    short = [s[:4] for s in src[:3]]
+    options = dict(max_new_tokens=12, min_new_tokens=12)
+    first = [batch.prepare(ids, tag=i, **options) for i, ids in enumerate(short)]
+    batch.admit(first, short)
+    logits: dict[int, list[np.ndarray]] = {i: [] for i in range(4)}
+    for _ in range(5):
+        for out in batch.step():
+            logits[out.member.tag].append(out.logits.copy())
+    batch.cancel(first[1])
+    long_ids = np.concatenate([src[2][:-1], src[2]])  # longer than the batch's 4 positions
+    late = batch.prepare(long_ids, tag=3, **options)
+    batch.admit([late], [long_ids])
+    assert batch.stats.widenings == 1 and batch.stats.fills == 1 and batch.stats.joins == 1, batch.stats
+    assert late.first == first[1].first and batch.rows == 3
+    assert batch.state.encoder.attention_mask.shape[1] == len(long_ids)
+    while len(batch):
+        for out in batch.step():
+            logits[out.member.tag].append(out.logits.copy())
+    for member, ids in ((first[0], short[0]), (first[2], short[2]), (late, long_ids)):
+        alone = sp_runtime.generate(input_ids=ids[None], **options)
+        np.testing.assert_array_equal(member.finalize().sequences, alone.sequences)
+        np.testing.assert_allclose(np.stack(logits[member.tag], axis=1), alone.logits, rtol=0,
+                                   atol=tolerance(alone.logits))

@@ -497,6 +497,18 @@ class T5Graphs:
         self_mask = np.concatenate([state.self_mask, np.zeros((rows, state.capacity), np.int64)])
         return self._state(cache, self_mask, state.past_length, self._cross_from_host(host_kv, encoder_mask))
 
+    def widen(self, state: DecoderState, width: int) -> DecoderState:
+        """``state`` with room for sources of ``width`` positions: its cross-attention keys/values and encoder
+        mask zero-padded to ``width`` (new arrays; the self-attention cache stays), so that :meth:`fill` can
+        give a longer source a done row instead of :meth:`join` copying the whole cache for it."""
+        enc = state.encoder
+        if width <= enc.attention_mask.shape[1]:
+            return state
+        old_kv = enc.host_kv if enc.host_kv is not None else tuple(host_array(v) for v in enc.cross_kv)
+        host_kv = (_pad_axis(v, 2, width) for v in old_kv)
+        return self._state(state.cache, state.self_mask, state.past_length,
+                           self._cross_from_host(host_kv, _pad_axis(enc.attention_mask, 1, width)))
+
     def fill(self, state: DecoderState, rows: np.ndarray, encoder_output: EncoderOutput,
              source_rows: np.ndarray) -> DecoderState:
         """Rows ``rows`` of a running batch (rows that are done) start over as ``encoder_output``'s rows

@@ -25,7 +25,7 @@ Finished rows are not removed at once: removing rows copies the whole cache, so 
 (fed padding, their history masked out as they finish) stay until they are more than
 ``dead_row_fraction`` of the batch, and a new member takes over a dead member's rows in place
 (measured on the t5-small shape, 16 rows: a removal or a join cost 25-85 ms each, about one
-decoder step). Removing rows also drops the leading cached positions that no remaining row
+decoder step); a source longer than the batch's widens the cross-attention keys/values first. Removing rows also drops the leading cached positions that no remaining row
 attends to, and so does a compaction once those are at least a quarter of the cache (and 16
 positions; it moves the used columns left within the same buffers): the cache stays about as wide as
 the oldest live row's history.
@@ -99,6 +99,7 @@ class BatchStats:
     steps: int = 0
     joins: int = 0
     fills: int = 0  # members that took over the rows of a finished one
+    widenings: int = 0  # the sources' width grown so that a longer new source could take over done rows
     compactions: int = 0
     removals: int = 0
     reorders: int = 0
@@ -195,6 +196,11 @@ class InflightBatch:
         fills, rest, offset = [], [], 0
         dead = [d for d in self.members if not d.live]
         width = 0 if self.state is None else self.state.encoder.attention_mask.shape[1]
+        longer = [m for m in members if m.source_length > width and any(d.rows == m.rows for d in dead)]
+        if longer:  # wider sources (a copy of the cross keys/values) rather than a join (a copy of everything)
+            width = max(m.source_length for m in longer)
+            self.state = self.graphs.widen(self.state, width)
+            self.stats.widenings += 1
         for m in members:
             rows = np.arange(offset, offset + m.rows)  # the member's rows in ``encoded``
             offset += m.rows
