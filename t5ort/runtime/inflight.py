@@ -25,10 +25,11 @@ Finished rows are not removed at once: removing rows copies the whole cache, so 
 (fed padding, their history masked out as they finish) stay until they are more than
 ``dead_row_fraction`` of the batch, and a new member takes over a dead member's rows in place
 (measured on the t5-small shape, 16 rows: a removal or a join cost 25-85 ms each, about one
-decoder step); a source longer than the batch's widens the cross-attention keys/values first. Removing rows also drops the leading cached positions that no remaining row
-attends to, and so does a compaction once those are at least a quarter of the cache (and 16
-positions; it moves the used columns left within the same buffers): the cache stays about as wide as
-the oldest live row's history.
+decoder step); a source longer than the batch's widens the cross-attention keys/values first.
+Removing rows also drops the leading cached positions that no remaining row attends to, and so
+does a compaction once those are at least a quarter of the cache (and 16 positions; it moves the
+used columns left within the same buffers): the cache stays about as wide as the oldest live
+row's history.
 
 Pure numpy apart from the graphs; knows nothing of HTTP or threads (one caller at a time).
 """
