@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +32,7 @@ WORKLOADS = {"batch 1": (1, 1), "batch 16": (16, 1), "beam 4": (1, 4)}  # name: 
 def main() -> None:
     import t5ort
     from t5ort.bench.shapes import SHAPES
+    from t5ort.bench.systems import Request, T5ort, T5ortBare
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="small", choices=sorted(SHAPES))
@@ -55,25 +55,11 @@ def main() -> None:
         if not current_t5ort_export(export):
             say(f"exporting the {args.shape} shape's random checkpoint to {export}")
             t5ort.export(checkpoint(workdir, SHAPES[args.shape], args.shape), export, force=True)
-    runtime = t5ort.load(export, threads=args.threads)
-    graphs, n = runtime.graphs, args.new_tokens
+    loop = T5ort(export, args.threads)  # generate(), keeping every step's raw logits
+    bare = T5ortBare(export, args.threads, runtime=loop.rt)  # the same sessions, stepped on a fixed token
+    n = args.new_tokens
     rng = np.random.default_rng(0)
-    source = rng.integers(5, runtime.vocab_size - 1, 128)
-
-    def loop(ids, beams):
-        start = time.perf_counter()
-        runtime.generate(input_ids=ids, attention_mask=np.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
-                         num_beams=beams, output_logits=True)
-        return time.perf_counter() - start
-
-    def bare(ids, beams):
-        start = time.perf_counter()
-        state = graphs.start(graphs.expand(graphs.encode(ids, np.ones_like(ids)), beams))
-        tokens = np.full(len(ids) * beams, runtime.manifest.special_tokens.decoder_start_token_id, np.int64)
-        for _ in range(n):
-            _, state = graphs.step(tokens, state)
-            tokens = np.full(len(tokens), 5, np.int64)
-        return time.perf_counter() - start
+    source = rng.integers(5, loop.rt.vocab_size - 1, 128)
 
     print(f"{'the bundled numbers model' if args.quick else args.shape + ' shape'}, {args.threads} threads, "
           f"{n} forced new tokens, 128-token sources, {args.repeats} paired repeats\n")
@@ -82,14 +68,15 @@ def main() -> None:
     figures = {}
     for name, (inputs, beams) in WORKLOADS.items():
         ids = np.tile(source, (inputs, 1))
+        request = Request(ids, np.ones_like(ids), beams, n)
         for _ in range(2):  # warm-up: sessions, buffers
-            loop(ids, beams), bare(ids, beams)
+            loop.generate(request), bare.generate(request)
         pairs = []
         for i in range(args.repeats):
             if i % 2:
-                b, g = bare(ids, beams), loop(ids, beams)
+                b, g = bare.generate(request)[0], loop.generate(request)[0]
             else:
-                g, b = loop(ids, beams), bare(ids, beams)
+                g, b = loop.generate(request)[0], bare.generate(request)[0]
             pairs.append((g, b))
         g, b = np.array(pairs).T
         ratio = g / b

@@ -306,10 +306,11 @@ class System:
 
 
 class T5ort(System):
-    def __init__(self, directory: Path, threads: int):
+    def __init__(self, directory: Path, threads: int, runtime=None):
+        """``runtime``: an already loaded one to time (a bare decoder on the same sessions); None: load it."""
         import t5ort
 
-        self.rt = t5ort.load(directory, threads=threads)
+        self.rt = runtime if runtime is not None else t5ort.load(directory, threads=threads)
 
     def generate(self, r):
         start = time.perf_counter()
